@@ -1,0 +1,61 @@
+"""Write outputs so that nothing is ever half-written: build in a temporary directory, then rename.
+
+Used for every directory a command produces (a CORPUS, an index version): a reader either sees the
+complete result or nothing at all, and an interrupted run never damages what was there before.
+"""
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from typing import Iterator
+
+logger = logging.getLogger(__name__)
+
+
+def check_writable_target(path: str, force: bool) -> None:
+    """Raise ``FileExistsError`` if ``path`` exists and ``force`` is not set."""
+    if os.path.lexists(path) and not force:
+        raise FileExistsError(f"{path} already exists; pass --force to replace it")
+
+
+@contextmanager
+def atomic_directory(path: str, force: bool = False) -> Iterator[str]:
+    """Yield a fresh temporary directory beside ``path``; rename it to ``path`` when the block succeeds.
+
+    On an exception the temporary directory is removed and ``path`` is left as it was. With ``force``
+    an existing ``path`` is replaced only after the new one is complete.
+    """
+    path = os.path.abspath(path)
+    check_writable_target(path, force)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result should not be
+    logger.info("writing to %s (renamed to %s when complete)", tmp, path)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    check_writable_target(path, force)
+    if os.path.lexists(path):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+        os.rename(path, os.path.join(old, "replaced"))
+        os.rename(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, path)
+
+
+def sha256_files(*paths: str) -> str:
+    """SHA-256 of the concatenated bytes of ``paths``."""
+    digest = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,49 @@
+"""``realm-prepare-corpus INPUT... --vocab VOCAB.txt --out CORPUS``: raw documents -> a block corpus.
+
+See :mod:`realm_fairseq.data.corpus_builder` for what CORPUS holds.
+"""
+import argparse
+import json
+import logging
+import sys
+from dataclasses import fields
+from typing import List, Optional
+
+from fairseq.dataclass.utils import gen_parser_from_dataclass
+
+from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
+from realm_fairseq.data.documents import InputError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="realm-prepare-corpus",
+        description="Cut documents (JSONL {id,title,text}, DPR TSV id/text/title, SQuAD JSON; plain "
+        "or .gz) into REALM retrieval blocks of BERT WordPieces, with pre-training examples and "
+        "salient spans, as a fairseq dataset directory.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="document files")
+    parser.add_argument("--vocab", required=True, help="BERT uncased WordPiece vocab.txt")
+    parser.add_argument("--out", required=True, help="CORPUS directory to create")
+    gen_parser_from_dataclass(parser, CorpusConfig())
+    return parser
+
+
+def cli_main(argv: Optional[List[str]] = None) -> None:
+    logging.basicConfig(
+        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+        level=logging.INFO,
+        stream=sys.stderr,
+    )
+    args = build_parser().parse_args(argv)
+    cfg = CorpusConfig(**{f.name: getattr(args, f.name) for f in fields(CorpusConfig) if f.init and not f.name.startswith("_")})
+    try:
+        manifest = prepare_corpus(args.inputs, args.vocab, args.out, cfg)
+    except (InputError, FileExistsError, ValueError, RuntimeError) as e:
+        sys.exit(f"realm-prepare-corpus: error: {e}")
+    print(json.dumps(manifest["counts"], indent=2))
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,0 +1,148 @@
+"""Read a CORPUS directory written by ``realm-prepare-corpus``: blocks and pre-training examples.
+
+    corpus = BlockCorpus("CORPUS")
+    corpus.tokens(7)        # LongTensor of fairseq ids: title [SEP] body
+    corpus.block(7).text    # the source text of block 7, as a person reads it
+    ex = corpus.examples    # PretrainingExamples: sentences with source block and salient spans
+
+The file layout is documented in :mod:`realm_fairseq.data.corpus_builder`. Blocks are what the
+retriever scores (REALM, section 2.3); examples are the ``x`` of masked-language-model pre-training.
+"""
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from typing import List, Tuple
+
+import numpy as np
+import torch
+from fairseq.data import Dictionary
+from fairseq.data.indexed_dataset import MMapIndexedDataset
+
+from realm_fairseq.data.vocab import Vocab
+
+BLOCKS = "blocks"
+BLOCK_META = "blocks.meta.npy"
+DOCUMENTS = "documents.jsonl"
+DOCUMENT_OFFSETS = "documents.offsets.npy"
+EXAMPLES = "examples"
+EXAMPLE_META = "examples.meta.npy"
+EXAMPLE_SPANS = "examples.spans.npy"
+DICT = "dict.txt"
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Block:
+    """One retrieval block, for showing to a person."""
+
+    index: int
+    doc_id: str
+    title: str
+    text: str  # the block's span of the document text
+    char_start: int
+    char_end: int
+
+
+def _load_manifest(path: str) -> dict:
+    manifest_path = os.path.join(path, MANIFEST)
+    if not os.path.isfile(manifest_path):
+        raise FileNotFoundError(
+            f"{path} is not a corpus: {MANIFEST} is missing (build one with realm-prepare-corpus)"
+        )
+    with open(manifest_path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class BlockCorpus:
+    """The blocks of a CORPUS with their source documents; indexable by block id."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.manifest = _load_manifest(path)
+        self.dataset = MMapIndexedDataset(os.path.join(path, BLOCKS))
+        self.meta = np.load(os.path.join(path, BLOCK_META), mmap_mode="r")
+        self._doc_offsets = np.load(os.path.join(path, DOCUMENT_OFFSETS), mmap_mode="r")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return self.dataset.sizes
+
+    @property
+    def block_size(self) -> int:
+        return self.manifest["settings"]["block_size"]
+
+    @property
+    def checksum(self) -> str:
+        return self.manifest["corpus_checksum"]
+
+    @cached_property
+    def dictionary(self) -> Dictionary:
+        return Dictionary.load(os.path.join(self.path, DICT))
+
+    @cached_property
+    def vocab(self) -> Vocab:
+        return Vocab(path=os.path.join(self.path, DICT), tokens=self.dictionary.symbols[4:], md5="")
+
+    @cached_property
+    def tokenizer(self):
+        return self.vocab.tokenizer()
+
+    @cached_property
+    def examples(self) -> "PretrainingExamples":
+        return PretrainingExamples(self.path)
+
+    def tokens(self, i: int) -> torch.Tensor:
+        """Block ``i`` as fairseq ids (``title [SEP] body``, no outer ``[CLS]``/``[SEP]``)."""
+        return self.dataset[i].long()
+
+    def wordpieces(self, i: int) -> List[str]:
+        return [self.dictionary[t] for t in self.tokens(i).tolist()]
+
+    def decode(self, i: int) -> str:
+        """Block ``i`` decoded from its wordpieces (lower-cased, as the model sees it)."""
+        bert_ids = self.vocab.to_bert(self.tokens(i).numpy()).tolist()
+        return self.tokenizer.decode(bert_ids, skip_special_tokens=False)
+
+    def document(self, doc_index: int) -> dict:
+        with open(os.path.join(self.path, DOCUMENTS), "rb") as f:
+            f.seek(int(self._doc_offsets[doc_index]))
+            return json.loads(f.readline())
+
+    def block(self, i: int) -> Block:
+        if not 0 <= i < len(self):
+            raise IndexError(f"block {i} out of range: the corpus has {len(self)} blocks")
+        doc_index, start, end, _ = (int(v) for v in self.meta[i])
+        doc = self.document(doc_index)
+        return Block(i, doc["id"], doc["title"], doc["text"][start:end], start, end)
+
+
+class PretrainingExamples:
+    """The pre-training examples of a CORPUS: token ids, source block and salient spans."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.dataset = MMapIndexedDataset(os.path.join(path, EXAMPLES))
+        meta = np.load(os.path.join(path, EXAMPLE_META))
+        self.source_block = meta[:, 0]
+        self.block_offset = meta[:, 1]
+        self.spans = np.load(os.path.join(path, EXAMPLE_SPANS))
+        self._span_ptr = np.searchsorted(self.spans[:, 0], np.arange(len(self.dataset) + 1))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return self.dataset.sizes
+
+    def tokens(self, i: int) -> torch.Tensor:
+        return self.dataset[i].long()
+
+    def salient_spans(self, i: int) -> List[Tuple[int, int]]:
+        """Wordpiece ranges ``[start, end)`` of the salient spans of example ``i``."""
+        rows = self.spans[self._span_ptr[i] : self._span_ptr[i + 1], 1:]
+        return [(int(s), int(e)) for s, e in rows]

@@ -1,0 +1,199 @@
+"""Read the documents a corpus is built from: JSONL, DPR-style TSV and SQuAD JSON, plain or ``.gz``.
+
+Every reader yields :class:`Document` objects in file order. Bad input raises :class:`InputError`,
+whose message names the file, the line (or the JSON path for SQuAD files) and what was expected.
+
+- JSONL: one object a line, ``{"id": str, "title": str, "text": str}``; ``text`` is required, ``title``
+  defaults to empty, ``id`` to ``<file name>:<line>``.
+- TSV (DPR's ``psgs_w100.tsv``): a header line ``id<TAB>text<TAB>title``, then one passage a line.
+- SQuAD JSON: every paragraph ``context`` is a document titled with its article's title.
+"""
+import csv
+import gzip
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Tuple
+
+FORMATS = ("jsonl", "tsv", "squad")
+DPR_HEADER = ["id", "text", "title"]
+
+
+class InputError(ValueError):
+    """A user's input file (documents, vocab, questions) is not what we expected."""
+
+
+@dataclass
+class Document:
+    id: str
+    title: str
+    text: str
+
+
+def _open_binary(path: str):
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def _read_all(path: str) -> bytes:
+    try:
+        with _open_binary(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (OSError, EOFError) as e:  # a corrupt or truncated .gz
+        raise InputError(f"{path}: cannot read ({e})") from None
+
+
+def _decode_line(path: str, lineno: int, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{path}, line {lineno}, byte {e.start + 1}: invalid UTF-8 ({raw[e.start:e.start + 1]!r}); "
+            f"expected UTF-8 text"
+        ) from None
+
+
+def _lines(path: str) -> Iterator[Tuple[int, str]]:
+    """(line number, decoded line) pairs; raises for an empty file and for non-UTF-8 bytes."""
+    empty = True
+    try:
+        with _open_binary(path) as f:
+            for lineno, raw in enumerate(f, start=1):
+                empty = False
+                yield lineno, _decode_line(path, lineno, raw)
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (OSError, EOFError) as e:
+        raise InputError(f"{path}: cannot read ({e})") from None
+    if empty:
+        raise InputError(f"{path}: file is empty; expected documents")
+
+
+def _string_field(obj: dict, key: str, where: str, default=None) -> str:
+    value = obj.get(key, default)
+    if value is None:
+        raise InputError(f"{where}: missing \"{key}\"; expected a string")
+    if not isinstance(value, str):
+        if key == "id" and isinstance(value, int):
+            return str(value)
+        raise InputError(f"{where}: \"{key}\" is {type(value).__name__}; expected a string")
+    return value
+
+
+def read_jsonl(path: str) -> Iterator[Document]:
+    name = os.path.basename(path)
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}, line {lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}, column {e.colno}: invalid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise InputError(f"{where}: expected a JSON object {{\"id\", \"title\", \"text\"}}")
+        yield Document(
+            id=_string_field(obj, "id", where, default=f"{name}:{lineno}"),
+            title=_string_field(obj, "title", where, default=""),
+            text=_string_field(obj, "text", where),
+        )
+
+
+def read_tsv(path: str) -> Iterator[Document]:
+    lines = _lines(path)
+    rows = csv.reader((line for _, line in lines), delimiter="\t")
+    header = next(rows, None)
+    if [h.strip().lower() for h in header or []] != DPR_HEADER:
+        raise InputError(
+            f"{path}, line 1: expected the DPR header 'id<TAB>text<TAB>title', found {header!r}"
+        )
+    for row in rows:
+        if not row:
+            continue
+        if len(row) != 3:
+            raise InputError(
+                f"{path}, line {rows.line_num}: expected 3 tab-separated columns (id, text, title), "
+                f"found {len(row)}"
+            )
+        yield Document(id=row[0], title=row[2], text=row[1])
+
+
+def read_squad(path: str) -> Iterator[Document]:
+    raw = _read_all(path)
+    if not raw.strip():
+        raise InputError(f"{path}: file is empty; expected SQuAD JSON")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise InputError(f"{path}, line {line}: invalid UTF-8; expected UTF-8 text") from None
+    try:
+        squad = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}, line {e.lineno}, column {e.colno}: invalid JSON ({e.msg})") from None
+    articles = squad.get("data") if isinstance(squad, dict) else None
+    if not isinstance(articles, list):
+        raise InputError(f"{path}: expected SQuAD JSON, an object with a \"data\" list of articles")
+    for i, article in enumerate(articles):
+        where = f"{path}: data[{i}]"
+        if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
+            raise InputError(f"{where}: expected an article with a \"paragraphs\" list")
+        title = _string_field(article, "title", where, default="")
+        for j, paragraph in enumerate(article["paragraphs"]):
+            pwhere = f"{where}.paragraphs[{j}]"
+            if not isinstance(paragraph, dict):
+                raise InputError(f"{pwhere}: expected an object with a \"context\"")
+            yield Document(
+                id=f"{title}#{j}",
+                title=title.replace("_", " "),
+                text=_string_field(paragraph, "context", pwhere),
+            )
+
+
+READERS: Dict[str, Callable[[str], Iterator[Document]]] = {
+    "jsonl": read_jsonl,
+    "tsv": read_tsv,
+    "squad": read_squad,
+}
+
+
+def detect_format(path: str) -> str:
+    """The format of ``path`` from its name (.jsonl, .tsv, .json, each optionally .gz), else its content."""
+    name = path[:-3] if path.endswith(".gz") else path
+    for suffix, fmt in ((".jsonl", "jsonl"), (".tsv", "tsv"), (".json", "squad")):
+        if name.endswith(suffix):
+            return fmt
+    with _open_binary(path) as f:
+        head = f.read(65536).lstrip()
+    first_line = head.split(b"\n", 1)[0]
+    if not head:
+        raise InputError(f"{path}: file is empty; expected documents")
+    if first_line.startswith(b"{"):
+        try:
+            return "jsonl" if isinstance(json.loads(first_line), dict) else "squad"
+        except ValueError:
+            return "squad"
+    if b"\t" in first_line:
+        return "tsv"
+    raise InputError(
+        f"{path}: cannot tell the format from the name or the first line; pass --format "
+        f"({', '.join(FORMATS)})"
+    )
+
+
+def resolve_formats(paths: List[str], fmt: str = "auto") -> List[str]:
+    """The format of each input: ``fmt`` itself, or detected per file when ``fmt`` is ``auto``."""
+    if fmt != "auto" and fmt not in READERS:
+        raise InputError(f"unknown format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")
+    for path in paths:
+        if not os.path.isfile(path):
+            raise InputError(f"{path}: file not found")
+    return [detect_format(p) if fmt == "auto" else fmt for p in paths]
+
+
+def read_documents(paths: List[str], formats: List[str]) -> Iterator[Tuple[int, Document]]:
+    """(input index, document) for every document of every input, in order."""
+    for k, (path, fmt) in enumerate(zip(paths, formats)):
+        for doc in READERS[fmt](path):
+            yield k, doc

