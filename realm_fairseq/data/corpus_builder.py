@@ -59,7 +59,7 @@ class CorpusConfig(FairseqDataclass):
         metadata={"help": "most wordpieces in a block, title and [SEP] included (REALM: 288)"},
     )
     max_title_len: int = field(
-        default=64, metadata={"help": "titles are cut to this many wordpieces in each block"}
+        default=64, metadata={"help": "titles are cut to this many wordpieces (and to half the block size)"}
     )
     example_min_len: int = field(
         default=8, metadata={"help": "sentences shorter than this (in wordpieces) are no example"}
@@ -85,10 +85,8 @@ class CorpusConfig(FairseqDataclass):
     def validate(self) -> None:
         if self.block_size < 16:
             raise ValueError(f"--block-size {self.block_size}: expected at least 16 wordpieces")
-        if not 0 <= self.max_title_len <= self.block_size // 2:
-            raise ValueError(
-                f"--max-title-len {self.max_title_len}: expected 0 to half the block size"
-            )
+        if self.max_title_len < 0:
+            raise ValueError(f"--max-title-len {self.max_title_len}: expected 0 or more")
         if not 1 <= self.example_min_len <= self.example_max_len:
             raise ValueError("expected 1 <= --example-min-len <= --example-max-len")
         if self.workers < 1:
@@ -122,7 +120,8 @@ class _Worker:
             doc = block_document(
                 text, ids, offsets, title_ids, sentence_starts(text), self.find_spans(text),
                 sep_id=self.sep_id, continuation=self.continuation,
-                block_size=self.cfg.block_size, max_title_len=self.cfg.max_title_len,
+                block_size=self.cfg.block_size,
+                max_title_len=min(self.cfg.max_title_len, self.cfg.block_size // 2),
                 example_min_len=self.cfg.example_min_len, example_max_len=self.cfg.example_max_len,
             )
             out["block_tokens"] += doc.blocks

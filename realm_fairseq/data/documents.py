@@ -171,9 +171,10 @@ def detect_format(path: str) -> str:
         raise InputError(f"{path}: file is empty; expected documents")
     if first_line.startswith(b"{"):
         try:
-            return "jsonl" if isinstance(json.loads(first_line), dict) else "squad"
+            obj = json.loads(first_line)
         except ValueError:
-            return "squad"
+            return "squad"  # a JSON document spread over lines
+        return "squad" if isinstance(obj, dict) and "data" in obj and "text" not in obj else "jsonl"
     if b"\t" in first_line:
         return "tsv"
     raise InputError(
