@@ -4,6 +4,8 @@ They import the plugin (registering its tasks, models and criterions) and point 
 ``user_dir`` at the installed package, so that processes fairseq spawns for distributed training load
 the plugin too; then they hand over to ``fairseq-train`` / ``fairseq-hydra-train`` unchanged.
 """
+import atexit
+import logging
 import os
 import sys
 from typing import List
@@ -29,11 +31,27 @@ def with_hydra_user_dir(argv: List[str]) -> List[str]:
     return argv + [f"common.user_dir={PLUGIN_DIR}"]
 
 
+def exit_after_success() -> None:
+    """Exit 0 without interpreter finalization, after running atexit handlers and flushing logs.
+
+    fairseq's ``BufferedIterator`` prefetches batches in a daemon thread that is still collating
+    (inside torch) when training returns; if Python finalizes while it is there, torch 2.13 aborts
+    with "terminate called without an active exception" (exit 134) after a successful run, which a
+    scheduler reads as a failed job.
+    """
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def train_main() -> None:
     from fairseq_cli import train
 
     sys.argv = [sys.argv[0]] + with_user_dir(sys.argv[1:])
     train.cli_main()
+    exit_after_success()
 
 
 def hydra_train_main() -> None:
@@ -41,3 +59,4 @@ def hydra_train_main() -> None:
 
     sys.argv = [sys.argv[0]] + with_hydra_user_dir(sys.argv[1:])
     hydra_train.cli_main()
+    exit_after_success()
