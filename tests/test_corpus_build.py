@@ -67,6 +67,16 @@ def test_each_format_gives_the_same_blocks(tmp_path, fmt, render, suffix, compre
         assert corpus.block(0).doc_id == "d1"
 
 
+def test_documents_too_short_for_an_example_still_make_blocks(tmp_path):
+    docs = [{"id": "a", "title": "", "text": "Born 1999."}, {"id": "b", "title": "B", "text": "   "},
+            {"id": "c", "title": "C", "text": "Paris, 1900."}]
+    corpus = build(tmp_path, [write(tmp_path / "d.jsonl", as_jsonl(docs))])
+    assert [corpus.block(i).text for i in range(len(corpus))] == ["Born 1999.", "Paris, 1900."]
+    assert corpus.decode(0) == "born 1999." and corpus.decode(1) == "c [SEP] paris, 1900."
+    assert len(corpus.examples) == 0
+    assert corpus.manifest["counts"]["empty_documents"] == 1
+
+
 def test_format_is_detected_from_content_when_the_name_says_nothing(tmp_path):
     inputs = [write(tmp_path / "a.txt", as_jsonl(DOCS)), write(tmp_path / "b.txt", as_tsv(DOCS)),
               write(tmp_path / "c.dat", as_squad(DOCS))]

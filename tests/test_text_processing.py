@@ -30,6 +30,7 @@ def test_sentences_do_not_split_after_abbreviations_and_initials():
     ("Born 10 December 1815 in London.", ["10 December 1815"]),
     ("It opened in March 2001 and closed on Sept. 3.", ["March 2001", "Sept. 3"]),
     ("In the 1990s and the 19th century, and in 300 BC.", ["1990s", "19th century", "300 BC"]),
+    ("From April 2016 to AD 70, on August 3rd.", ["April 2016", "AD 70", "August 3rd"]),
     ("The 2015-16 season, not 1,500 people or 12345 or 3.1415.", ["2015-16"]),
     ("He was born in 1912.", ["1912"]),
     ("May I say 7 things?", []),

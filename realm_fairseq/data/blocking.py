@@ -23,14 +23,35 @@ Range = Tuple[int, int]
 
 
 @dataclass
-class BlockedDocument:
-    """The blocks and examples of one document. ``nb`` blocks, ``ne`` examples, ``ns`` salient spans."""
+class TokenizedDocument:
+    """One document as a worker sees it: its text, WordPiece ids and character offsets, title ids."""
 
-    blocks: List[np.ndarray]  # nb x (<= block_size,) BERT ids: title [SEP] body
-    block_meta: np.ndarray  # (nb, 3): char_start, char_end (into the document text), body_start
-    examples: List[np.ndarray]  # ne x (<= example_max_len,) BERT ids
-    example_meta: np.ndarray  # (ne, 2): block (index within this document), offset in block
-    spans: np.ndarray  # (ns, 3): example (index within this document), start, end (exclusive)
+    text: str
+    ids: np.ndarray  # (n,) BERT ids of the text
+    offsets: np.ndarray  # (n, 2) character range of each token in ``text``
+    title_ids: np.ndarray  # (t,) BERT ids of the title
+    sentence_starts: Sequence[int]  # character offsets where sentences start
+    salient_spans: Sequence[Range]  # character ranges of salient spans
+
+
+@dataclass
+class BlockedChunk:
+    """The blocks and examples of a list of documents: ``nb`` blocks, ``ne`` examples, ``ns`` spans."""
+
+    block_tokens: np.ndarray  # (sum of block sizes,) BERT ids, blocks one after another
+    block_sizes: np.ndarray  # (nb,) each <= block_size: title [SEP] body
+    block_meta: np.ndarray  # (nb, 4): document, char_start, char_end (in its text), body_start
+    example_tokens: np.ndarray  # (sum of example sizes,) BERT ids
+    example_sizes: np.ndarray  # (ne,) each <= example_max_len
+    example_meta: np.ndarray  # (ne, 2): block, offset in the block
+    spans: np.ndarray  # (ns, 3): example, start, end (exclusive), in wordpieces
+
+
+def gather_ranges(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """``values[starts[0]:ends[0]], values[starts[1]:ends[1]], ...`` concatenated, without a loop."""
+    lengths = ends - starts
+    first = np.cumsum(lengths) - lengths  # where each range starts in the output
+    return values[np.arange(lengths.sum()) + np.repeat(starts - first, lengths)]
 
 
 def split_between_words(start: int, end: int, limit: int, continuation: np.ndarray) -> List[Range]:
@@ -70,35 +91,43 @@ def pack_sentences(sentences: Sequence[Range], budget: int, continuation: np.nda
     return packed
 
 
-def _block_char_ranges(text: str, offsets: np.ndarray, bodies: List[Range]) -> List[Range]:
-    """Character ranges of the blocks that partition the document's non-space characters: a block runs
-    from its first token to the next block's first token, less trailing white space."""
+def _char_ranges(text: str, offsets: np.ndarray, bodies: List[Range], first_token: int) -> List[Range]:
+    """Character ranges of one document's blocks that partition its non-space characters: a block runs
+    from its first token to the next block's first token, less trailing white space. ``bodies`` are
+    token ranges counted from the chunk's start; ``first_token`` is the document's first token there."""
     ranges = []
     for k, (start, _) in enumerate(bodies):
-        char_start = len(text) - len(text.lstrip()) if k == 0 else int(offsets[start, 0])
-        char_end = int(offsets[bodies[k + 1][0], 0]) if k + 1 < len(bodies) else len(text)
-        ranges.append((char_start, len(text[:char_end].rstrip())))
+        char_start = len(text) - len(text.lstrip()) if k == 0 else int(offsets[start - first_token, 0])
+        next_start = bodies[k + 1][0] - first_token if k + 1 < len(bodies) else None
+        char_end = len(text) if next_start is None else int(offsets[next_start, 0])
+        ranges.append((char_start, char_start + len(text[char_start:char_end].rstrip())))
     return ranges
 
 
-def _token_spans(offsets: np.ndarray, char_spans: Sequence[Range]) -> np.ndarray:
-    """(n, 2) token ranges of the tokens lying wholly inside each character span; empty ones dropped."""
-    if not len(char_spans):
-        return np.zeros((0, 2), dtype=np.int64)
-    spans = np.asarray(char_spans, dtype=np.int64)
-    first = np.searchsorted(offsets[:, 0], spans[:, 0], side="left")
-    last = np.searchsorted(offsets[:, 1], spans[:, 1], side="right")
-    keep = last > first
-    return np.stack([first[keep], last[keep]], axis=1)
+def _example_ranges(cuts: np.ndarray, is_cont: np.ndarray, min_len: int, max_len: int) -> np.ndarray:
+    """(ne, 2) token ranges of the examples: the pieces between consecutive ``cuts`` (sentence and block
+    starts), split into windows of at most ``max_len``, kept when at least ``min_len`` long."""
+    ranges = []
+    for s, e in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+        if e - s >= min_len:
+            ranges += [r for r in split_between_words(s, e, max_len, is_cont) if r[1] - r[0] >= min_len]
+    return np.array(ranges, dtype=np.int64).reshape(-1, 2)
 
 
-def block_document(
-    text: str,
-    ids: np.ndarray,
-    offsets: np.ndarray,
-    title_ids: np.ndarray,
-    sentence_char_starts: Sequence[int],
-    salient_char_spans: Sequence[Range],
+def _salient_rows(starts, ends, char_spans: np.ndarray, examples: np.ndarray) -> np.ndarray:
+    """(ns, 3) rows (example, start, end) for the character spans whose tokens lie inside an example."""
+    if not len(examples):
+        return np.zeros((0, 3), dtype=np.int64)
+    first = np.searchsorted(starts, char_spans[:, 0], side="left")  # first token inside the span
+    last = np.searchsorted(ends, char_spans[:, 1], side="right")  # one past the last token inside
+    which = np.searchsorted(examples[:, 0], first, side="right") - 1
+    inside = (last > first) & (which >= 0) & (last <= examples[np.maximum(which, 0), 1])
+    which, first, last = which[inside], first[inside], last[inside]
+    return np.stack([which, first - examples[which, 0], last - examples[which, 0]], axis=1)
+
+
+def block_documents(
+    docs: List[TokenizedDocument],
     *,
     sep_id: int,
     continuation: np.ndarray,
@@ -106,47 +135,62 @@ def block_document(
     max_title_len: int,
     example_min_len: int,
     example_max_len: int,
-) -> BlockedDocument:
-    """Blocks and examples of one document tokenized as ``ids`` (n,) with character ``offsets`` (n, 2)."""
-    n = len(ids)
-    head = np.asarray(title_ids[:max_title_len], dtype=np.int64)
-    if len(head):
-        head = np.append(head, sep_id)  # title [SEP]
-    budget = block_size - len(head)
-    is_cont = continuation[ids] if n else np.zeros(0, dtype=bool)
-    is_cont = np.append(is_cont, False)  # a cut at the end is always between words
+) -> BlockedChunk:
+    """Blocks and examples of ``docs``, all indices counted within this list of documents.
 
-    # sentence start characters -> token indices; sentences as token ranges covering [0, n)
-    bounds = np.unique(np.searchsorted(offsets[:, 0], sentence_char_starts)) if n else np.zeros(0)
-    bounds = np.concatenate([[0], bounds[(bounds > 0) & (bounds < n)], [n]]).astype(np.int64)
-    sentences = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    The documents are laid end to end: token ``i`` of the chunk and character ``c`` of the chunk (each
+    text followed by one gap character, so that spans never touch across documents) let one numpy call
+    serve every document; only the greedy packing runs per document.
+    """
+    sizes = np.array([len(d.ids) for d in docs], dtype=np.int64)
+    tok_off = np.concatenate([[0], np.cumsum(sizes)])  # (D+1,) first token of each document
+    char_off = np.cumsum([0] + [len(d.text) + 1 for d in docs])  # (D+1,)
+    ids = np.concatenate([d.ids for d in docs] + [np.zeros(0, np.int64)])  # (N,)
+    offsets = np.concatenate([d.offsets + char_off[k] for k, d in enumerate(docs)] + [np.zeros((0, 2), np.int64)])
+    is_cont = np.append(continuation[ids], False)  # (N+1,); a document's first token starts a word
 
-    bodies = pack_sentences(sentences, budget, is_cont) if n else []
-    blocks = [np.concatenate([head, ids[a:b]]) for a, b in bodies]
-    chars = _block_char_ranges(text, offsets, bodies)
-    block_meta = np.array(
-        [(cs, ce, len(head)) for cs, ce in chars], dtype=np.int64
-    ).reshape(-1, 3)
+    # sentence boundaries as chunk token indices; document boundaries are boundaries too
+    sentence_chars = np.concatenate(
+        [np.asarray(d.sentence_starts, np.int64) + char_off[k] for k, d in enumerate(docs)]
+    )
+    bounds = np.union1d(np.searchsorted(offsets[:, 0], sentence_chars), tok_off)
+    doc_first_bound = np.searchsorted(bounds, tok_off)
 
-    token_spans = _token_spans(offsets, salient_char_spans)
-    examples, example_meta, spans = [], [], []
-    for k, (a, b) in enumerate(bodies):
-        cuts = bounds[(bounds > a) & (bounds < b)]
-        for s, e in zip(np.concatenate([[a], cuts]), np.concatenate([cuts, [b]])):
-            if e - s < example_min_len:
-                continue
-            for ws, we in split_between_words(int(s), int(e), example_max_len, is_cont):
-                if we - ws < example_min_len:
-                    continue
-                inside = token_spans[(token_spans[:, 0] >= ws) & (token_spans[:, 1] <= we)]
-                for ts, te in inside - ws:
-                    spans.append((len(examples), ts, te))
-                example_meta.append((k, len(head) + ws - a))
-                examples.append(ids[ws:we])
-    return BlockedDocument(
-        blocks=blocks,
+    heads, bodies, meta = [], [], []
+    for k, doc in enumerate(docs):
+        head = doc.title_ids[:max_title_len]
+        head = np.append(head, sep_id) if len(head) else head  # title [SEP]
+        heads.append(head)
+        b = bounds[doc_first_bound[k] : doc_first_bound[k + 1] + 1].tolist()
+        packed = pack_sentences(list(zip(b[:-1], b[1:])), block_size - len(head), is_cont) if sizes[k] else []
+        bodies += packed
+        chars = _char_ranges(doc.text, doc.offsets, packed, int(tok_off[k]))
+        meta += [(k, cs, ce, len(head)) for cs, ce in chars]
+    body = np.array(bodies, dtype=np.int64).reshape(-1, 2)  # (nb, 2) chunk token ranges
+    block_meta = np.array(meta, dtype=np.int64).reshape(-1, 4)
+    head_len = block_meta[:, 3]
+
+    # block tokens: the head of its document, then the body, gathered from [ids | all heads]
+    head_off = len(ids) + np.cumsum([0] + [len(h) for h in heads])
+    source = np.concatenate([ids] + heads)
+    head_start = head_off[block_meta[:, 0]]
+    starts = np.stack([head_start, body[:, 0]], axis=1).ravel()
+    ends = np.stack([head_start + head_len, body[:, 1]], axis=1).ravel()
+    block_tokens = gather_ranges(source, starts, ends)
+
+    examples = _example_ranges(np.union1d(bounds, body[:, 0]), is_cont, example_min_len, example_max_len)
+    example_block = np.searchsorted(body[:, 0], examples[:, 0], side="right") - 1
+    char_spans = np.concatenate(
+        [np.asarray(d.salient_spans, np.int64).reshape(-1, 2) + char_off[k] for k, d in enumerate(docs)]
+    )
+    return BlockedChunk(
+        block_tokens=block_tokens,
+        block_sizes=body[:, 1] - body[:, 0] + head_len,
         block_meta=block_meta,
-        examples=examples,
-        example_meta=np.array(example_meta, dtype=np.int64).reshape(-1, 2),
-        spans=np.array(spans, dtype=np.int64).reshape(-1, 3),
+        example_tokens=gather_ranges(ids, examples[:, 0], examples[:, 1]),
+        example_sizes=examples[:, 1] - examples[:, 0],
+        example_meta=np.stack(
+            [example_block, examples[:, 0] - body[example_block, 0] + head_len[example_block]], axis=1
+        ),
+        spans=_salient_rows(offsets[:, 0], offsets[:, 1], char_spans, examples).reshape(-1, 3),
     )

@@ -125,21 +125,24 @@ class PretrainingExamples:
 
     def __init__(self, path: str):
         self.path = path
-        self.dataset = MMapIndexedDataset(os.path.join(path, EXAMPLES))
         meta = np.load(os.path.join(path, EXAMPLE_META))
+        # fairseq cannot memory-map an empty file: a corpus may have no example (all sentences short)
+        self.dataset = MMapIndexedDataset(os.path.join(path, EXAMPLES)) if len(meta) else None
         self.source_block = meta[:, 0]
         self.block_offset = meta[:, 1]
         self.spans = np.load(os.path.join(path, EXAMPLE_SPANS))
-        self._span_ptr = np.searchsorted(self.spans[:, 0], np.arange(len(self.dataset) + 1))
+        self._span_ptr = np.searchsorted(self.spans[:, 0], np.arange(len(meta) + 1))
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.source_block)
 
     @property
     def sizes(self) -> np.ndarray:
-        return self.dataset.sizes
+        return self.dataset.sizes if self.dataset is not None else np.zeros(0, dtype=np.int64)
 
     def tokens(self, i: int) -> torch.Tensor:
+        if not 0 <= i < len(self):
+            raise IndexError(f"example {i} out of range: the corpus has {len(self)} examples")
         return self.dataset[i].long()
 
     def salient_spans(self, i: int) -> List[Tuple[int, int]]:

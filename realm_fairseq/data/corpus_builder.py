@@ -25,7 +25,8 @@ import multiprocessing
 import os
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from itertools import chain
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 from realm_fairseq.atomic_io import atomic_directory, check_writable_target, sha256_files
 from realm_fairseq.data import corpus as files
-from realm_fairseq.data.blocking import block_document
+from realm_fairseq.data.blocking import TokenizedDocument, block_documents
 from realm_fairseq.data.documents import FORMATS, InputError, read_documents, resolve_formats
 from realm_fairseq.data.salient_spans import MODES, SalientSpanFinder, make_finder
 from realm_fairseq.data.sentences import sentence_starts
@@ -109,39 +110,31 @@ class _Worker:
 
     def process(self, docs: List[Tuple[str, str]]) -> Dict[str, np.ndarray]:
         """Blocks and examples of ``docs`` [(title, text)], as flat arrays indexed within the chunk."""
-        out = {k: [] for k in ("block_tokens", "block_sizes", "block_meta", "example_tokens",
-                               "example_sizes", "example_meta", "spans")}
-        num_blocks = num_examples = 0
-        for d, (title, text) in enumerate(docs):
+        tokenized = []
+        title, title_ids = None, None
+        for doc_title, text in docs:
+            if doc_title != title:  # consecutive SQuAD paragraphs share their title
+                title = doc_title
+                title_ids = np.array(self.tokenizer.encode(title).ids, dtype=np.int64)
             enc = self.tokenizer.encode(text)
-            ids = np.array(enc.ids, dtype=np.int64)
-            offsets = np.array(enc.offsets, dtype=np.int64).reshape(-1, 2)
-            title_ids = np.array(self.tokenizer.encode(title).ids, dtype=np.int64)
-            doc = block_document(
-                text, ids, offsets, title_ids, sentence_starts(text), self.find_spans(text),
-                sep_id=self.sep_id, continuation=self.continuation,
-                block_size=self.cfg.block_size,
-                max_title_len=min(self.cfg.max_title_len, self.cfg.block_size // 2),
-                example_min_len=self.cfg.example_min_len, example_max_len=self.cfg.example_max_len,
-            )
-            out["block_tokens"] += doc.blocks
-            out["block_sizes"].append([len(b) for b in doc.blocks])
-            out["block_meta"].append(np.insert(doc.block_meta, 0, d, axis=1))
-            out["example_tokens"] += doc.examples
-            out["example_sizes"].append([len(e) for e in doc.examples])
-            out["example_meta"].append(doc.example_meta + [num_blocks, 0])
-            out["spans"].append(doc.spans + [num_examples, 0, 0])
-            num_blocks += len(doc.blocks)
-            num_examples += len(doc.examples)
-        return {
-            "block_tokens": _concat(out["block_tokens"], (0,)),
-            "block_sizes": _concat([np.asarray(s, dtype=np.int64) for s in out["block_sizes"]], (0,)),
-            "block_meta": _concat(out["block_meta"], (0, 4)),
-            "example_tokens": _concat(out["example_tokens"], (0,)),
-            "example_sizes": _concat([np.asarray(s, dtype=np.int64) for s in out["example_sizes"]], (0,)),
-            "example_meta": _concat(out["example_meta"], (0, 2)),
-            "spans": _concat(out["spans"], (0, 3)),
-        }
+            tokenized.append(TokenizedDocument(
+                text=text,
+                ids=np.array(enc.ids, dtype=np.int64),
+                offsets=np.fromiter(chain.from_iterable(enc.offsets), np.int64).reshape(-1, 2),
+                title_ids=title_ids,
+                sentence_starts=sentence_starts(text),
+                salient_spans=self.find_spans(text),
+            ))
+        chunk = block_documents(
+            tokenized,
+            sep_id=self.sep_id,
+            continuation=self.continuation,
+            block_size=self.cfg.block_size,
+            max_title_len=min(self.cfg.max_title_len, self.cfg.block_size // 2),
+            example_min_len=self.cfg.example_min_len,
+            example_max_len=self.cfg.example_max_len,
+        )
+        return {f.name: getattr(chunk, f.name) for f in fields(chunk)}
 
 
 def _concat(arrays: List[np.ndarray], empty_shape: Tuple[int, ...]) -> np.ndarray:

@@ -32,16 +32,14 @@ _MONTH = (
 _DAY = r"(?:[12]\d|3[01]|0?[1-9])(?:st|nd|rd|th)?"
 _YEAR = r"(?:1\d{3}|20\d{2})"
 DATE_PATTERN = re.compile(
-    r"(?<![\w.,])(?:"
-    + rf"{_DAY}\s+{_MONTH}\s+\d{{1,4}}"  # 7 February 2016
-    + rf"|{_MONTH}\s+{_DAY},?\s+\d{{1,4}}"  # February 7, 2016
-    + rf"|{_MONTH}\s+{_YEAR}"  # February 2016
-    + rf"|{_MONTH}\s+{_DAY}(?![\d,])"  # February 7
+    r"(?=[0-9JFMASOND])(?<![\w.,])(?:"  # the lookahead rejects most positions at once
+    + rf"{_MONTH}\s+(?:{_DAY},?\s+\d{{1,4}}|{_YEAR}|{_DAY}(?![\d,]))"  # Feb 7, 2016 | Feb 2016 | Feb 7
+    + rf"|{_DAY}\s+{_MONTH}\s+\d{{1,4}}"  # 7 February 2016
     + r"|\d{1,4}\s?(?:BCE?|CE)\b|AD\s?\d{1,4}"  # 300 BC, AD 70
     + r"|(?:1\d|20)\d0s"  # 1990s
     + r"|(?:1[0-9]|20|[1-9])(?:st|nd|rd|th)[- ]centur(?:y|ies)"  # 19th century
     + rf"|{_YEAR}(?:[-\u2013]\d{{2,4}})?"  # 2016, 2015-16
-    + r")(?![\w])"
+    + r")(?!\w)"
 )
 
 

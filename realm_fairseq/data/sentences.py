@@ -8,30 +8,36 @@ It is a rule of thumb tuned for English encyclopedic text: fast (it adds a few p
 tokenization) and deterministic, which a statistical splitter would not make cheaper.
 """
 import re
+from itertools import groupby
 from typing import List
 
-_CANDIDATE = re.compile(r"[.!?][\"')\]\u2019\u201d]*\s+(?=[\"'(\[\u2018\u201c]?[A-Z0-9])|\n+")
-_ABBREVIATIONS = frozenset(
+_ABBREVIATIONS = (
     "mr mrs ms dr st jr sr prof rev gen col lt sgt capt cmdr gov sen rep pres vs etc e.g i.e "
     "u.s u.k no nos vol fig figs approx ca c inc ltd co corp dept est jan feb mar apr jun jul aug "
     "sep sept oct nov dec mt ft op cf al".split()
 )
+_WORD_START = r"(?<![^\s(\"'])"  # at the start of the text or after white space or an opening mark
 
 
-def _ends_with_abbreviation(text: str, dot: int) -> bool:
-    start = dot
-    while start > 0 and not text[start - 1].isspace() and text[start - 1] not in "(\"'":
-        start -= 1
-    word = text[start:dot]
-    return (len(word) == 1 and word.isupper()) or word.lower() in _ABBREVIATIONS
+def _not_after_abbreviation() -> str:
+    """Lookbehinds (one per abbreviation length, as ``re`` needs) rejecting a full stop that ends an
+    abbreviation or a capital initial."""
+    guards = [
+        rf"(?<!{_WORD_START}(?i:{'|'.join(re.escape(a) for a in group)})\.)"
+        for _, group in groupby(sorted(_ABBREVIATIONS, key=len), key=len)
+    ]
+    return "".join(guards) + rf"(?<!{_WORD_START}[A-Z]\.)"
+
+
+_CLOSING = "[\"')\\]\u2019\u201d]*"
+_OPENING = "[\"'(\\[\u2018\u201c]?"
+# [.!?] first lets ``re`` skip ahead to candidate characters; the lookahead before the guards keeps
+# the abbreviation checks to real candidates
+_BOUNDARY = re.compile(
+    rf"[.!?](?={_CLOSING}\s+{_OPENING}[A-Z0-9]){_not_after_abbreviation()}{_CLOSING}\s+|\n+"
+)
 
 
 def sentence_starts(text: str) -> List[int]:
     """Character offsets where sentences start; the first is always 0."""
-    starts = [0]
-    for m in _CANDIDATE.finditer(text):
-        if text[m.start()] == "." and _ends_with_abbreviation(text, m.start()):
-            continue
-        if m.end() < len(text):
-            starts.append(m.end())
-    return starts
+    return [0] + [m.end() for m in _BOUNDARY.finditer(text) if m.end() < len(text)]
