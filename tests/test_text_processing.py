@@ -1,15 +1,26 @@
 """Sentence boundaries, the date regex and spaCy salient spans on known cases."""
 import logging
 
+import numpy as np
 import pytest
 
-from realm_fairseq.data import salient_spans
+from realm_fairseq.data import Vocab, salient_spans
 from realm_fairseq.data.salient_spans import date_spans, make_finder, merge_spans
-from realm_fairseq.data.sentences import sentence_starts
+from realm_fairseq.data.sentences import SentenceRules, sentence_start_tokens
+
+from conftest import VOCAB
+
+
+VOCABULARY = Vocab.load(VOCAB)
+TOKENIZER = VOCABULARY.tokenizer()
 
 
 def sentences(text):
-    starts = sentence_starts(text) + [len(text)]
+    enc = TOKENIZER.encode(text)
+    offsets = np.array(enc.offsets, dtype=np.int64).reshape(-1, 2)
+    codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    found = sentence_start_tokens(np.array(enc.ids), offsets, codepoints, SentenceRules.for_vocab(VOCABULARY))
+    starts = [0] + [int(offsets[t, 0]) for t in found] + [len(text)]
     return [text[a:b].strip() for a, b in zip(starts[:-1], starts[1:])]
 
 
@@ -52,7 +63,6 @@ def test_regex_mode_finds_dates_without_spacy():
 
 def test_auto_mode_falls_back_to_dates_with_a_warning(tmp_path, monkeypatch, caplog):
     from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
-    from conftest import VOCAB
 
     monkeypatch.setattr(salient_spans, "_load_spacy", lambda: (None, "spaCy is not installed"))
     src = tmp_path / "d.jsonl"

@@ -19,6 +19,8 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
+from realm_fairseq.data.sentences import SentenceRules, sentence_start_tokens
+
 Range = Tuple[int, int]
 
 
@@ -30,7 +32,6 @@ class TokenizedDocument:
     ids: np.ndarray  # (n,) BERT ids of the text
     offsets: np.ndarray  # (n, 2) character range of each token in ``text``
     title_ids: np.ndarray  # (t,) BERT ids of the title
-    sentence_starts: Sequence[int]  # character offsets where sentences start
     salient_spans: Sequence[Range]  # character ranges of salient spans
 
 
@@ -131,6 +132,7 @@ def block_documents(
     *,
     sep_id: int,
     continuation: np.ndarray,
+    sentence_rules: SentenceRules,
     block_size: int,
     max_title_len: int,
     example_min_len: int,
@@ -138,9 +140,8 @@ def block_documents(
 ) -> BlockedChunk:
     """Blocks and examples of ``docs``, all indices counted within this list of documents.
 
-    The documents are laid end to end: token ``i`` of the chunk and character ``c`` of the chunk (each
-    text followed by one gap character, so that spans never touch across documents) let one numpy call
-    serve every document; only the greedy packing runs per document.
+    The documents are laid end to end (their texts joined by line breaks), so that one numpy call
+    serves every document; only the greedy packing runs per document.
     """
     sizes = np.array([len(d.ids) for d in docs], dtype=np.int64)
     tok_off = np.concatenate([[0], np.cumsum(sizes)])  # (D+1,) first token of each document
@@ -150,10 +151,8 @@ def block_documents(
     is_cont = np.append(continuation[ids], False)  # (N+1,); a document's first token starts a word
 
     # sentence boundaries as chunk token indices; document boundaries are boundaries too
-    sentence_chars = np.concatenate(
-        [np.asarray(d.sentence_starts, np.int64) + char_off[k] for k, d in enumerate(docs)]
-    )
-    bounds = np.union1d(np.searchsorted(offsets[:, 0], sentence_chars), tok_off)
+    codepoints = np.frombuffer("\n".join(d.text for d in docs).encode("utf-32-le"), dtype=np.uint32)
+    bounds = np.union1d(sentence_start_tokens(ids, offsets, codepoints, sentence_rules), tok_off)
     doc_first_bound = np.searchsorted(bounds, tok_off)
 
     heads, bodies, meta = [], [], []

@@ -39,7 +39,7 @@ from realm_fairseq.data import corpus as files
 from realm_fairseq.data.blocking import TokenizedDocument, block_documents
 from realm_fairseq.data.documents import FORMATS, InputError, read_documents, resolve_formats
 from realm_fairseq.data.salient_spans import MODES, SalientSpanFinder, make_finder
-from realm_fairseq.data.sentences import sentence_starts
+from realm_fairseq.data.sentences import SentenceRules
 from realm_fairseq.data.vocab import FAIRSEQ_NSPECIAL, Vocab
 
 logger = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ class _Worker:
         self.tokenizer = vocab.tokenizer()
         self.continuation = vocab.continuation_mask()
         self.sep_id = vocab.bert_id("[SEP]")
+        self.sentence_rules = SentenceRules.for_vocab(vocab)
         self.find_spans = find_spans
 
     def process(self, docs: List[Tuple[str, str]]) -> Dict[str, np.ndarray]:
@@ -122,13 +123,13 @@ class _Worker:
                 ids=np.array(enc.ids, dtype=np.int64),
                 offsets=np.fromiter(chain.from_iterable(enc.offsets), np.int64).reshape(-1, 2),
                 title_ids=title_ids,
-                sentence_starts=sentence_starts(text),
                 salient_spans=self.find_spans(text),
             ))
         chunk = block_documents(
             tokenized,
             sep_id=self.sep_id,
             continuation=self.continuation,
+            sentence_rules=self.sentence_rules,
             block_size=self.cfg.block_size,
             max_title_len=min(self.cfg.max_title_len, self.cfg.block_size // 2),
             example_min_len=self.cfg.example_min_len,
