@@ -39,6 +39,7 @@ setup(
     entry_points={
         "console_scripts": [
             "realm-prepare-corpus=realm_fairseq.cli.prepare_corpus:cli_main",
+            "realm-corpus-stats=realm_fairseq.cli.corpus_stats:cli_main",
             "realm-train=realm_fairseq.cli.train:train_main",
             "realm-hydra-train=realm_fairseq.cli.train:hydra_train_main",
         ]

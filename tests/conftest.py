@@ -16,6 +16,8 @@ BIN = os.path.dirname(sys.executable)
 def run(cmd, cwd=None, check=True, timeout=600, env=None):
     """Run a console script of this environment; returns the CompletedProcess (text output)."""
     cmd = [os.path.join(BIN, cmd[0]) if os.path.exists(os.path.join(BIN, cmd[0])) else cmd[0]] + cmd[1:]
+    env = dict(os.environ if env is None else env)
+    env["PATH"] = BIN + os.pathsep + env.get("PATH", "")  # scripts the command calls come from here too
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-5000:]}")

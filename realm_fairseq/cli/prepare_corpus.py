@@ -35,6 +35,7 @@ def cli_main(argv: Optional[List[str]] = None) -> None:
         format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
         level=logging.INFO,
         stream=sys.stderr,
+        force=True,  # importing fairseq has already configured the root logger
     )
     args = build_parser().parse_args(argv)
     cfg = CorpusConfig(**{f.name: getattr(args, f.name) for f in fields(CorpusConfig) if f.init and not f.name.startswith("_")})

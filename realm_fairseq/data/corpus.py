@@ -99,8 +99,12 @@ class BlockCorpus:
         """Block ``i`` as fairseq ids (``title [SEP] body``, no outer ``[CLS]``/``[SEP]``)."""
         return self.dataset[i].long()
 
+    def wordpieces_of(self, tokens: torch.Tensor) -> List[str]:
+        return [self.dictionary[t] for t in tokens.tolist()]
+
     def wordpieces(self, i: int) -> List[str]:
-        return [self.dictionary[t] for t in self.tokens(i).tolist()]
+        """Block ``i`` as wordpiece strings."""
+        return self.wordpieces_of(self.tokens(i))
 
     def decode(self, i: int) -> str:
         """Block ``i`` decoded from its wordpieces (lower-cased, as the model sees it)."""
@@ -111,6 +115,21 @@ class BlockCorpus:
         with open(os.path.join(self.path, DOCUMENTS), "rb") as f:
             f.seek(int(self._doc_offsets[doc_index]))
             return json.loads(f.readline())
+
+    def statistics(self) -> dict:
+        """Counts and length statistics of the blocks, examples and salient spans."""
+        ex = self.examples
+        return {
+            **self.manifest["counts"],
+            "block_size": self.block_size,
+            "block_length_mean": round(float(self.sizes.mean()), 1),
+            "block_length_median": int(np.median(self.sizes)),
+            "blocks_over_90_percent_full": round(float((self.sizes > 0.9 * self.block_size).mean()), 3),
+            "example_length_mean": round(float(ex.sizes.mean()), 1) if len(ex) else 0.0,
+            "examples_with_salient_span": round(float((ex.spans_per_example > 0).mean()), 3) if len(ex) else 0.0,
+            "salient_span_source": self.manifest["salient_span_source"],
+            "inputs": {os.path.basename(i["path"]): i["documents"] for i in self.manifest["inputs"]},
+        }
 
     def block(self, i: int) -> Block:
         if not 0 <= i < len(self):
@@ -144,6 +163,10 @@ class PretrainingExamples:
         if not 0 <= i < len(self):
             raise IndexError(f"example {i} out of range: the corpus has {len(self)} examples")
         return self.dataset[i].long()
+
+    @property
+    def spans_per_example(self) -> np.ndarray:
+        return np.diff(self._span_ptr)
 
     def salient_spans(self, i: int) -> List[Tuple[int, int]]:
         """Wordpiece ranges ``[start, end)`` of the salient spans of example ``i``."""
