@@ -162,6 +162,8 @@ BAD_INPUTS = [
     ("empty.jsonl", "", r"empty\.jsonl: file is empty"),
     ("columns.tsv", "id\ttext\ttitle\n1\tsome text\n", r"columns\.tsv, line 2: expected 3 tab-separated"),
     ("header.tsv", "text\tid\n", r"header\.tsv, line 1: expected the DPR header"),
+    ("latin1.json", '{"data": [\n{"title": "Caf'.encode() + "é".encode("latin-1") + b'"}]}',
+     r"latin1\.json, line 2, byte 15: invalid UTF-8"),
     ("nocontext.json", '{"data": [{"title": "T", "paragraphs": [{"context": "x"}, {"qas": []}]}]}',
      r'nocontext\.json: data\[0\]\.paragraphs\[1\]: missing "context"'),
     ("broken.json", '{"data": [\n{"title": "T",\n}', r"broken\.json, line 3, column 1: invalid JSON"),

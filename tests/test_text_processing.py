@@ -87,3 +87,25 @@ def test_spacy_finds_named_entities_and_dates():
     assert {"Marie Curie", "Paris", "1891"} <= found
     assert any("University of Paris" in f for f in found)
     assert "spaCy" in finder.description and "date regex" in finder.description
+
+
+def test_corpus_examples_carry_spacy_entities_across_workers(tmp_path):
+    pytest.importorskip("spacy", reason="the ner extra (spaCy) is not installed")
+    from realm_fairseq.data import BlockCorpus
+    from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
+
+    if make_finder("spacy").mode != "spacy":
+        pytest.skip("no spaCy English model")
+    src = tmp_path / "d.jsonl"
+    src.write_text("".join(
+        f'{{"id": "{i}", "title": "Curie {i}", "text": "Marie Curie moved from Warsaw to Paris in 1891 '
+        f'to study physics at the University of Paris. She won a Nobel Prize in {1903 + i}."}}\n'
+        for i in range(6)))
+    manifest = prepare_corpus([str(src)], VOCAB, str(tmp_path / "c"),
+                              CorpusConfig(workers=2, salient_spans="spacy", no_progress=True))
+    assert manifest["salient_span_source"].startswith("spaCy")
+    corpus = BlockCorpus(str(tmp_path / "c"))
+    ex = corpus.examples
+    found = {corpus.dictionary.string(ex.tokens(j)[s:e]).replace(" ##", "")
+             for j in range(len(ex)) for s, e in ex.salient_spans(j)}
+    assert {"marie curie", "warsaw", "paris", "1891", "1908"} <= found

@@ -44,12 +44,16 @@ def _read_all(path: str) -> bytes:
         raise InputError(f"{path}: cannot read ({e})") from None
 
 
-def _decode_line(path: str, lineno: int, raw: bytes) -> str:
+def decode_utf8(path: str, raw: bytes, first_line: int = 1) -> str:
+    """``raw`` (the bytes of ``path`` from line ``first_line`` on) as text; invalid UTF-8 raises an
+    :class:`InputError` naming the line and byte."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
+        line = first_line + raw.count(b"\n", 0, e.start)
+        byte = e.start - raw.rfind(b"\n", 0, e.start)
         raise InputError(
-            f"{path}, line {lineno}, byte {e.start + 1}: invalid UTF-8 ({raw[e.start:e.start + 1]!r}); "
+            f"{path}, line {line}, byte {byte}: invalid UTF-8 ({raw[e.start:e.start + 1]!r}); "
             f"expected UTF-8 text"
         ) from None
 
@@ -61,7 +65,7 @@ def _lines(path: str) -> Iterator[Tuple[int, str]]:
         with _open_binary(path) as f:
             for lineno, raw in enumerate(f, start=1):
                 empty = False
-                yield lineno, _decode_line(path, lineno, raw)
+                yield lineno, decode_utf8(path, raw, first_line=lineno)
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
     except (OSError, EOFError) as e:
@@ -123,11 +127,7 @@ def read_squad(path: str) -> Iterator[Document]:
     raw = _read_all(path)
     if not raw.strip():
         raise InputError(f"{path}: file is empty; expected SQuAD JSON")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise InputError(f"{path}, line {line}: invalid UTF-8; expected UTF-8 text") from None
+    text = decode_utf8(path, raw)
     try:
         squad = json.loads(text)
     except json.JSONDecodeError as e:

@@ -20,7 +20,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
-from realm_fairseq.data.documents import InputError
+from realm_fairseq.data.documents import InputError, decode_utf8
 
 #: number of special symbols fairseq's ``Dictionary`` puts before the symbols of ``dict.txt``
 FAIRSEQ_NSPECIAL = 4
@@ -47,11 +47,7 @@ class Vocab:
             raise InputError(f"{path}: vocab file not found")
         with open(path, "rb") as f:
             raw = f.read()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            line = raw[: e.start].count(b"\n") + 1
-            raise InputError(f"{path}, line {line}: vocab is not valid UTF-8 ({e.reason})") from None
+        text = decode_utf8(path, raw)
         tokens = text.split("\n")
         if tokens and tokens[-1] == "":
             tokens.pop()
