@@ -25,9 +25,9 @@ import multiprocessing
 import os
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from itertools import chain
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 from fairseq.data.indexed_dataset import MMapIndexedDataset, best_fitting_int_dtype
@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from realm_fairseq.atomic_io import atomic_directory, check_writable_target, sha256_files
 from realm_fairseq.data import corpus as files
-from realm_fairseq.data.blocking import TokenizedDocument, block_documents
+from realm_fairseq.data.blocking import BlockedChunk, TokenizedDocument, block_documents
 from realm_fairseq.data.documents import FORMATS, InputError, read_documents, resolve_formats
 from realm_fairseq.data.salient_spans import MODES, SalientSpanFinder, make_finder
 from realm_fairseq.data.sentences import SentenceRules
@@ -109,8 +109,8 @@ class _Worker:
         self.sentence_rules = SentenceRules.for_vocab(vocab)
         self.find_spans = find_spans
 
-    def process(self, docs: List[Tuple[str, str]]) -> Dict[str, np.ndarray]:
-        """Blocks and examples of ``docs`` [(title, text)], as flat arrays indexed within the chunk."""
+    def process(self, docs: List[Tuple[str, str]]) -> BlockedChunk:
+        """Blocks and examples of ``docs`` [(title, text)], indexed within the chunk."""
         tokenized = []
         title, title_ids = None, None
         for doc_title, text in docs:
@@ -125,7 +125,7 @@ class _Worker:
                 title_ids=title_ids,
                 salient_spans=self.find_spans(text),
             ))
-        chunk = block_documents(
+        return block_documents(
             tokenized,
             sep_id=self.sep_id,
             continuation=self.continuation,
@@ -135,7 +135,6 @@ class _Worker:
             example_min_len=self.cfg.example_min_len,
             example_max_len=self.cfg.example_max_len,
         )
-        return {f.name: getattr(chunk, f.name) for f in fields(chunk)}
 
 
 def _concat(arrays: List[np.ndarray], empty_shape: Tuple[int, ...]) -> np.ndarray:
@@ -152,7 +151,7 @@ def _init_worker(cfg: CorpusConfig, vocab: Vocab, find_spans: SalientSpanFinder)
         _WORKER = _Worker(cfg, vocab, find_spans)
 
 
-def _process_chunk(docs: List[Tuple[str, str]]) -> Dict[str, np.ndarray]:
+def _process_chunk(docs: List[Tuple[str, str]]) -> BlockedChunk:
     return _WORKER.process(docs)
 
 
@@ -204,18 +203,18 @@ class _CorpusWriter:
             line = json.dumps({"id": doc.id, "title": doc.title, "text": doc.text}, ensure_ascii=False)
             self.documents.write(line + "\n")
 
-    def add_chunk(self, result: Dict[str, np.ndarray], num_docs: int) -> None:
-        meta = result["block_meta"] + [self.num_docs, 0, 0, 0]
+    def add_chunk(self, chunk: BlockedChunk, num_docs: int) -> None:
+        meta = chunk.block_meta + [self.num_docs, 0, 0, 0]
         self.empty_docs += num_docs - len(np.unique(meta[:, 0]))
-        self.blocks.write(result["block_tokens"], result["block_sizes"])
-        self.examples.write(result["example_tokens"], result["example_sizes"])
+        self.blocks.write(chunk.block_tokens, chunk.block_sizes)
+        self.examples.write(chunk.example_tokens, chunk.example_sizes)
         self.block_meta.append(meta)
-        self.example_meta.append(result["example_meta"] + [self.num_blocks, 0])
-        self.spans.append(result["spans"] + [self.num_examples, 0, 0])
-        self.token_counts += np.bincount(result["block_tokens"], minlength=len(self.token_counts))
+        self.example_meta.append(chunk.example_meta + [self.num_blocks, 0])
+        self.spans.append(chunk.spans + [self.num_examples, 0, 0])
+        self.token_counts += np.bincount(chunk.block_tokens, minlength=len(self.token_counts))
         self.num_docs += num_docs
-        self.num_blocks += len(result["block_sizes"])
-        self.num_examples += len(result["example_sizes"])
+        self.num_blocks += len(chunk.block_sizes)
+        self.num_examples += len(chunk.example_sizes)
 
     def close(self, vocab: Vocab) -> None:
         self.documents.close()
