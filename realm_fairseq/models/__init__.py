@@ -1,0 +1,1 @@
+"""REALM's towers: the text encoder, the retriever's embedders and the `realm` fairseq model."""

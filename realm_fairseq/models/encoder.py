@@ -1,0 +1,144 @@
+"""The text encoder every REALM tower is built on: a fairseq encoder plus BERT's segment embeddings.
+
+REALM's query embedder, document embedder and knowledge-augmented encoder are all BERT-style
+Transformers (paper, section 3.2). We build each on a fairseq encoder chosen by name: ``transformer``
+is fairseq's ``TransformerEncoder`` set up as BERT (post-LayerNorm, learned positions, embedding
+LayerNorm, exact GELU, LayerNorm epsilon 1e-12); any other ``FairseqEncoder`` that takes
+``(args, dictionary, embed_tokens)`` and returns ``{"encoder_out": [T x B x C]}`` can be named as
+``package.module:Class``, its own options given as JSON (``encoder_options``) and the rest filled by a
+registered fairseq architecture (``encoder_arch``). Segment embeddings (``[CLS] x [SEP] z [SEP]`` in the reader) are added to the token
+embeddings when the encoder accepts ``token_embeddings``, as fairseq's Transformer does.
+"""
+import argparse
+import importlib
+import inspect
+import json
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+from fairseq.dataclass import FairseqDataclass
+from fairseq.models import ARCH_CONFIG_REGISTRY, FairseqEncoder
+from fairseq.models.transformer import TransformerEncoder
+
+ENCODER_CLASSES = {"transformer": TransformerEncoder}
+
+
+@dataclass
+class EncoderConfig(FairseqDataclass):
+    encoder_class: str = field(
+        default="transformer",
+        metadata={"help": "fairseq encoder: 'transformer', or 'package.module:Class' for any "
+                  "FairseqEncoder taking (args, dictionary, embed_tokens)"},
+    )
+    encoder_arch: Optional[str] = field(
+        default=None,
+        metadata={"help": "registered fairseq architecture whose defaults fill the options of a "
+                  "swapped-in encoder class (e.g. lightconv)"},
+    )
+    encoder_options: str = field(
+        default="{}",
+        metadata={"help": "JSON object of further options for a swapped-in encoder class, e.g. "
+                  "'{\"encoder_kernel_size_list\": [3, 7]}' for lightconv"},
+    )
+    encoder_layers: int = field(default=12, metadata={"help": "layers per encoder"})
+    encoder_embed_dim: int = field(default=768, metadata={"help": "hidden size"})
+    encoder_ffn_embed_dim: int = field(default=3072, metadata={"help": "feed-forward inner size"})
+    encoder_attention_heads: int = field(default=12, metadata={"help": "attention heads"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout on hidden states"})
+    attention_dropout: float = field(default=0.1, metadata={"help": "dropout on attention weights"})
+    activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the activation"})
+    max_positions: int = field(default=512, metadata={"help": "longest input in tokens"})
+    num_segments: int = field(
+        default=2, metadata={"help": "segment (token type) embeddings, as BERT; 0 for none"}
+    )
+    layernorm_eps: float = field(default=1e-12, metadata={"help": "LayerNorm epsilon (BERT: 1e-12)"})
+
+
+def resolve_encoder_class(name: str) -> type:
+    if name in ENCODER_CLASSES:
+        return ENCODER_CLASSES[name]
+    module_name, sep, class_name = name.partition(":")
+    if not sep:
+        raise ValueError(
+            f"encoder_class {name!r}: expected one of {sorted(ENCODER_CLASSES)} or 'package.module:Class'"
+        )
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, FairseqEncoder)):
+        raise ValueError(f"encoder_class {name!r} is not a fairseq FairseqEncoder class")
+    return cls
+
+
+def encoder_args(cfg: EncoderConfig) -> argparse.Namespace:
+    """The legacy argparse options fairseq encoders are built from, BERT-style."""
+    args = argparse.Namespace(
+        encoder_layers=cfg.encoder_layers,
+        encoder_embed_dim=cfg.encoder_embed_dim,
+        encoder_ffn_embed_dim=cfg.encoder_ffn_embed_dim,
+        encoder_attention_heads=cfg.encoder_attention_heads,
+        dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout,
+        activation_dropout=cfg.activation_dropout,
+        activation_fn="gelu",
+        encoder_normalize_before=False,
+        encoder_learned_pos=True,
+        layernorm_embedding=True,
+        no_scale_embedding=True,
+        max_source_positions=cfg.max_positions,
+        encoder_layerdrop=0.0,
+    )
+    try:
+        options = json.loads(cfg.encoder_options)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"encoder_options {cfg.encoder_options!r}: invalid JSON ({e.msg})") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"encoder_options {cfg.encoder_options!r}: expected a JSON object")
+    vars(args).update(options)
+    if cfg.encoder_arch is not None:
+        if cfg.encoder_arch not in ARCH_CONFIG_REGISTRY:
+            raise ValueError(f"encoder_arch {cfg.encoder_arch!r} is not a registered fairseq architecture")
+        ARCH_CONFIG_REGISTRY[cfg.encoder_arch](args)  # fills only what is not set yet
+    return args
+
+
+class TextEncoder(nn.Module):
+    """Tokens (B, T) and segments (B, T) -> hidden states (B, T, C) and padding mask (B, T)."""
+
+    def __init__(self, cfg: EncoderConfig, dictionary):
+        super().__init__()
+        self.padding_idx = dictionary.pad()
+        embed_tokens = nn.Embedding(len(dictionary), cfg.encoder_embed_dim, self.padding_idx)
+        nn.init.normal_(embed_tokens.weight, std=0.02)
+        nn.init.zeros_(embed_tokens.weight[self.padding_idx])
+        self.encoder = resolve_encoder_class(cfg.encoder_class)(encoder_args(cfg), dictionary, embed_tokens)
+        self.segment_embeddings = None
+        if cfg.num_segments > 0:
+            if "token_embeddings" not in inspect.signature(self.encoder.forward).parameters:
+                raise ValueError(
+                    f"encoder_class {cfg.encoder_class!r} takes no token_embeddings, so it cannot add "
+                    f"segment embeddings; set num_segments to 0"
+                )
+            self.segment_embeddings = nn.Embedding(cfg.num_segments, cfg.encoder_embed_dim)
+            nn.init.normal_(self.segment_embeddings.weight, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.LayerNorm) or type(module).__name__ == "FusedLayerNorm":
+                module.eps = cfg.layernorm_eps
+
+    @property
+    def embed_tokens(self) -> nn.Embedding:
+        return self.encoder.embed_tokens
+
+    def forward(
+        self, tokens: torch.Tensor, segments: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        padding_mask = tokens.eq(self.padding_idx)  # (B, T)
+        if self.segment_embeddings is None:
+            out = self.encoder(tokens)
+        else:
+            if segments is None:
+                segments = torch.zeros_like(tokens)
+            embedded = self.embed_tokens(tokens) + self.segment_embeddings(segments)  # (B, T, C)
+            out = self.encoder(tokens, token_embeddings=embedded)
+        hidden = out["encoder_out"][0].transpose(0, 1)  # (T, B, C) -> (B, T, C)
+        return hidden, padding_mask
