@@ -10,6 +10,9 @@ from realm_fairseq import checkpoint_compat
 
 checkpoint_compat.allow_fairseq_checkpoints()
 
-from realm_fairseq.models import realm  # noqa: E402,F401  (registers the model and architectures)
+# every module that registers something with fairseq (see the module docstring)
+from realm_fairseq.criterions import realm_ict as _realm_ict_criterion  # noqa: E402,F401
+from realm_fairseq.models import realm as _realm_model  # noqa: E402,F401
+from realm_fairseq.tasks import realm_ict as _realm_ict_task  # noqa: E402,F401
 
 __version__ = "0.1.0"

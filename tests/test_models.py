@@ -105,6 +105,14 @@ def minilm_dir():
     return str(minilm.get_model_path())
 
 
+@pytest.fixture(scope="module")
+def minilm_weights(minilm_dir, tmp_path_factory):
+    """MiniLM converted once by the realm-convert-hf command."""
+    out = tmp_path_factory.mktemp("weights") / "minilm.pt"
+    run(["realm-convert-hf", minilm_dir, "--out", str(out)])
+    return str(out)
+
+
 def import_bert_model():
     """transformers' BertModel. transformers imports torchaudio whenever it is installed, and the
     torchaudio fairseq pulls in does not load against torch 2.13; BERT uses no audio, so an empty
@@ -132,15 +140,14 @@ def read_squad_questions():
             yield [qa for p in article["paragraphs"] for qa in p["qas"]]
 
 
-def test_converted_minilm_matches_transformers_bert(minilm_dir, tmp_path, capsys):
+def test_converted_minilm_matches_transformers_bert(minilm_dir, minilm_weights, capsys):
     BertModel = import_bert_model()
-    out = tmp_path / "minilm.pt"
-    run(["realm-convert-hf", minilm_dir, "--out", str(out)])
-    weights = load_weights(str(out))
+    out = minilm_weights
+    weights = load_weights(out)
     vocab = Vocab.load(os.path.join(minilm_dir, "vocab.txt"))
     dictionary = dictionary_for(vocab)
     ours = Embedder(EncoderConfig(**weights["config"]), dictionary, "mean", 0).encoder.eval()
-    load_into_encoder(ours, weights, dictionary, str(out))
+    load_into_encoder(ours, weights, dictionary, out)
     hf = BertModel.from_pretrained(minilm_dir).eval()
 
     tokenizer = vocab.tokenizer()
@@ -163,11 +170,9 @@ def test_converted_minilm_matches_transformers_bert(minilm_dir, tmp_path, capsys
     assert diff < 1e-4
 
 
-def test_realm_model_warm_starts_every_tower(minilm_dir, tmp_path):
-    weights_path = tmp_path / "minilm.pt"
-    run(["realm-convert-hf", minilm_dir, "--out", str(weights_path)])
+def test_realm_model_warm_starts_every_tower(minilm_weights):
     dictionary = dictionary_for(Vocab.load(VOCAB))
-    args = argparse.Namespace(encoder_init=str(weights_path))
+    args = argparse.Namespace(encoder_init=minilm_weights)
     realm_minilm(args)
     cfg = RealmConfig(**{k: getattr(args, k) for k in vars(args)})
     model = RealmModel.build_model(cfg, types.SimpleNamespace(source_dictionary=dictionary)).eval()

@@ -46,7 +46,21 @@ def exit_after_success() -> None:
     os._exit(0)
 
 
+def use_fairseq_train_logging() -> None:
+    """Configure logging as ``fairseq-train`` does. It sets up the root logger before importing fairseq;
+    importing this plugin has imported fairseq already, and fairseq's ``text_to_speech`` task calls
+    ``logging.basicConfig`` at import, which would otherwise leave its default format in place."""
+    logging.basicConfig(
+        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        level=os.environ.get("LOGLEVEL", "INFO").upper(),
+        stream=sys.stdout,
+        force=True,
+    )
+
+
 def train_main() -> None:
+    use_fairseq_train_logging()
     from fairseq_cli import train
 
     sys.argv = [sys.argv[0]] + with_user_dir(sys.argv[1:])
