@@ -1,6 +1,6 @@
 """Cut one tokenized document into retrieval blocks and pre-training examples.
 
-REALM (section 4.2 and appendix) retrieves over Wikipedia split into blocks of at most 288 wordpieces,
+REALM (section 4.3) retrieves over Wikipedia split into blocks of at most 288 wordpieces,
 each read by the document embedder together with its article title: ``[CLS] title [SEP] body [SEP]``.
 We store a block as ``title [SEP] body`` (at most ``block_size`` wordpieces; the embedders add the
 outer ``[CLS]``/``[SEP]``). Blocks are packed greedily with whole sentences; a sentence longer than a

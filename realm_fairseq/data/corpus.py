@@ -6,7 +6,7 @@
     ex = corpus.examples    # PretrainingExamples: sentences with source block and salient spans
 
 The file layout is documented in :mod:`realm_fairseq.data.corpus_builder`. Blocks are what the
-retriever scores (REALM, section 2.3); examples are the ``x`` of masked-language-model pre-training.
+retriever scores (REALM, section 3.2); examples are the ``x`` of masked-language-model pre-training.
 """
 import json
 import os

