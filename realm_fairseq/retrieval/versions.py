@@ -27,6 +27,7 @@ from typing import Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
+from realm_fairseq.atomic_io import atomic_file
 from realm_fairseq.retrieval.mips import MipsIndex
 
 logger = logging.getLogger(__name__)
@@ -283,14 +284,8 @@ class IndexStore:
         if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.floating):
             raise ValueError(f"shard {shard_id}: expected a float array (rows, d), got {embeddings.dtype} "
                              f"{embeddings.shape}")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
+        with atomic_file(path, force=True) as tmp:
             _save_npy(tmp, embeddings.astype(np.float16, copy=False))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         return path
 
     def merge_shards(self, tag: str, num_shards: int, corpus_checksum: str, encoder: dict,
