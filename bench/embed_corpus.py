@@ -67,7 +67,8 @@ def main():
     tensors = [data_utils.collate_tokens(
         [torch.cat([torch.tensor([d.bos()]), corpus.tokens(int(i)), torch.tensor([d.eos()])]) for i in b],
         d.pad()).to(args.device) for b in batches]
-    autocast = torch.autocast(device_type=torch.device(args.device).type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
+    autocast = torch.autocast(device_type=torch.device(args.device).type, dtype=DTYPES[dtype],
+                              enabled=dtype != "fp32")
 
     def sync():
         if args.device.startswith("cuda"):

@@ -2,7 +2,6 @@
 MiniLM retrieval of the right SQuAD paragraph for SQuAD dev questions."""
 import gzip
 import json
-import os
 
 import numpy as np
 import pytest
@@ -48,7 +47,8 @@ def test_index_from_a_checkpoint_and_sharded_builds_agree(wiki_corpus, ict_check
 
 
 def test_merge_reports_missing_shards_and_bad_shard_ids(wiki_corpus, ict_checkpoint, tmp_path):
-    common = ["--corpus", wiki_corpus, "--checkpoint", ict_checkpoint, "--out", str(tmp_path / "i"), "--no-progress"]
+    common = ["--corpus", wiki_corpus, "--checkpoint", ict_checkpoint, "--out", str(tmp_path / "i"),
+              "--no-progress"]
     run(["realm-build-index", *common, "--shard-id", "0", "--num-shards", "3"])
     proc = run(["realm-build-index", *common, "--merge", "--num-shards", "3"], check=False)
     assert proc.returncode != 0 and "1, 2" in proc.stderr

@@ -38,7 +38,8 @@ def cli_main(argv: Optional[List[str]] = None) -> None:
         force=True,  # importing fairseq has already configured the root logger
     )
     args = build_parser().parse_args(argv)
-    cfg = CorpusConfig(**{f.name: getattr(args, f.name) for f in fields(CorpusConfig) if f.init and not f.name.startswith("_")})
+    names = [f.name for f in fields(CorpusConfig) if f.init and not f.name.startswith("_")]
+    cfg = CorpusConfig(**{name: getattr(args, name) for name in names})
     try:
         manifest = prepare_corpus(args.inputs, args.vocab, args.out, cfg)
     except (InputError, FileExistsError, ValueError, RuntimeError) as e:

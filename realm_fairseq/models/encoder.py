@@ -6,8 +6,9 @@ is fairseq's ``TransformerEncoder`` set up as BERT (post-LayerNorm, learned posi
 LayerNorm, exact GELU, LayerNorm epsilon 1e-12); any other ``FairseqEncoder`` that takes
 ``(args, dictionary, embed_tokens)`` and returns ``{"encoder_out": [T x B x C]}`` can be named as
 ``package.module:Class``, its own options given as JSON (``encoder_options``) and the rest filled by a
-registered fairseq architecture (``encoder_arch``). Segment embeddings (``[CLS] x [SEP] z [SEP]`` in the reader) are added to the token
-embeddings when the encoder accepts ``token_embeddings``, as fairseq's Transformer does.
+registered fairseq architecture (``encoder_arch``). Segment embeddings (``[CLS] x [SEP] z [SEP]`` in
+the reader) are added to the token embeddings when the encoder accepts ``token_embeddings``, as
+fairseq's Transformer does.
 """
 import argparse
 import importlib

@@ -1,7 +1,8 @@
 """Convert a Hugging Face BERT checkpoint into weights for our text encoder.
 
-REALM warm-starts its towers from BERT (paper, section 3.4, "Initialization"). A HF BERT directory (``config.json``,
-``model.safetensors`` or ``pytorch_model.bin``, ``vocab.txt``) becomes a weights file holding an
+REALM warm-starts its towers from BERT (paper, section 3.4, "Initialization"). A HF BERT directory
+(``config.json``, ``model.safetensors`` or ``pytorch_model.bin``, ``vocab.txt``) becomes a weights file
+holding an
 :class:`~realm_fairseq.models.encoder.EncoderConfig` and a state dict for
 :class:`~realm_fairseq.models.encoder.TextEncoder`, mapped as follows:
 
@@ -81,7 +82,8 @@ def _read_hf_weights(hf_dir: str) -> Dict[str, torch.Tensor]:
     renamed = {}
     for key, value in weights.items():
         key = key[len("bert."):] if key.startswith("bert.") else key
-        renamed[key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")] = value
+        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        renamed[key] = value
     return renamed
 
 
@@ -136,7 +138,9 @@ def convert_hf_bert(hf_dir: str) -> dict:
         raise InputError(f"{hf_dir}: conversion left {len(missing)} weights unset, e.g. {missing[:3]}")
     for key, value in state.items():
         if reference[key].shape != value.shape:
-            raise InputError(f"{hf_dir}: {key} has shape {tuple(value.shape)}, expected {tuple(reference[key].shape)}")
+            raise InputError(
+                f"{hf_dir}: {key} has shape {tuple(value.shape)}, expected {tuple(reference[key].shape)}"
+            )
     return {
         "format": WEIGHTS_FORMAT,
         "source": os.path.abspath(hf_dir),

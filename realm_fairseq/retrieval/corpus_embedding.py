@@ -105,7 +105,8 @@ def embed_blocks(
             bar.update(len(batch))
     bar.close()
     elapsed = time.time() - started
-    logger.info("embedded %d blocks in %.1fs (%.0f blocks/s)", end - start, elapsed, (end - start) / max(elapsed, 1e-9))
+    logger.info("embedded %d blocks in %.1fs (%.0f blocks/s)", end - start, elapsed,
+                (end - start) / max(elapsed, 1e-9))
     return out
 
 
