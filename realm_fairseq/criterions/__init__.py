@@ -1,1 +1,1 @@
-"""fairseq criterions of the plugin: realm_ict (and, as they land, realm_mlm and realm_qa)."""
+"""fairseq criterions of the plugin: realm_ict, realm_mlm (and, as it lands, realm_qa)."""

@@ -1,7 +1,8 @@
-"""The ``realm`` fairseq model: REALM's retriever towers (paper, section 3.2).
+"""The ``realm`` fairseq model: REALM's retriever and knowledge-augmented encoder (paper, section 3.2).
 
 The model holds the query embedder Embed_input and the document embedder Embed_doc; the relevance of
-block z to input x is f(x, z) = Embed_input(x) . Embed_doc(z). Architectures:
+block z to input x is f(x, z) = Embed_input(x) . Embed_doc(z). Tasks that read (``realm_pretrain``)
+add the reader, which predicts the masked tokens of x from ``[CLS] x [SEP] z [SEP]``. Architectures:
 
 - ``realm_base``: BERT-base towers (12 layers, 768 wide, 12 heads, 3072 feed-forward), ``[CLS]``
   pooling projected to 128 dimensions, as the paper;
@@ -9,12 +10,16 @@ block z to input x is f(x, z) = Embed_input(x) . Embed_doc(z). Architectures:
   pooling and no projection, so that the converted sentence embedder retrieves well from the start;
 - ``realm_tiny``: 2 layers of 64 for tests.
 
-``--encoder-init WEIGHTS.pt`` (from ``realm-convert-hf``) warm-starts every tower.
+``--encoder-init WEIGHTS.pt`` (from ``realm-convert-hf``) warm-starts every tower;
+``--retriever-init CKPT`` then loads both embedders from a ``realm_ict`` (or earlier ``realm``)
+checkpoint, REALM's ICT warm start (section 3.4).
 """
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+from fairseq import checkpoint_utils
+from fairseq.data import data_utils
 from fairseq.dataclass import ChoiceEnum
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
 from fairseq.utils import safe_getattr
@@ -22,6 +27,8 @@ from fairseq.utils import safe_getattr
 from realm_fairseq.models.embedder import POOLINGS, Embedder
 from realm_fairseq.models.encoder import EncoderConfig
 from realm_fairseq.models.hf_convert import load_into_encoder, load_weights
+from realm_fairseq.models.reader import Reader, join_query_and_blocks
+from realm_fairseq.retrieval.retriever import Retriever
 
 
 @dataclass
@@ -36,15 +43,22 @@ class RealmConfig(EncoderConfig):
     encoder_init: Optional[str] = field(
         default=None, metadata={"help": "weights from realm-convert-hf to start every tower from"}
     )
+    retriever_init: Optional[str] = field(
+        default=None, metadata={"help": "realm checkpoint (e.g. from realm_ict) whose query and document "
+                                "embedders start the retriever"}
+    )
 
 
 @register_model("realm", dataclass=RealmConfig)
 class RealmModel(BaseFairseqModel):
-    def __init__(self, cfg: RealmConfig, query_embedder: Embedder, doc_embedder: Embedder):
+    def __init__(self, cfg: RealmConfig, dictionary, query_embedder: Embedder, doc_embedder: Embedder,
+                 reader: Optional[Reader] = None):
         super().__init__()
         self.cfg = cfg
+        self.dictionary = dictionary
         self.query_embedder = query_embedder
         self.doc_embedder = doc_embedder
+        self.reader = reader
 
     @classmethod
     def build_model(cls, cfg: RealmConfig, task):
@@ -53,11 +67,14 @@ class RealmModel(BaseFairseqModel):
             Embedder(cfg, dictionary, cfg.retriever_pooling, cfg.retriever_projection_dim)
             for _ in range(2)
         ]
+        reader = Reader(cfg, dictionary) if getattr(task, "needs_reader", False) else None
         if cfg.encoder_init:
             weights = load_weights(cfg.encoder_init)
-            for tower in towers:
-                load_into_encoder(tower.encoder, weights, dictionary, cfg.encoder_init)
-        return cls(cfg, *towers)
+            for encoder in [t.encoder for t in towers] + ([reader.encoder] if reader else []):
+                load_into_encoder(encoder, weights, dictionary, cfg.encoder_init)
+        if cfg.retriever_init:
+            _load_retriever(towers, cfg.retriever_init)
+        return cls(cfg, dictionary, *towers, reader=reader)
 
     def embed_queries(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T) query tokens -> (B, D) Embed_input(x)."""
@@ -66,6 +83,52 @@ class RealmModel(BaseFairseqModel):
     def embed_blocks(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T) block tokens -> (B, D) Embed_doc(z)."""
         return self.doc_embedder(tokens)
+
+    def forward(self, src_tokens, src_lengths, target, exclude_blocks, retriever: Retriever):
+        """Retrieve, score and read. ``src_tokens`` (B, T) are ``[CLS] x [SEP]`` with masks, ``target``
+        (B, T) the masked tokens (padding elsewhere). Returns retrieval scores (B, K), the reader's
+        log p(y_t | x, z_k) at every position (B, K, T; zero where nothing is masked), the target mask
+        (B, T) and the retrieved block ids (B, topk)."""
+        d, device = self.dictionary, src_tokens.device
+        batch = src_tokens.shape[0]
+        queries = self.embed_queries(src_tokens)  # (B, D)
+        block_ids = retriever.search(queries, exclude_blocks.tolist())  # (B, topk)
+        candidates = retriever.candidate_tokens(block_ids)  # B lists of K token tensors
+        k = retriever.num_candidates
+        wrapped = [torch.cat([z.new([d.bos()]), z, z.new([d.eos()])]) for row in candidates for z in row]
+        docs = self.embed_blocks(data_utils.collate_tokens(wrapped, d.pad()).to(device))  # (B*K, D)
+        scores = torch.einsum("bd,bkd->bk", queries, docs.view(batch, k, -1))  # (B, K)
+
+        lengths = src_tokens.ne(d.pad()).sum(1).tolist()
+        joined, segments = join_query_and_blocks(
+            [src_tokens[b, :n].cpu() for b, n in enumerate(lengths)], candidates, d.pad(), d.eos(),
+            self.cfg.max_positions,
+        )  # (B*K, Tj) with Tj >= T
+        token_mask = target.ne(d.pad())  # (B, T)
+        width = src_tokens.shape[1]
+        masked = torch.zeros(joined.shape, dtype=torch.bool, device=device)
+        masked[:, :width] = token_mask.repeat_interleave(k, dim=0)  # x comes first in every sequence
+        logits = self.reader(joined.to(device), segments.to(device), masked)  # (masked tokens, V)
+        targets = target.repeat_interleave(k, dim=0)[masked[:, :width]]  # (masked tokens,)
+        picked = torch.log_softmax(logits.float(), -1).gather(1, targets[:, None]).squeeze(1)
+        token_log_probs = logits.new_zeros(batch * k, width, dtype=torch.float)
+        token_log_probs[masked[:, :width]] = picked
+        return {
+            "retrieval_scores": scores,
+            "token_log_probs": token_log_probs.view(batch, k, width),
+            "token_mask": token_mask,
+            "block_ids": block_ids,
+        }
+
+
+def _load_retriever(towers, path: str) -> None:
+    """Load the query and document embedders of a realm checkpoint into ``towers``."""
+    state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
+    for tower, prefix in zip(towers, ("query_embedder.", "doc_embedder.")):
+        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not weights:
+            raise ValueError(f"{path}: no {prefix[:-1]} weights; expected a checkpoint of the realm model")
+        tower.load_state_dict(weights)
 
 
 def _set_defaults(args, **defaults) -> None:

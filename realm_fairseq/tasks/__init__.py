@@ -1,1 +1,1 @@
-"""fairseq tasks of the plugin: realm_ict (and, as they land, realm_pretrain and realm_open_qa)."""
+"""fairseq tasks of the plugin: realm_ict, realm_pretrain (and, as it lands, realm_open_qa)."""

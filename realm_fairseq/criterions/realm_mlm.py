@@ -1,0 +1,82 @@
+"""Criterion ``realm_mlm``: the negative marginal log-likelihood of the masked tokens (REALM, 2.3-3.1).
+
+loss = -sum_j log sum_z p(z | x) p(y_j | x, z) per masked token (the released REALM code), or with
+``--joint-marginal`` -sum_x log sum_z p(z | x) prod_j p(y_j | x, z) (the paper's equation). Logged
+besides the loss (bits per masked token) and perplexity:
+
+- ``retrieval_utility``: log p(y | x) minus log p(y | x, null document), in bits per masked token: how
+  much the retrieved blocks help (REALM section 3.4 calls it the retrieval utility);
+- ``null_prob``: the mean p(null document | x); ``entropy``: the mean entropy of p(z | x), in bits;
+- ``index_version`` and ``staleness``: the index version in use and how many updates old its embeddings are.
+"""
+import math
+from dataclasses import dataclass, field
+
+import torch
+from fairseq import metrics, utils
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import FairseqDataclass
+
+from realm_fairseq.criterions.marginal_likelihood import marginal_log_likelihood
+
+
+@dataclass
+class RealmMlmConfig(FairseqDataclass):
+    joint_marginal: bool = field(
+        default=False, metadata={"help": "marginalise all masked tokens of an example jointly (the paper's "
+                                 "equation) instead of each token on its own (the released code)"}
+    )
+
+
+@register_criterion("realm_mlm", dataclass=RealmMlmConfig)
+class RealmMlmCriterion(FairseqCriterion):
+    def __init__(self, task, joint_marginal: bool = False):
+        super().__init__(task)
+        self.joint_marginal = joint_marginal
+
+    def forward(self, model, sample, reduce=True):
+        retriever = self.task.retriever
+        out = model(**sample["net_input"], target=sample["target"], exclude_blocks=sample["exclude_blocks"],
+                    retriever=retriever)
+        scores, log_probs, mask = out["retrieval_scores"], out["token_log_probs"], out["token_mask"]
+        per_token = marginal_log_likelihood(scores, log_probs, mask)  # (B, T)
+        if self.joint_marginal:
+            loss = -marginal_log_likelihood(scores, log_probs, mask, joint=True).sum()
+        else:
+            loss = -per_token.sum()
+        num_tokens = int(mask.sum())
+        p_z = torch.softmax(scores.detach().float(), -1)  # (B, K)
+        logging_output = {
+            "loss": loss.data,
+            "ntokens": num_tokens,
+            "nsentences": scores.shape[0],
+            "sample_size": num_tokens,
+            "entropy": float(-(p_z * torch.log(p_z.clamp(min=1e-30))).sum()),
+            "index_version": retriever.version or 0,
+            "staleness": self.task.update_num - (retriever.version_update or 0) if retriever.version else 0,
+        }
+        if retriever.null_document:  # the null document is the last candidate
+            alone = log_probs[:, -1].masked_fill(~mask, 0.0)  # (B, T) log p(y_t | x, null)
+            logging_output["utility"] = float((per_token - alone).detach().sum())
+            logging_output["null_prob"] = float(p_z[:, -1].sum())
+        return loss, num_tokens, logging_output
+
+    @staticmethod
+    def reduce_metrics(logging_outputs) -> None:
+        def total(key):
+            return sum(log.get(key, 0) for log in logging_outputs)
+
+        tokens, sentences = max(total("sample_size"), 1), max(total("nsentences"), 1)
+        metrics.log_scalar("loss", total("loss") / tokens / math.log(2), tokens, round=3)
+        metrics.log_derived("ppl", lambda m: utils.get_perplexity(m["loss"].avg))
+        metrics.log_scalar("entropy", total("entropy") / sentences / math.log(2), sentences, round=3)
+        if any("utility" in log for log in logging_outputs):
+            metrics.log_scalar("retrieval_utility", total("utility") / tokens / math.log(2), tokens, round=3)
+            metrics.log_scalar("null_prob", total("null_prob") / sentences, sentences, round=3)
+        n = max(len(logging_outputs), 1)
+        metrics.log_scalar("index_version", total("index_version") / n, 1, round=0)
+        metrics.log_scalar("staleness", total("staleness") / n, 1, round=0)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

@@ -1,0 +1,49 @@
+"""The retrieval step of a REALM training batch (paper, sections 3.1-3.4).
+
+For each query embedding, search the MIPS index for the top-k blocks, never the block the masked
+sentence came from ("prohibiting trivial retrievals", section 3.4), and add the null document (an
+empty block, section 3.4) unless disabled. The index only proposes candidates: their embeddings are
+recomputed with the current document embedder in the model, so p(z | x) is exact for them and its
+gradient reaches both embedders (section 3.3).
+"""
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from realm_fairseq.data.corpus import BlockCorpus
+from realm_fairseq.retrieval.mips import MipsIndex
+
+
+class Retriever:
+    """Candidate blocks (as token ids) for a batch of query embeddings."""
+
+    def __init__(self, corpus: BlockCorpus, index: Optional[MipsIndex], topk: int, null_document: bool,
+                 version: Optional[int] = None, version_update: Optional[int] = None):
+        if topk > 0 and index is None:
+            raise ValueError("retrieval needs an index when topk > 0")
+        if topk == 0 and not null_document:
+            raise ValueError("with topk 0 the null document is the only candidate; it cannot be disabled")
+        self.corpus = corpus
+        self.index = index
+        self.topk = topk
+        self.null_document = null_document
+        self.version = version  # index version in use, and the update its embeddings came from
+        self.version_update = version_update
+
+    @property
+    def num_candidates(self) -> int:
+        return self.topk + int(self.null_document)
+
+    def search(self, queries: torch.Tensor, exclude: Sequence[int]) -> np.ndarray:
+        """(B, D) query embeddings -> (B, topk) block ids, excluding ``exclude[b]`` for query b."""
+        if self.topk == 0:
+            return np.zeros((len(queries), 0), dtype=np.int64)
+        _, ids = self.index.search(queries.detach().float().cpu(), self.topk, exclude=np.asarray(exclude))
+        return ids
+
+    def candidate_tokens(self, block_ids: np.ndarray) -> List[List[torch.Tensor]]:
+        """(B, topk) block ids -> for each query its K candidates' tokens, the null document last."""
+        empty = torch.zeros(0, dtype=torch.long)
+        return [[self.corpus.tokens(int(i)) for i in row] + ([empty] if self.null_document else [])
+                for row in block_ids]

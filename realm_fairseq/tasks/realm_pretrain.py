@@ -1,0 +1,103 @@
+"""Task ``realm_pretrain``: retrieval-augmented masked-LM pre-training (REALM, sections 2-3).
+
+    fairseq-train CORPUS --task realm_pretrain --index INDEX --arch realm_base --criterion realm_mlm ...
+
+Reads the pre-training examples of a CORPUS (sentences with their salient spans and source block) and
+the newest committed version of an INDEX (``realm-build-index``) over the same corpus. Each batch holds
+masked sentences (``--masking``: salient spans by default); the model retrieves ``--retrieval-topk``
+blocks for each (never its source block) plus the null document, and the criterion maximises the
+marginal likelihood of the masked tokens. ``valid`` holds out the sentences of ``--valid-percent`` of
+the blocks (the same blocks ``realm_ict`` holds out).
+"""
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.tasks import FairseqTask, register_task
+from omegaconf import II, MISSING
+
+from realm_fairseq.data.corpus import BlockCorpus
+from realm_fairseq.data.masking import MASKINGS, MaskedExamplesDataset
+from realm_fairseq.retrieval.retriever import Retriever
+from realm_fairseq.retrieval.versions import IndexStore
+from realm_fairseq.tasks.realm_ict import split_blocks
+
+
+@dataclass
+class RealmPretrainConfig(FairseqDataclass):
+    data: str = field(default=MISSING, metadata={"help": "CORPUS directory from realm-prepare-corpus"})
+    index: Optional[str] = field(
+        default=None, metadata={"help": "INDEX directory from realm-build-index over the same corpus"}
+    )
+    masking: ChoiceEnum(list(MASKINGS)) = field(
+        default="salient_span", metadata={"help": "what to mask: one salient span (REALM), random tokens "
+                                          "or random spans"}
+    )
+    retrieval_topk: int = field(
+        default=8, metadata={"help": "blocks retrieved per example (REALM: 8); 0 reads with the null "
+                             "document alone, i.e. no retrieval"}
+    )
+    no_null_document: bool = field(
+        default=False, metadata={"help": "do not add the null document to the candidates"}
+    )
+    valid_percent: float = field(
+        default=1.0, metadata={"help": "percent of the blocks whose sentences form the valid split"}
+    )
+    seed: int = II("common.seed")
+
+
+@register_task("realm_pretrain", dataclass=RealmPretrainConfig)
+class RealmPretrainTask(FairseqTask):
+    needs_reader = True  # the realm model then builds its knowledge-augmented encoder
+
+    def __init__(self, cfg: RealmPretrainConfig, corpus: BlockCorpus, retriever: Retriever):
+        super().__init__(cfg)
+        self.corpus = corpus
+        self.retriever = retriever
+        self.update_num = 0
+
+    @classmethod
+    def setup_task(cls, cfg: RealmPretrainConfig, **kwargs):
+        corpus = BlockCorpus(cfg.data)
+        index, version, update = None, None, None
+        if cfg.retrieval_topk > 0:
+            if not cfg.index:
+                raise ValueError("--index is required with --retrieval-topk > 0 (build one with realm-build-index)")
+            store = IndexStore(cfg.index)
+            index, manifest = store.load(corpus=corpus)
+            version, update = manifest["version"], manifest["encoder"].get("update")
+        retriever = Retriever(corpus, index, cfg.retrieval_topk, not cfg.no_null_document, version, update)
+        return cls(cfg, corpus, retriever)
+
+    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
+        splits = split_blocks(len(self.corpus), self.cfg.valid_percent)
+        if split not in splits:
+            raise KeyError(f"realm_pretrain has the splits {sorted(splits)}, not {split!r}")
+        examples = self.corpus.examples
+        in_split = np.isin(examples.source_block, splits[split])
+        self.datasets[split] = MaskedExamplesDataset(
+            examples, np.flatnonzero(in_split), self.corpus.dictionary, self.cfg.masking, self.cfg.seed
+        )
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        index = self.retriever.index
+        if index is not None and index.dim != model.query_embedder.dim:
+            raise ValueError(
+                f"the index {self.cfg.index} holds {index.dim}-dimensional embeddings but the model's "
+                f"query embedder gives {model.query_embedder.dim}; rebuild the index with this model"
+            )
+        return model
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        self.update_num = update_num
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    @property
+    def source_dictionary(self):
+        return self.corpus.dictionary
+
+    @property
+    def target_dictionary(self):
+        return self.corpus.dictionary

@@ -1,0 +1,111 @@
+"""REALM pre-training (realm_pretrain + realm_mlm): gradients reach both embedders and the reader, the
+source block is never retrieved, one certain candidate reduces to plain masked LM, and fairseq-train
+runs it with its metrics."""
+import argparse
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from realm_fairseq.criterions.marginal_likelihood import marginal_log_likelihood
+from realm_fairseq.data import BlockCorpus
+from realm_fairseq.data.masking import MaskedExamplesDataset
+from realm_fairseq.models.realm import RealmConfig, RealmModel, realm_tiny
+from realm_fairseq.models.reader import join_query_and_blocks
+from realm_fairseq.retrieval.corpus_embedding import EmbedderSource, embed_blocks
+from realm_fairseq.retrieval.mips import MipsIndex
+from realm_fairseq.retrieval.retriever import Retriever
+from realm_fairseq.retrieval.versions import IndexStore
+
+from conftest import run
+
+
+class Task:
+    needs_reader = True
+
+    def __init__(self, dictionary):
+        self.source_dictionary = dictionary
+
+
+@pytest.fixture(scope="module")
+def setup(wiki_corpus):
+    """A realm_tiny model, the index of its own document embeddings and a batch of masked sentences."""
+    torch.manual_seed(0)
+    corpus = BlockCorpus(wiki_corpus)
+    args = argparse.Namespace(dropout=0.0, attention_dropout=0.0)
+    realm_tiny(args)
+    model = RealmModel.build_model(RealmConfig(**vars(args)), Task(corpus.dictionary))
+    embeddings = embed_blocks(EmbedderSource(model.doc_embedder, {}), corpus, progress=False)
+    ds = MaskedExamplesDataset(corpus.examples, np.arange(len(corpus.examples)), corpus.dictionary)
+    batch = ds.collater([ds[i] for i in range(0, 400, 25)])
+    return corpus, model, MipsIndex.build(embeddings), batch
+
+
+def forward(model, batch, retriever):
+    return model(**batch["net_input"], target=batch["target"], exclude_blocks=batch["exclude_blocks"],
+                 retriever=retriever)
+
+
+def test_gradients_reach_both_embedders_and_the_reader(setup):
+    corpus, model, index, batch = setup
+    model.zero_grad()
+    out = forward(model, batch, Retriever(corpus, index, topk=4, null_document=True))
+    assert out["retrieval_scores"].shape == (16, 5)
+    loss = -marginal_log_likelihood(out["retrieval_scores"], out["token_log_probs"], out["token_mask"]).sum()
+    loss.backward()
+    for name, tower in (("query", model.query_embedder), ("doc", model.doc_embedder), ("reader", model.reader)):
+        grads = [p.grad for p in tower.parameters() if p.grad is not None]
+        assert grads and sum(float(g.abs().sum()) for g in grads) > 0, f"no gradient in the {name} tower"
+
+
+def test_the_source_block_is_never_a_candidate(setup):
+    corpus, model, index, _ = setup
+    ds = MaskedExamplesDataset(corpus.examples, np.arange(len(corpus.examples)), corpus.dictionary)
+    retriever = Retriever(corpus, index, topk=8, null_document=True)
+    # the queries most likely to find their own block: embed each sentence and search
+    for start in range(0, 2000, 250):
+        batch = ds.collater([ds[i] for i in range(start, start + 16)])
+        with torch.no_grad():
+            queries = model.embed_queries(batch["net_input"]["src_tokens"])
+        ids = retriever.search(queries, batch["exclude_blocks"].tolist())
+        assert (ids != batch["exclude_blocks"].numpy()[:, None]).all()
+        assert (ids >= 0).all() and ids.shape == (16, 8)
+
+
+def test_one_certain_candidate_equals_plain_masked_lm(setup):
+    corpus, model, _, batch = setup
+    model.eval()
+    with torch.no_grad():
+        out = forward(model, batch, Retriever(corpus, None, topk=0, null_document=True))
+        marginal = marginal_log_likelihood(out["retrieval_scores"], out["token_log_probs"], out["token_mask"])
+        # the reader alone on [CLS] x [SEP] [SEP], scored directly
+        d, src, target = corpus.dictionary, batch["net_input"]["src_tokens"], batch["target"]
+        queries = [src[b, : int(n)] for b, n in enumerate(batch["net_input"]["src_lengths"])]
+        tokens, segments = join_query_and_blocks(queries, [[torch.zeros(0, dtype=torch.long)]] * len(queries),
+                                                 d.pad(), d.eos(), model.cfg.max_positions)
+        log_probs = torch.log_softmax(model.reader(tokens, segments), -1)[:, : src.shape[1]]
+        mask = target.ne(d.pad())
+        plain = log_probs.gather(2, target[:, :, None]).squeeze(2)[mask]
+    model.train()
+    assert out["retrieval_scores"].shape == (16, 1)
+    assert torch.allclose(marginal[mask], plain, atol=1e-4)
+
+
+def test_fairseq_train_runs_realm_pretrain_and_logs_its_metrics(setup, wiki_corpus, tmp_path):
+    corpus, model, _, _ = setup
+    store = IndexStore(str(tmp_path / "index"))
+    embeddings = embed_blocks(EmbedderSource(model.doc_embedder, {}), corpus, progress=False)
+    store.commit(embeddings, corpus.checksum, {"kind": "test", "update": 0})
+    common = [wiki_corpus, "--task", "realm_pretrain", "--arch", "realm_tiny", "--criterion", "realm_mlm",
+              "--optimizer", "adam", "--lr", "1e-3", "--lr-scheduler", "fixed", "--batch-size", "8",
+              "--max-update", "6", "--cpu", "--num-workers", "0", "--no-progress-bar", "--log-interval", "3",
+              "--log-format", "simple", "--required-batch-size-multiple", "1", "--seed", "1", "--no-save",
+              "--valid-percent", "4", "--max-valid-steps", "2"]
+    log = run(["realm-train", *common, "--index", str(tmp_path / "index"), "--retrieval-topk", "4"],
+              cwd=tmp_path).stdout
+    line = [l for l in log.splitlines() if "| valid on" in l][-1]
+    for metric in ("loss", "ppl", "retrieval_utility", "null_prob", "entropy", "index_version 1", "staleness"):
+        assert re.search(rf"\| {metric}", line), f"{metric} missing from: {line}"
+    alone = run(["realm-train", *common, "--retrieval-topk", "0"], cwd=tmp_path).stdout
+    assert "num_updates 6" in alone and "index_version 0" in alone
