@@ -63,7 +63,9 @@ class RealmPretrainTask(FairseqTask):
         index, version, update = None, None, None
         if cfg.retrieval_topk > 0:
             if not cfg.index:
-                raise ValueError("--index is required with --retrieval-topk > 0 (build one with realm-build-index)")
+                raise ValueError(
+                    "--index is required with --retrieval-topk > 0 (build one with realm-build-index)"
+                )
             store = IndexStore(cfg.index)
             index, manifest = store.load(corpus=corpus)
             version, update = manifest["version"], manifest["encoder"].get("update")
