@@ -1,5 +1,6 @@
 """Shared fixtures: the shipped demo data and a corpus built from it once per test session."""
 import os
+import socket
 import subprocess
 import sys
 
@@ -22,6 +23,13 @@ def run(cmd, cwd=None, check=True, timeout=600, env=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on, for a distributed init method."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """Inverse Cloze Task warm start: its examples, a real fairseq-train run that learns, and in-batch
 negatives gathered across two data-parallel ranks."""
 import re
-import socket
 import subprocess
 
 import numpy as np
@@ -10,7 +9,7 @@ from realm_fairseq.data import BlockCorpus
 from realm_fairseq.data.ict_dataset import IctDataset
 from realm_fairseq.tasks.realm_ict import split_blocks
 
-from conftest import BIN, run
+from conftest import BIN, free_port, run
 
 ICT = ["--task", "realm_ict", "--arch", "realm_tiny", "--retriever-pooling", "mean", "--criterion", "realm_ict",
        "--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "fixed", "--batch-size", "32",
@@ -69,12 +68,6 @@ def test_ict_training_raises_in_batch_accuracy(wiki_corpus, tmp_path, capsys):
               f"valid top-1 {valid[0]:.3f} -> {valid[-1]:.3f} (chance 1/32)")
     assert top1[-1] > 3 * top1[0] and top1[-1] > 0.12
     assert valid[-1] > 1.5 * valid[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_ranks_score_each_query_against_both_ranks_blocks(wiki_corpus, tmp_path):

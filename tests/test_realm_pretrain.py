@@ -3,6 +3,7 @@ source block is never retrieved, one certain candidate reduces to plain masked L
 runs it with its metrics."""
 import argparse
 import re
+import subprocess
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from realm_fairseq.retrieval.mips import MipsIndex
 from realm_fairseq.retrieval.retriever import Retriever
 from realm_fairseq.retrieval.versions import IndexStore
 
-from conftest import run
+from conftest import BIN, free_port, run
 
 
 class Task:
@@ -92,20 +93,77 @@ def test_one_certain_candidate_equals_plain_masked_lm(setup):
     assert torch.allclose(marginal[mask], plain, atol=1e-4)
 
 
-def test_fairseq_train_runs_realm_pretrain_and_logs_its_metrics(setup, wiki_corpus, tmp_path):
+@pytest.fixture(scope="module")
+def index_dir(setup, tmp_path_factory):
+    """An INDEX over the wiki corpus with the tiny model's document embeddings (32 dimensions)."""
     corpus, model, _, _ = setup
-    store = IndexStore(str(tmp_path / "index"))
+    root = str(tmp_path_factory.mktemp("index"))
     embeddings = embed_blocks(EmbedderSource(model.doc_embedder, {}), corpus, progress=False)
-    store.commit(embeddings, corpus.checksum, {"kind": "test", "update": 0})
-    common = [wiki_corpus, "--task", "realm_pretrain", "--arch", "realm_tiny", "--criterion", "realm_mlm",
-              "--optimizer", "adam", "--lr", "1e-3", "--lr-scheduler", "fixed", "--batch-size", "8",
-              "--max-update", "6", "--cpu", "--num-workers", "0", "--no-progress-bar", "--log-interval", "3",
-              "--log-format", "simple", "--required-batch-size-multiple", "1", "--seed", "1", "--no-save",
-              "--valid-percent", "4", "--max-valid-steps", "2"]
-    log = run(["realm-train", *common, "--index", str(tmp_path / "index"), "--retrieval-topk", "4"],
-              cwd=tmp_path).stdout
+    IndexStore(root).commit(embeddings, corpus.checksum, {"kind": "test", "update": 0})
+    return root
+
+
+def pretrain_args(corpus_dir, index_dir, *extra):
+    return [corpus_dir, "--task", "realm_pretrain", "--index", index_dir, "--arch", "realm_tiny",
+            "--criterion", "realm_mlm", "--optimizer", "adam", "--lr", "1e-3", "--lr-scheduler", "fixed",
+            "--batch-size", "8", "--cpu", "--num-workers", "0", "--no-progress-bar", "--log-format", "simple",
+            "--required-batch-size-multiple", "1", "--seed", "1", *extra]
+
+
+def test_fairseq_train_runs_realm_pretrain_and_logs_its_metrics(wiki_corpus, index_dir, tmp_path):
+    common = pretrain_args(wiki_corpus, index_dir, "--max-update", "6", "--log-interval", "3", "--no-save",
+                           "--valid-percent", "4", "--max-valid-steps", "2")
+    log = run(["realm-train", *common, "--retrieval-topk", "4"], cwd=tmp_path).stdout
     line = [l for l in log.splitlines() if "| valid on" in l][-1]
     for metric in ("loss", "ppl", "retrieval_utility", "null_prob", "entropy", "index_version 1", "staleness"):
         assert re.search(rf"\| {metric}", line), f"{metric} missing from: {line}"
     alone = run(["realm-train", *common, "--retrieval-topk", "0"], cwd=tmp_path).stdout
     assert "num_updates 6" in alone and "index_version 0" in alone
+
+
+EXACT = ["--retrieval-topk", "2", "--dropout", "0", "--attention-dropout", "0", "--disable-validation",
+         "--log-interval", "1"]
+
+
+def logged_losses(log: str):
+    return [float(v) for v in re.findall(r"\| train_inner \|.*? loss=([\d.]+)", log)]
+
+
+def weights(save_dir):
+    return torch.load(f"{save_dir}/checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert diff < 1e-4, f"weights differ by {diff}"
+
+
+def test_a_resumed_run_matches_an_uninterrupted_one(wiki_corpus, index_dir, tmp_path):
+    args = pretrain_args(wiki_corpus, index_dir, *EXACT)
+    whole = run(["realm-train", *args, "--max-update", "6", "--save-dir", str(tmp_path / "whole")], cwd=tmp_path)
+    first = run(["realm-train", *args, "--max-update", "3", "--save-dir", str(tmp_path / "parts")], cwd=tmp_path)
+    second = run(["realm-train", *args, "--max-update", "6", "--save-dir", str(tmp_path / "parts")], cwd=tmp_path)
+    assert "Loaded checkpoint" in second.stdout
+    resumed = logged_losses(first.stdout) + logged_losses(second.stdout)
+    assert len(resumed) == 6 and resumed == logged_losses(whole.stdout)
+    assert_same_weights(weights(tmp_path / "whole"), weights(tmp_path / "parts"))
+
+
+def test_two_ranks_match_one_rank_with_twice_the_batch(wiki_corpus, index_dir, tmp_path):
+    args = pretrain_args(wiki_corpus, index_dir, *EXACT, "--max-update", "4")
+    one = run(["realm-train", *args, "--update-freq", "2", "--save-dir", str(tmp_path / "one")], cwd=tmp_path)
+    init = f"tcp://127.0.0.1:{free_port()}"
+    ranks = [
+        subprocess.Popen(
+            [f"{BIN}/realm-train", *args, "--save-dir", str(tmp_path / "two"), "--distributed-world-size", "2",
+             "--distributed-rank", str(rank), "--distributed-backend", "gloo", "--distributed-init-method", init,
+             "--distributed-no-spawn", "--ddp-backend", "legacy_ddp"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in range(2)
+    ]
+    logs = [p.communicate(timeout=300)[0] for p in ranks]
+    assert [p.returncode for p in ranks] == [0, 0], logs[0][-3000:]
+    assert len(logged_losses(one.stdout)) == 4
+    assert np.allclose(logged_losses(logs[0]), logged_losses(one.stdout), atol=1e-4)
+    assert_same_weights(weights(tmp_path / "one"), weights(tmp_path / "two"))
