@@ -2,12 +2,14 @@
 source block is never retrieved, one certain candidate reduces to plain masked LM, and fairseq-train
 runs it with its metrics."""
 import argparse
+import os
 import re
 import subprocess
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from realm_fairseq.criterions.marginal_likelihood import marginal_log_likelihood
 from realm_fairseq.data import BlockCorpus
@@ -19,7 +21,7 @@ from realm_fairseq.retrieval.mips import MipsIndex
 from realm_fairseq.retrieval.retriever import Retriever
 from realm_fairseq.retrieval.versions import IndexStore
 
-from conftest import BIN, free_port, run
+from conftest import BIN, ROOT, free_port, run
 
 
 class Task:
@@ -167,3 +169,30 @@ def test_two_ranks_match_one_rank_with_twice_the_batch(wiki_corpus, index_dir, t
     assert len(logged_losses(one.stdout)) == 4
     assert np.allclose(logged_losses(logs[0]), logged_losses(one.stdout), atol=1e-4)
     assert_same_weights(weights(tmp_path / "one"), weights(tmp_path / "two"))
+
+
+CONFIGS = os.path.join(ROOT, "examples", "realm", "config", "pretrain")
+
+
+def test_small_cpu_hydra_config_trains(wiki_corpus, index_dir, tmp_path):
+    log = run(["realm-hydra-train", "--config-dir", CONFIGS, "--config-name", "small_cpu",
+               f"task.data={wiki_corpus}", f"task.index={index_dir}", "optimization.max_update=4",
+               f"checkpoint.save_dir={tmp_path / 'ckpt'}"], cwd=tmp_path)
+    text = log.stdout + log.stderr
+    assert re.search(r"num_updates[= ]4", text) and "retrieval_utility" in text
+    assert (tmp_path / "ckpt" / "checkpoint_last.pt").exists()
+
+
+def test_paper_config_has_the_paper_settings(tmp_path):
+    proc = run(["realm-hydra-train", "--config-dir", CONFIGS, "--config-name", "realm_base", "--cfg", "job",
+                "task.data=CORPUS", "task.index=INDEX"], cwd=tmp_path)
+    cfg = yaml.safe_load(proc.stdout)
+    world, per_gpu = cfg["distributed_training"]["distributed_world_size"], cfg["dataset"]["batch_size"]
+    assert world * per_gpu * cfg["optimization"]["update_freq"][0] == 512
+    assert cfg["optimization"]["lr"] == [3e-5] and cfg["optimization"]["max_update"] == 200000
+    assert cfg["task"]["retrieval_topk"] == 8 and cfg["task"]["masking"] == "salient_span"
+    assert cfg["model"] == {"_name": "realm"} and cfg["criterion"] == {"_name": "realm_mlm"}
+    defaults = RealmConfig()  # what model: {_name: realm} builds: BERT-base towers as REALM
+    assert (defaults.encoder_layers, defaults.encoder_embed_dim, defaults.encoder_attention_heads,
+            defaults.encoder_ffn_embed_dim, defaults.retriever_pooling, defaults.retriever_projection_dim) == (
+        12, 768, 12, 3072, "cls", 128)
