@@ -1,0 +1,151 @@
+"""A REALM training step against its parts measured alone, in the same run.
+
+    python bench/pretrain_step.py [--arch realm_tiny] [--batch-size 8] [--topk 8] [--steps 10] [--device cpu]
+
+The step is the realm_mlm criterion's forward and backward on a batch of masked sentences from the
+shipped Wikipedia corpus (index: the model's own document embeddings). Its parts, each timed alone on
+the same batches: query embedding (forward + backward), the MIPS search, re-embedding the K candidates
+(forward + backward), and the reader's forward + backward on the K joined sequences with the masked-LM
+loss. Overhead = step / sum of the parts (goal <= 1.15: batching, gathering and the marginal cost
+almost nothing). The reader part alone is a plain masked-LM step on the same joined sequences, the
+baseline the step is also compared with.
+"""
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+from fairseq.data import data_utils
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "..", "examples", "realm", "data")
+
+
+def timed(fn, batches, device):
+    """Median seconds of ``fn(batch)`` over the batches (after one warm-up call)."""
+    fn(batches[0])
+    times = []
+    for batch in batches:
+        start = time.perf_counter()
+        fn(batch)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="realm_tiny", help="realm architecture")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--topk", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    from fairseq.models import ARCH_CONFIG_REGISTRY
+
+    import realm_fairseq  # noqa: F401  (registers the task, model and criterion)
+    from realm_fairseq.criterions.realm_mlm import RealmMlmCriterion
+    from realm_fairseq.data.corpus import BlockCorpus
+    from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
+    from realm_fairseq.data.masking import MaskedExamplesDataset
+    from realm_fairseq.models.reader import join_query_and_blocks
+    from realm_fairseq.models.realm import RealmConfig, RealmModel
+    from realm_fairseq.retrieval.corpus_embedding import EmbedderSource, embed_blocks
+    from realm_fairseq.retrieval.mips import MipsIndex
+    from realm_fairseq.retrieval.retriever import Retriever
+
+    tmp = tempfile.mkdtemp(prefix="bench-step-")
+    prepare_corpus([os.path.join(DATA, "enwiki-sample-articles.jsonl.gz")],
+                   os.path.join(DATA, "bert-base-uncased-vocab.txt"), os.path.join(tmp, "corpus"),
+                   CorpusConfig(workers=2, salient_spans="regex", no_progress=True))
+    corpus = BlockCorpus(os.path.join(tmp, "corpus"))
+    d, device = corpus.dictionary, args.device
+    model_args = argparse.Namespace(dropout=0.0, attention_dropout=0.0)
+    ARCH_CONFIG_REGISTRY[args.arch](model_args)
+    task = argparse.Namespace(needs_reader=True, source_dictionary=d, update_num=0)
+    model = RealmModel.build_model(RealmConfig(**vars(model_args)), task).to(device)
+    index = MipsIndex.build(embed_blocks(EmbedderSource(model.doc_embedder, {}), corpus, device=device,
+                                         progress=False))
+    task.retriever = retriever = Retriever(corpus, index, args.topk, null_document=True)
+    criterion = RealmMlmCriterion(task)
+
+    ds = MaskedExamplesDataset(corpus.examples, np.arange(len(corpus.examples)), d)
+    rng = np.random.RandomState(0)
+    batches = []
+    for _ in range(args.steps):
+        batch = ds.collater([ds[int(i)] for i in rng.choice(len(ds), args.batch_size, replace=False)])
+        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        batch["net_input"] = {k: v.to(device) for k, v in batch["net_input"].items()}
+        batches.append(batch)
+
+    def step(batch):
+        model.zero_grad()
+        loss, _, _ = criterion(model, batch)
+        loss.backward()
+
+    def query_part(batch):
+        model.zero_grad()
+        model.embed_queries(batch["net_input"]["src_tokens"]).sum().backward()
+
+    with torch.no_grad():
+        queries = {id(b): model.embed_queries(b["net_input"]["src_tokens"]) for b in batches}
+    found = {id(b): retriever.search(queries[id(b)], b["exclude_blocks"].tolist()) for b in batches}
+
+    def search_part(batch):
+        retriever.search(queries[id(batch)], batch["exclude_blocks"].tolist())
+
+    def candidates(batch):
+        return retriever.candidate_tokens(found[id(batch)])
+
+    wrapped = {id(b): data_utils.collate_tokens(
+        [torch.cat([z.new([d.bos()]), z, z.new([d.eos()])]) for row in candidates(b) for z in row], d.pad()
+    ).to(device) for b in batches}
+
+    def rembed_part(batch):
+        model.zero_grad()
+        model.embed_blocks(wrapped[id(batch)]).sum().backward()
+
+    joined = {}
+    for b in batches:
+        src = b["net_input"]["src_tokens"].cpu()
+        queries_b = [src[i, :n] for i, n in enumerate(src.ne(d.pad()).sum(1).tolist())]
+        tokens, segments = join_query_and_blocks(queries_b, candidates(b), d.pad(), d.eos(),
+                                                 model.cfg.max_positions)
+        target = b["target"].repeat_interleave(retriever.num_candidates, 0)
+        masked = torch.zeros(tokens.shape, dtype=torch.bool)
+        masked[:, : src.shape[1]] = target.cpu().ne(d.pad())
+        joined[id(b)] = (tokens.to(device), segments.to(device), masked.to(device), target[target.ne(d.pad())])
+
+    def reader_part(batch):  # a plain masked-LM step on the joined sequences
+        tokens, segments, masked, target = joined[id(batch)]
+        model.zero_grad()
+        logits = model.reader(tokens, segments, masked)
+        torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum").backward()
+
+    parts = {"query embedding": timed(query_part, batches, device),
+             "search": timed(search_part, batches, device),
+             f"re-embed {retriever.num_candidates} candidates": timed(rembed_part, batches, device),
+             "reader (masked LM on joined sequences)": timed(reader_part, batches, device)}
+    total = timed(step, batches, device)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"\n{args.arch}, batch {args.batch_size}, k={args.topk} + null document, {device}, "
+          f"median of {args.steps} steps")
+    print("| part | ms |\n|---|---|")
+    for name, t in parts.items():
+        print(f"| {name} | {1000 * t:.1f} |")
+    print(f"| sum of the parts | {1000 * sum(parts.values()):.1f} |")
+    print(f"| REALM step | {1000 * total:.1f} |")
+    print(f"\noverhead: step / sum of parts = {total / sum(parts.values()):.2f} (goal <= 1.15)")
+    print(f"step / plain masked-LM step on the same joined sequences = "
+          f"{total / parts['reader (masked LM on joined sequences)']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
