@@ -12,12 +12,13 @@ from typing import Dict, List
 
 import numpy as np
 import torch
-from fairseq.data import FairseqDataset, data_utils
+from fairseq.data import data_utils
 
 from realm_fairseq.data.corpus import BlockCorpus
+from realm_fairseq.data.epoch_dataset import SeededEpochDataset
 
 
-class IctDataset(FairseqDataset):
+class IctDataset(SeededEpochDataset):
     """Items ``{"id", "query", "block"}``: ``[CLS] sentence [SEP]`` and ``[CLS] block [SEP]`` token ids."""
 
     def __init__(
@@ -39,20 +40,12 @@ class IctDataset(FairseqDataset):
         self.first_example, self.num_examples = first[has_sentence], (last - first)[has_sentence]
         self.query_max_len = query_max_len
         self.keep_sentence_prob = keep_sentence_prob
-        self.seed = seed
-        self.epoch = 1
         # block plus [CLS]/[SEP], and the longest a query can be
-        self._sizes = corpus.sizes[self.block_ids].astype(np.int64) + 2 + query_max_len
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        super().__init__(corpus.sizes[self.block_ids].astype(np.int64) + 2 + query_max_len, seed)
 
     @property
     def can_reuse_epoch_itr_across_epochs(self) -> bool:
         return False  # the sentence of each block changes every epoch
-
-    def __len__(self) -> int:
-        return len(self.block_ids)
 
     def _wrap(self, tokens: torch.Tensor) -> torch.Tensor:
         return torch.cat([tokens.new([self.dictionary.bos()]), tokens, tokens.new([self.dictionary.eos()])])
@@ -71,16 +64,6 @@ class IctDataset(FairseqDataset):
             "query": self._wrap(sentence[: self.query_max_len - 2]),
             "block": self._wrap(block),
         }
-
-    def num_tokens(self, index: int) -> int:
-        return int(self._sizes[index])
-
-    def size(self, index: int) -> int:
-        return int(self._sizes[index])
-
-    @property
-    def sizes(self) -> np.ndarray:
-        return self._sizes
 
     def ordered_indices(self) -> np.ndarray:
         with data_utils.numpy_seed(self.seed, self.epoch):

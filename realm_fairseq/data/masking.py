@@ -16,9 +16,10 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
-from fairseq.data import Dictionary, FairseqDataset, data_utils
+from fairseq.data import Dictionary, data_utils
 
 from realm_fairseq.data.corpus import PretrainingExamples
+from realm_fairseq.data.epoch_dataset import SeededEpochDataset
 
 MASKINGS = ("salient_span", "random_token", "random_span")
 MASK_PROB = 0.15  # share of the tokens random_token and random_span mask (BERT)
@@ -53,7 +54,7 @@ def choose_masked_positions(
     raise ValueError(f"masking {how!r}: expected one of {', '.join(MASKINGS)}")
 
 
-class MaskedExamplesDataset(FairseqDataset):
+class MaskedExamplesDataset(SeededEpochDataset):
     """Items ``{"id", "source", "target", "block"}`` from the pre-training examples of a CORPUS."""
 
     def __init__(self, examples: PretrainingExamples, example_ids: np.ndarray, dictionary: Dictionary,
@@ -62,25 +63,17 @@ class MaskedExamplesDataset(FairseqDataset):
             raise ValueError(f"masking {masking!r}: expected one of {', '.join(MASKINGS)}")
         if masking == "salient_span":  # REALM trains on sentences that have one
             example_ids = example_ids[examples.spans_per_example[example_ids] > 0]
+        super().__init__(examples.sizes[example_ids].astype(np.int64) + 2, seed)  # [CLS] x [SEP]
         self.examples = examples
         self.example_ids = example_ids
         self.dictionary = dictionary
         self.masking = masking
-        self.seed = seed
-        self.epoch = 1
         self.mask_id = dictionary.index("[MASK]")
         self.replacements = random_token_ids(dictionary)
-        self._sizes = examples.sizes[example_ids].astype(np.int64) + 2  # [CLS] x [SEP]
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     @property
     def can_reuse_epoch_itr_across_epochs(self) -> bool:
         return True  # the order is drawn in ordered_indices; only the masks change with the epoch
-
-    def __len__(self) -> int:
-        return len(self.example_ids)
 
     def __getitem__(self, index: int) -> Dict:
         example = int(self.example_ids[index])
@@ -106,16 +99,6 @@ class MaskedExamplesDataset(FairseqDataset):
             "target": torch.cat([pad, target, pad]),  # (L + 2,) aligned with source
             "block": int(self.examples.source_block[example]),
         }
-
-    def num_tokens(self, index: int) -> int:
-        return int(self._sizes[index])
-
-    def size(self, index: int) -> int:
-        return int(self._sizes[index])
-
-    @property
-    def sizes(self) -> np.ndarray:
-        return self._sizes
 
     def ordered_indices(self) -> np.ndarray:
         with data_utils.numpy_seed(self.seed, self.epoch):
