@@ -43,7 +43,7 @@ def main():
     args = parser.parse_args()
     dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
 
-    from realm_fairseq.data.corpus import BlockCorpus
+    from realm_fairseq.data.corpus import BlockCorpus, with_cls_sep
     from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
     from realm_fairseq.retrieval.corpus_embedding import DTYPES, build_index, doc_embedder_from_bert
 
@@ -65,7 +65,7 @@ def main():
     order = np.argsort(corpus.sizes[:n], kind="stable")
     batches = data_utils.batch_by_size(order, lambda i: int(corpus.sizes[i]) + 2, max_tokens=args.max_tokens)
     tensors = [data_utils.collate_tokens(
-        [torch.cat([torch.tensor([d.bos()]), corpus.tokens(int(i)), torch.tensor([d.eos()])]) for i in b],
+        [with_cls_sep(corpus.tokens(int(i)), d) for i in b],
         d.pad()).to(args.device) for b in batches]
     autocast = torch.autocast(device_type=torch.device(args.device).type, dtype=DTYPES[dtype],
                               enabled=dtype != "fp32")

@@ -51,7 +51,7 @@ def main():
 
     import realm_fairseq  # noqa: F401  (registers the task, model and criterion)
     from realm_fairseq.criterions.realm_mlm import RealmMlmCriterion
-    from realm_fairseq.data.corpus import BlockCorpus
+    from realm_fairseq.data.corpus import BlockCorpus, with_cls_sep
     from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
     from realm_fairseq.data.masking import MaskedExamplesDataset
     from realm_fairseq.models.reader import join_query_and_blocks
@@ -104,7 +104,7 @@ def main():
         return retriever.candidate_tokens(found[id(batch)])
 
     wrapped = {id(b): data_utils.collate_tokens(
-        [torch.cat([z.new([d.bos()]), z, z.new([d.eos()])]) for row in candidates(b) for z in row], d.pad()
+        [with_cls_sep(z, d) for row in candidates(b) for z in row], d.pad()
     ).to(device) for b in batches}
 
     def rembed_part(batch):

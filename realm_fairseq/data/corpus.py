@@ -32,6 +32,12 @@ DICT = "dict.txt"
 MANIFEST = "manifest.json"
 
 
+def with_cls_sep(tokens: torch.Tensor, dictionary: Dictionary) -> torch.Tensor:
+    """``[CLS] tokens [SEP]`` as fairseq ids (``<s>``/``</s>`` alias BERT's ``[CLS]``/``[SEP]``): the form every
+    embedder reads a query or a block in."""
+    return torch.cat([tokens.new([dictionary.bos()]), tokens, tokens.new([dictionary.eos()])])
+
+
 @dataclass
 class Block:
     """One retrieval block, for showing to a person."""

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from fairseq.data import data_utils
 
-from realm_fairseq.data.corpus import BlockCorpus
+from realm_fairseq.data.corpus import BlockCorpus, with_cls_sep
 from realm_fairseq.data.epoch_dataset import SeededEpochDataset
 
 
@@ -47,9 +47,6 @@ class IctDataset(SeededEpochDataset):
     def can_reuse_epoch_itr_across_epochs(self) -> bool:
         return False  # the sentence of each block changes every epoch
 
-    def _wrap(self, tokens: torch.Tensor) -> torch.Tensor:
-        return torch.cat([tokens.new([self.dictionary.bos()]), tokens, tokens.new([self.dictionary.eos()])])
-
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         with data_utils.numpy_seed(self.seed, self.epoch, index):
             example = self.first_example[index] + np.random.randint(self.num_examples[index])
@@ -61,8 +58,8 @@ class IctDataset(SeededEpochDataset):
             block = torch.cat([block[:start], block[start + len(sentence):]])
         return {
             "id": index,
-            "query": self._wrap(sentence[: self.query_max_len - 2]),
-            "block": self._wrap(block),
+            "query": with_cls_sep(sentence[: self.query_max_len - 2], self.dictionary),
+            "block": with_cls_sep(block, self.dictionary),
         }
 
     def ordered_indices(self) -> np.ndarray:

@@ -24,6 +24,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
 from fairseq.utils import safe_getattr
 
+from realm_fairseq.data.corpus import with_cls_sep
 from realm_fairseq.models.embedder import POOLINGS, Embedder
 from realm_fairseq.models.encoder import EncoderConfig
 from realm_fairseq.models.hf_convert import load_into_encoder, load_weights
@@ -95,7 +96,7 @@ class RealmModel(BaseFairseqModel):
         block_ids = retriever.search(queries, exclude_blocks.tolist())  # (B, topk)
         candidates = retriever.candidate_tokens(block_ids)  # B lists of K token tensors
         k = retriever.num_candidates
-        wrapped = [torch.cat([z.new([d.bos()]), z, z.new([d.eos()])]) for row in candidates for z in row]
+        wrapped = [with_cls_sep(z, d) for row in candidates for z in row]
         docs = self.embed_blocks(data_utils.collate_tokens(wrapped, d.pad()).to(device))  # (B*K, D)
         scores = torch.einsum("bd,bkd->bk", queries, docs.view(batch, k, -1))  # (B, K)
 

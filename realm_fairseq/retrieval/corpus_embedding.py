@@ -23,7 +23,7 @@ from fairseq import checkpoint_utils
 from fairseq.data import data_utils
 from tqdm import tqdm
 
-from realm_fairseq.data.corpus import BlockCorpus
+from realm_fairseq.data.corpus import BlockCorpus, with_cls_sep
 from realm_fairseq.models.embedder import Embedder
 from realm_fairseq.models.encoder import EncoderConfig
 from realm_fairseq.models.hf_convert import convert_hf_bert, load_into_encoder, load_weights
@@ -97,9 +97,7 @@ def embed_blocks(
     with torch.inference_mode(), autocast:
         for batch in batches:
             tokens = data_utils.collate_tokens(
-                [torch.cat([torch.tensor([dictionary.bos()]), corpus.tokens(int(i)),
-                            torch.tensor([dictionary.eos()])]) for i in batch],
-                dictionary.pad(),
+                [with_cls_sep(corpus.tokens(int(i)), dictionary) for i in batch], dictionary.pad()
             ).to(device)  # (B, T): [CLS] block [SEP]
             out[np.asarray(batch) - start] = embedder(tokens).float().cpu().numpy()  # (B, D)
             bar.update(len(batch))
