@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", type=parse_split, default=DEFAULT_SPLIT,
                         help="splits and their shares of the questions; articles are never shared")
     parser.add_argument("--seed", type=int, default=1, help="seed of the article shuffle")
+    parser.add_argument("--max-articles", type=int, default=None,
+                        help="only the questions of the first N articles (for small trial corpora)")
     return parser
 
 
@@ -54,6 +56,9 @@ def cli_main(argv: Optional[List[str]] = None) -> None:
     split = parse_split(args.split) if isinstance(args.split, str) else args.split
     try:
         items = squad_questions(args.squad)
+        if args.max_articles is not None:
+            kept = list(dict.fromkeys(title for title, _ in items))[: args.max_articles]
+            items = [item for item in items if item[0] in set(kept)]
         splits = split_by_article(items, split, args.seed)
     except (InputError, ValueError) as e:
         sys.exit(f"realm-squad-to-questions: error: {e}")

@@ -48,14 +48,15 @@ class RealmQaCriterion(FairseqCriterion):
         reader_ll = masked_logsumexp(read.joint_log_probs(), gold)  # (B,)
         log_p_beam = torch.log_softmax(read.retrieval_scores.float(), dim=-1)  # (B, beam)
         retriever_ll = masked_logsumexp(log_p_beam, in_beam)  # (B,)
-        loss = -(reader_ll * readable).sum() - (retriever_ll * retrievable).sum()
+        reader_loss, retriever_loss = -(reader_ll * readable).sum(), -(retriever_ll * retrievable).sum()
+        loss = reader_loss + retriever_loss
 
         predictions = predict(read, task.finder)
         batch = len(predictions)
         logging_output = {
             "loss": loss.data,
-            "reader_loss": float(-(reader_ll * readable).sum()),
-            "retriever_loss": float(-(retriever_ll * retrievable).sum()),
+            "reader_loss": reader_loss.item(),
+            "retriever_loss": retriever_loss.item(),
             "nsentences": batch,
             "ntokens": sample["ntokens"],
             "sample_size": batch,

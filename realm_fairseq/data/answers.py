@@ -148,7 +148,7 @@ class AnswerFinder:
             tokens = pieces.tokens
             for seq in targets:
                 n = len(seq)
-                for start in np.flatnonzero(tokens[: len(tokens) - n + 1] == seq[0]).tolist():
+                for start in np.flatnonzero(tokens[: max(len(tokens) - n + 1, 0)] == seq[0]).tolist():
                     end = start + n - 1
                     if (tokens[start:end + 1] == seq).all() and pieces.starts_word[start] and ends_word[end] \
                             and pieces.part[start] == pieces.part[end]:

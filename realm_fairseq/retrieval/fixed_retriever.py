@@ -5,7 +5,7 @@ The index proposes the top blocks of each question; their relevance f(x, z) = Em
 is then recomputed from the stored block embeddings of the same index version, so the scores carry
 gradient into the query embedder while Embed_doc(z) stays what the index holds.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -17,10 +17,10 @@ from realm_fairseq.retrieval.versions import IndexStore
 class FixedIndexRetriever:
     """Top-k blocks and differentiable retrieval scores for a batch of query embeddings."""
 
-    def __init__(self, corpus: BlockCorpus, index_dir: str):
+    def __init__(self, corpus: BlockCorpus, index_dir: str, version: Optional[int] = None):
         store = IndexStore(index_dir)
         self.corpus = corpus
-        self.index, self.manifest = store.load(corpus=corpus)
+        self.index, self.manifest = store.load(version, corpus=corpus)
         self.embeddings = store.embeddings(self.manifest["version"])  # (blocks, D) float16, memory-mapped
 
     @property

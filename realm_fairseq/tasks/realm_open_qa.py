@@ -6,7 +6,7 @@
 
 QUESTIONS is a directory of question files ``train.jsonl``, ``valid.jsonl`` (and ``test.jsonl``), as
 ``realm-squad-to-questions`` writes them (:mod:`realm_fairseq.data.questions`). The INDEX (its newest
-version, checked against the CORPUS) and the document embedder stay fixed, as in the paper: only the
+version or ``--index-version``, checked against the CORPUS) and the document embedder stay fixed, as in the paper: only the
 query embedder and the reader train. Each question retrieves ``--retriever-beam`` blocks for the
 retriever's loss and recall@k, and the reader reads the best ``--retrieval-topk``.
 """
@@ -33,7 +33,10 @@ class RealmOpenQAConfig(FairseqDataclass):
     data: str = field(default=MISSING, metadata={"help": "directory of question files {split}.jsonl"})
     corpus: Optional[str] = field(default=None, metadata={"help": "CORPUS directory from realm-prepare-corpus"})
     index: Optional[str] = field(default=None, metadata={"help": "INDEX directory from realm-build-index over "
-                                                         "the corpus; its newest version is used, not updated"})
+                                                         "the corpus; it is used as it is, never updated"})
+    index_version: Optional[int] = field(
+        default=None, metadata={"help": "which version of the INDEX to use (default: the newest)"}
+    )
     answer_type: ChoiceEnum(list(ANSWER_TYPES)) = field(
         default="text", metadata={"help": "answers are strings (NQ-Open, WebQuestions) or regular expressions "
                                   "(CuratedTREC)"}
@@ -70,7 +73,7 @@ class RealmOpenQATask(FairseqTask):
         for name in ("corpus", "index"):  # recorded in checkpoints, which may be used from elsewhere
             setattr(cfg, name, os.path.abspath(getattr(cfg, name)))
         corpus = BlockCorpus(cfg.corpus)
-        return cls(cfg, corpus, FixedIndexRetriever(corpus, cfg.index))
+        return cls(cfg, corpus, FixedIndexRetriever(corpus, cfg.index, cfg.index_version))
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
         path = os.path.join(self.cfg.data, f"{split}.jsonl")
