@@ -137,3 +137,22 @@ def test_regex_answer_spans_in_a_block(super_bowl):
     assert spans_as_text(finder, 0, [r"Bron"]) == []  # matches inside a word: no span, but the block holds it
     assert finder.contains(0, finder.targets([r"Bron"]))
     assert not finder.contains(0, finder.targets([r"Seahawks"]))
+
+
+def test_the_reader_chooses_among_whole_word_spans_of_one_part(super_bowl):
+    import torch
+
+    from realm_fairseq.models.span_reader import allowed_spans
+
+    finder = AnswerFinder(super_bowl)
+    pieces = finder.pieces(0)
+    sep = int(super_bowl.meta[0, 3]) - 1  # title [SEP] body
+    flags = [torch.from_numpy(a)[None] for a in (pieces.starts_word, pieces.ends_word, pieces.part)]
+    allowed = allowed_spans(*flags, max_span_len=10)[0]  # (n, 10): span from t to t + l
+    starts, lengths = (t.tolist() for t in allowed.nonzero(as_tuple=True))
+    assert len(starts) > 5 * len(pieces.tokens)  # most words start several spans
+    assert not allowed[sep].any() and all(s + l < sep or s > sep for s, l in zip(starts, lengths))
+    assert all(pieces.starts_word[s] and pieces.ends_word[s + l] for s, l in zip(starts, lengths))
+    assert any(not w for w in pieces.starts_word)  # the block has ## pieces, none of which starts a span
+    for s, e in finder.spans(0, finder.targets(["Denver Broncos", "Super Bowl 50", "2015"]), max_len=10):
+        assert allowed[s, e - s]

@@ -15,9 +15,12 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 data="$here/data"
 out=demo-output
 spans=auto
+qa_subset=()    # realm-squad-to-questions: every SQuAD dev article
+qa_updates=40   # fine-tuning updates of each model (batches of 8 questions)
+qa_test=200     # test questions evaluated
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) spans=regex ;;
+    --quick) spans=regex; qa_subset=(--max-articles 5); qa_updates=3; qa_test=8 ;;
     --out) out=$2; shift ;;
     -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
@@ -35,3 +38,50 @@ realm-prepare-corpus \
   --vocab "$data/bert-base-uncased-vocab.txt" \
   --out "$out/corpus" --force --workers "$workers" --salient-spans "$spans"
 realm-corpus-stats "$out/corpus"
+
+# ---- open-domain QA: fine-tune (a) from MiniLM and (b) from the REALM pre-training, evaluate, answer ----
+# the pre-trained checkpoint of the pre-training step (placeholder until that step lands here)
+pretrained=${REALM_PRETRAINED:-$out/pretrain/checkpoint_last.pt}
+
+echo "== step 4: SQuAD dev questions for open-domain QA, split by article -> $out/questions"
+realm-squad-to-questions "$data/squad-v1.1-dev.json.gz" --out "$out/questions" "${qa_subset[@]}"
+
+finetune() {  # NAME INDEX_VERSION INIT_OPTIONS...: fine-tune on the train split, keep the best valid EM
+  local name=$1 version=$2; shift 2
+  rm -rf "$out/$name"
+  realm-train "$out/questions" --task realm_open_qa --corpus "$out/corpus" --index "$out/index" \
+    --index-version "$version" --arch realm_minilm "$@" --criterion realm_qa \
+    --retrieval-topk 2 --retriever-beam 100 --optimizer adam --lr 1e-4 --lr-scheduler fixed \
+    --batch-size 8 --max-update "$qa_updates" --validate-interval-updates "$qa_updates" --max-valid-steps 8 \
+    --best-checkpoint-metric em --maximize-best-checkpoint-metric \
+    --cpu --num-workers 0 --required-batch-size-multiple 1 --seed 1 \
+    --save-dir "$out/$name" --no-epoch-checkpoints --no-last-checkpoints \
+    --log-format simple --log-interval 10 --no-progress-bar \
+    2>&1 | tee "$out/$name.log" | grep -E "train_inner|valid on|done training"
+}
+newest=$(python -c 'import sys; from realm_fairseq.retrieval.versions import IndexStore; print(IndexStore(sys.argv[1]).latest())' "$out/index")
+
+echo "== step 5a: fine-tune from MiniLM, no REALM pre-training (index v1: MiniLM) -> $out/qa-minilm"
+finetune qa-minilm 1 --encoder-init "$out/minilm.pt"
+echo "== step 5b: fine-tune from the REALM pre-training (index v$newest) -> $out/qa-realm"
+finetune qa-realm "$newest" --realm-init "$pretrained"
+
+echo "== step 6: evaluate both on the test split (articles never seen in fine-tuning)"
+for name in qa-minilm qa-realm; do
+  realm-evaluate --checkpoint "$out/$name/checkpoint_best.pt" --questions "$out/questions/test.jsonl" \
+    --max-questions "$qa_test" --out "$out/$name.test.predictions.jsonl" --no-progress > "$out/$name.test.json"
+done
+
+echo "== step 7: answer test questions with the pre-trained and fine-tuned model, with evidence"
+head -n 3 "$out/questions/test.jsonl" | python -c 'import json, sys; [print(json.loads(l)["question"]) for l in sys.stdin]' \
+  | realm-answer --checkpoint "$out/qa-realm/checkpoint_best.pt" --evidence 2
+
+echo "== results: open-domain QA on $qa_test SQuAD dev test-split questions over $out/corpus"
+python - "$out/qa-minilm.test.json" "$out/qa-realm.test.json" <<'PY'
+import json, sys
+rows = [("(a) MiniLM retriever, no REALM pre-training", sys.argv[1]), ("(b) after REALM pre-training", sys.argv[2])]
+print(f"{'':<46}{'recall@5':>10}{'EM':>8}")
+for name, path in rows:
+    m = json.load(open(path))
+    print(f"{name:<46}{m['recall@5']:>10.1f}{m['em']:>8.1f}")
+PY

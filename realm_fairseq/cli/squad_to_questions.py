@@ -57,8 +57,8 @@ def cli_main(argv: Optional[List[str]] = None) -> None:
     try:
         items = squad_questions(args.squad)
         if args.max_articles is not None:
-            kept = list(dict.fromkeys(title for title, _ in items))[: args.max_articles]
-            items = [item for item in items if item[0] in set(kept)]
+            kept = set(list(dict.fromkeys(title for title, _ in items))[: args.max_articles])
+            items = [item for item in items if item[0] in kept]
         splits = split_by_article(items, split, args.seed)
     except (InputError, ValueError) as e:
         sys.exit(f"realm-squad-to-questions: error: {e}")

@@ -11,7 +11,6 @@ SQuAD JSON converts to this format (:func:`squad_questions`), split by article (
 so that no article of the test split is seen in training: ``realm-squad-to-questions`` does both.
 Bad input raises :class:`~realm_fairseq.data.documents.InputError` naming the file, line and field.
 """
-import bisect
 import itertools
 import json
 import os
@@ -117,28 +116,33 @@ def _load_squad(path: str) -> dict:
 def split_by_article(items: Sequence[Tuple[str, Question]], fractions: Dict[str, float],
                      seed: int = 1) -> Dict[str, List[Question]]:
     """Split (article, question) pairs so that all questions of an article land in one split. The
-    articles are shuffled with ``seed`` and laid end to end; each goes to the split whose share of the
-    questions (``fractions``, in order) holds the article's middle question."""
+    articles are shuffled with ``seed`` and dealt to the splits in order: a split takes the next article
+    while the article's middle question falls within the split's share (``fractions``) of all questions,
+    takes at least one, and leaves one for every split after it."""
     if not fractions or any(f <= 0 for f in fractions.values()):
         raise ValueError(f"split fractions {fractions}: expected positive numbers")
     per_article: Dict[str, List[Question]] = {}
     for title, question in items:
         per_article.setdefault(title, []).append(question)
     articles = list(per_article)
+    if len(articles) < len(fractions):
+        raise ValueError(f"{len(articles)} articles cannot fill {len(fractions)} splits")
     random.Random(seed).shuffle(articles)
     names, total = list(fractions), len(items)
     bounds = list(itertools.accumulate(fractions[n] / sum(fractions.values()) * total for n in names))
-    splits: Dict[str, List[Question]] = {name: [] for name in names}
-    before = 0
-    for article in articles:
-        middle = before + len(per_article[article]) / 2
-        name = names[min(bisect.bisect_right(bounds, middle), len(names) - 1)]
-        splits[name] += per_article[article]
-        before += len(per_article[article])
-    empty = [name for name in names if not splits[name]]
-    if empty:
-        raise ValueError(f"{len(articles)} articles leave the split(s) {', '.join(empty)} empty; "
-                         f"give them larger fractions")
+    splits: Dict[str, List[Question]] = {}
+    taken, next_article = 0, 0
+    for n, name in enumerate(names):
+        later = len(names) - n - 1
+        chosen: List[Question] = []
+        while next_article < len(articles) - later:
+            questions = per_article[articles[next_article]]
+            if chosen and later and taken + len(chosen) + len(questions) / 2 > bounds[n]:
+                break
+            chosen += questions
+            next_article += 1
+        splits[name] = chosen
+        taken += len(chosen)
     return splits
 
 
