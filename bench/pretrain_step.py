@@ -1,6 +1,7 @@
 """A REALM training step against its parts measured alone, in the same run.
 
     python bench/pretrain_step.py [--arch realm_tiny] [--batch-size 8] [--topk 8] [--steps 10] [--device cpu]
+                                  [--dtype fp32|bf16] [--profile 20]
 
 The step is the realm_mlm criterion's forward and backward on a batch of masked sentences from the
 shipped Wikipedia corpus (index: the model's own document embeddings). Its parts, each timed alone on
@@ -8,10 +9,13 @@ the same batches: query embedding (forward + backward), the MIPS search, re-embe
 (forward + backward), and the reader's forward + backward on the K joined sequences with the masked-LM
 loss. Overhead = step / sum of the parts (goal <= 1.15: batching, gathering and the marginal cost
 almost nothing). The reader part alone is a plain masked-LM step on the same joined sequences, the
-baseline the step is also compared with.
+baseline the step is also compared with. ``--dtype bf16`` runs the model in bfloat16, as
+``fairseq-train --bf16`` does; ``--profile N`` then prints the N functions the step spends most time in.
 """
 import argparse
+import cProfile
 import os
+import pstats
 import shutil
 import statistics
 import tempfile
@@ -45,6 +49,8 @@ def main():
     parser.add_argument("--topk", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="model precision")
+    parser.add_argument("--profile", type=int, default=0, help="print the N functions the step spends most in")
     args = parser.parse_args()
 
     from fairseq.models import ARCH_CONFIG_REGISTRY
@@ -70,6 +76,8 @@ def main():
     ARCH_CONFIG_REGISTRY[args.arch](model_args)
     task = argparse.Namespace(needs_reader=True, source_dictionary=d, update_num=0)
     model = RealmModel.build_model(RealmConfig(**vars(model_args)), task).to(device)
+    if args.dtype == "bf16":
+        model = model.bfloat16()
     index = MipsIndex.build(embed_blocks(EmbedderSource(model.doc_embedder, {}), corpus, device=device,
                                          progress=False))
     task.retriever = retriever = Retriever(corpus, index, args.topk, null_document=True)
@@ -133,9 +141,13 @@ def main():
              f"re-embed {retriever.num_candidates} candidates": timed(rembed_part, batches, device),
              "reader (masked LM on joined sequences)": timed(reader_part, batches, device)}
     total = timed(step, batches, device)
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.runcall(timed, step, batches, device)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
     shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\n{args.arch}, batch {args.batch_size}, k={args.topk} + null document, {device}, "
+    print(f"\n{args.arch}, batch {args.batch_size}, k={args.topk} + null document, {device} {args.dtype}, "
           f"median of {args.steps} steps")
     print("| part | ms |\n|---|---|")
     for name, t in parts.items():
