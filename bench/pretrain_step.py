@@ -23,7 +23,6 @@ import time
 
 import numpy as np
 import torch
-from fairseq.data import data_utils
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "examples", "realm", "data")
@@ -57,7 +56,7 @@ def main():
 
     import realm_fairseq  # noqa: F401  (registers the task, model and criterion)
     from realm_fairseq.criterions.realm_mlm import RealmMlmCriterion
-    from realm_fairseq.data.corpus import BlockCorpus, with_cls_sep
+    from realm_fairseq.data.corpus import BlockCorpus, with_cls_sep_batch
     from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
     from realm_fairseq.data.masking import MaskedExamplesDataset
     from realm_fairseq.models.reader import join_query_and_blocks
@@ -111,9 +110,7 @@ def main():
     def candidates(batch):
         return retriever.candidate_tokens(found[id(batch)])
 
-    wrapped = {id(b): data_utils.collate_tokens(
-        [with_cls_sep(z, d) for row in candidates(b) for z in row], d.pad()
-    ).to(device) for b in batches}
+    wrapped = {id(b): with_cls_sep_batch(*candidates(b), d).to(device) for b in batches}
 
     def rembed_part(batch):
         model.zero_grad()
@@ -121,14 +118,12 @@ def main():
 
     joined = {}
     for b in batches:
-        src = b["net_input"]["src_tokens"].cpu()
-        queries_b = [src[i, :n] for i, n in enumerate(src.ne(d.pad()).sum(1).tolist())]
-        tokens, segments = join_query_and_blocks(queries_b, candidates(b), d.pad(), d.eos(),
-                                                 model.cfg.max_positions)
+        src = b["net_input"]["src_tokens"]
+        tokens, segments = join_query_and_blocks(src, *candidates(b), d.pad(), d.eos(), model.cfg.max_positions)
         target = b["target"].repeat_interleave(retriever.num_candidates, 0)
-        masked = torch.zeros(tokens.shape, dtype=torch.bool)
-        masked[:, : src.shape[1]] = target.cpu().ne(d.pad())
-        joined[id(b)] = (tokens.to(device), segments.to(device), masked.to(device), target[target.ne(d.pad())])
+        masked = torch.zeros(tokens.shape, dtype=torch.bool, device=device)
+        masked[:, : src.shape[1]] = target.ne(d.pad())
+        joined[id(b)] = (tokens, segments, masked, target[target.ne(d.pad())])
 
     def reader_part(batch):  # a plain masked-LM step on the joined sequences
         tokens, segments, masked, target = joined[id(batch)]

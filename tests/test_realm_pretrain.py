@@ -84,8 +84,8 @@ def test_one_certain_candidate_equals_plain_masked_lm(setup):
         marginal = marginal_log_likelihood(out["retrieval_scores"], out["token_log_probs"], out["token_mask"])
         # the reader alone on [CLS] x [SEP] [SEP], scored directly
         d, src, target = corpus.dictionary, batch["net_input"]["src_tokens"], batch["target"]
-        queries = [src[b, : int(n)] for b, n in enumerate(batch["net_input"]["src_lengths"])]
-        tokens, segments = join_query_and_blocks(queries, [[torch.zeros(0, dtype=torch.long)]] * len(queries),
+        null = torch.zeros(len(src), 0, dtype=torch.long)
+        tokens, segments = join_query_and_blocks(src, null, torch.zeros(len(src), dtype=torch.long),
                                                  d.pad(), d.eos(), model.cfg.max_positions)
         log_probs = torch.log_softmax(model.reader(tokens, segments), -1)[:, : src.shape[1]]
         mask = target.ne(d.pad())
