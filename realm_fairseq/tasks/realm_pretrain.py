@@ -68,7 +68,9 @@ class RealmPretrainTask(FairseqTask):
                 )
             store = IndexStore(cfg.index)
             index, manifest = store.load(corpus=corpus)
-            version, update = manifest["version"], manifest["encoder"].get("update")
+            # the index was built before this run (from BERT, ICT or an earlier checkpoint): its
+            # embeddings are as old as the weights the run starts from, so staleness counts from 0
+            version, update = manifest["version"], 0
         retriever = Retriever(corpus, index, cfg.retrieval_topk, not cfg.no_null_document, version, update)
         return cls(cfg, corpus, retriever)
 
