@@ -15,11 +15,14 @@ from typing import List, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from realm_fairseq.data.answers import AnswerFinder, Targets
 from realm_fairseq.models.reader import join_query_and_blocks
 from realm_fairseq.models.span_reader import allowed_spans, best_span, span_log_probs
 from realm_fairseq.retrieval.fixed_retriever import FixedIndexRetriever
+
+READ_TOKENS = 4096  # wordpieces the span reader reads at a time (rows of similar length together)
 
 
 @dataclass
@@ -67,9 +70,25 @@ def retrieve_and_read(model, retriever: FixedIndexRetriever, finder: AnswerFinde
     z_len = np.minimum(block_lengths.numpy().reshape(-1, topk), model.cfg.max_positions - z_start - 1)  # (B, K)
     starts_word, ends_word, part = _position_flags(finder, block_ids[:, :topk], z_start, z_len, joined.shape[1])
     allowed = allowed_spans(starts_word, ends_word, part, max_span_len).to(src_tokens.device)  # (B * K, Tj, L)
-    span_scores = model.span_reader(joined, segments, max_span_len)  # (B * K, Tj, L)
+    span_scores = read_by_length(model.span_reader, joined, segments, max_span_len, d.pad())  # (B * K, Tj, L)
     log_probs = span_log_probs(span_scores, allowed)
     return ReadBatch(block_ids, scores, log_probs.view(len(lengths), topk, *log_probs.shape[1:]), z_start, z_len)
+
+
+def read_by_length(span_reader, tokens: torch.Tensor, segments: torch.Tensor, max_span_len: int, pad: int,
+                   max_tokens: int = READ_TOKENS) -> torch.Tensor:
+    """Span scores (N, T, L) of joined sequences (N, T), read in chunks of rows of similar length (at most
+    ``max_tokens`` wordpieces with padding), so that short blocks are not padded to the longest one."""
+    lengths = tokens.ne(pad).sum(1)  # (N,)
+    order = torch.argsort(lengths, descending=True)
+    chunks, start = [], 0
+    while start < len(order):
+        width = int(lengths[order[start]])
+        rows = order[start : start + max(1, max_tokens // width)]
+        scores = span_reader(tokens[rows, :width], segments[rows, :width], max_span_len)  # (n, width, L)
+        chunks.append(F.pad(scores, (0, 0, 0, tokens.shape[1] - width)))  # positions past width: never spans
+        start += len(rows)
+    return torch.cat(chunks)[torch.argsort(order)]
 
 
 def _position_flags(finder: AnswerFinder, block_ids: np.ndarray, z_start: np.ndarray, z_len: np.ndarray,
