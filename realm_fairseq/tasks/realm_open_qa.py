@@ -6,9 +6,9 @@
 
 QUESTIONS is a directory of question files ``train.jsonl``, ``valid.jsonl`` (and ``test.jsonl``), as
 ``realm-squad-to-questions`` writes them (:mod:`realm_fairseq.data.questions`). The INDEX (its newest
-version or ``--index-version``, checked against the CORPUS) and the document embedder stay fixed, as in the paper: only the
-query embedder and the reader train. Each question retrieves ``--retriever-beam`` blocks for the
-retriever's loss and recall@k, and the reader reads the best ``--retrieval-topk``.
+version or ``--index-version``, checked against the CORPUS) and the document embedder stay fixed, as in
+the paper: only the query embedder and the reader train. Each question retrieves ``--retriever-beam``
+blocks for the retriever's loss and recall@k, and the reader reads the best ``--retrieval-topk``.
 """
 import os
 from dataclasses import dataclass, field
