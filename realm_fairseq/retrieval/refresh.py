@@ -345,11 +345,10 @@ class IndexRefresher:
         failed = self.scheduler is not None and self.scheduler.failed_out
         version, abort = agree(self.loader.ready_version, failed)
         if abort:
+            why = self.scheduler.last_failure if self.scheduler else "see the log of rank 0"
             self.close()
-            raise RefreshFailedError(
-                f"index refresh failed {self.cfg.refresh_max_failures} times in a row (--refresh-max-failures); "
-                + (self.scheduler.last_failure if self.scheduler else "see the log of rank 0")
-            )
+            raise RefreshFailedError(f"index refresh failed {self.cfg.refresh_max_failures} times in a row "
+                                     f"(--refresh-max-failures); {why}")
         if version > in_use:
             self._swap(version, num_updates)
 
