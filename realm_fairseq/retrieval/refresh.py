@@ -161,6 +161,11 @@ class VersionLoader:
         ready = self._ready
         return ready[0] if ready else 0
 
+    @property
+    def busy(self) -> bool:
+        """Loading a version, or holding one that is not swapped in yet."""
+        return bool(self._thread and self._thread.is_alive()) or self._ready is not None
+
     def poll(self, in_use: int) -> None:
         if (self._thread and self._thread.is_alive()) or time.monotonic() - self._looked < self.poll_s:
             return
