@@ -243,6 +243,9 @@ def test_two_ranks_swap_at_the_same_update(small_corpus, first_index, tmp_path):
                       "--distributed-world-size", "2", "--distributed-backend", "gloo", "--distributed-no-spawn",
                       "--distributed-init-method", f"tcp://127.0.0.1:{free_port()}", "--ddp-backend", "legacy_ddp")
     ranks = [Training([*args, "--distributed-rank", str(r)], cwd=tmp_path) for r in range(2)]
+    ranks[0].wait_for(LAUNCH)
+    pid = ranks[1].proc.pid  # only rank 0 launches refreshes
+    assert open(f"/proc/{pid}/task/{pid}/children").read().split() == []
     _, version, at, _, _, _ = ranks[0].wait_for(SWAP).groups()
     ranks[0].wait_for(rf"train_inner .*num_updates={int(at) + 2},")
     for rank in ranks:

@@ -36,6 +36,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import DictConfig, OmegaConf
 
 from realm_fairseq.atomic_io import atomic_file
+from realm_fairseq.retrieval.mips import MipsIndex
 from realm_fairseq.retrieval.refresh_launchers import (
     LocalLauncher, RefreshJob, RefreshPlan, SlurmResources, SubmititLauncher, physical_devices,
 )
@@ -151,27 +152,33 @@ class VersionLoader:
 
     def __init__(self, store: IndexStore, corpus, poll_s: float = 1.0):
         self.store, self.corpus, self.poll_s = store, corpus, poll_s
-        self._ready: Optional[Tuple[int, object, dict]] = None  # (version, MipsIndex, manifest)
+        self._lock = threading.Lock()
+        self._ready: Optional[Tuple[int, MipsIndex, dict]] = None  # (version, MipsIndex, manifest)
         self._thread: Optional[threading.Thread] = None
         self._looked = 0.0
         self._bad = set()  # versions that failed to load: not retried
 
     @property
-    def ready_version(self) -> int:
-        ready = self._ready
-        return ready[0] if ready else 0
+    def ready(self) -> Optional[Tuple[int, MipsIndex, dict]]:
+        """The newest version loaded and not swapped in yet: (version, index, manifest), or None."""
+        with self._lock:
+            return self._ready
 
     @property
     def busy(self) -> bool:
         """Loading a version, or holding one that is not swapped in yet."""
-        return bool(self._thread and self._thread.is_alive()) or self._ready is not None
+        return self._loading() or self.ready is not None
+
+    def _loading(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def poll(self, in_use: int) -> None:
-        if (self._thread and self._thread.is_alive()) or time.monotonic() - self._looked < self.poll_s:
+        if self._loading() or time.monotonic() - self._looked < self.poll_s:
             return
         self._looked = time.monotonic()
         latest = self.store.latest() or 0
-        if latest > max(in_use, self.ready_version) and latest not in self._bad:
+        ready = self.ready
+        if latest > max(in_use, ready[0] if ready else 0) and latest not in self._bad:
             self._thread = threading.Thread(target=self._load, args=(latest,), name="realm-index-loader",
                                             daemon=True)
             self._thread.start()
@@ -183,12 +190,14 @@ class VersionLoader:
             logger.warning("index refresh: could not load %s: %s", self.store.version_dir(version), e)
             self._bad.add(version)
             return
-        self._ready = (version, index, manifest)
+        with self._lock:
+            self._ready = (version, index, manifest)
 
-    def take(self, version: int) -> Tuple[object, dict]:
-        ready, self._ready = self._ready, None
-        assert ready is not None and ready[0] == version, (ready and ready[0], version)
-        return ready[1], ready[2]
+    def swapped_in(self, version: int) -> None:
+        """Forget what was loaded up to ``version``, which is now in use."""
+        with self._lock:
+            if self._ready is not None and self._ready[0] <= version:
+                self._ready = None
 
     def close(self) -> None:
         if self._thread is not None:
@@ -198,6 +207,8 @@ class VersionLoader:
 class RefreshScheduler:
     """Rank 0's part: snapshot and launch a refresh every ``interval`` updates, watch the one in flight,
     count failures in a row."""
+
+    POLL_S = 1.0  # look at the job in flight at most this often (on Slurm that may ask sacct)
 
     def __init__(self, cfg: RefreshConfig, corpus_dir: str, store: IndexStore):
         self.cfg, self.corpus_dir, self.store = cfg, corpus_dir, store
@@ -209,6 +220,7 @@ class RefreshScheduler:
         self.started = {}  # update -> wall time its refresh started (for the swap log)
         self.failures = 0
         self.last_failure = ""
+        self._polled = 0.0
 
     @property
     def in_flight(self) -> Optional[RefreshPlan]:
@@ -227,7 +239,8 @@ class RefreshScheduler:
 
     def _plan(self, num_updates: int, in_use: int) -> RefreshPlan:
         manifest = self.store.manifest(in_use)
-        shards = self.cfg.refresh_shards or max(1, len(self.devices) if self.cfg.refresh_launcher == "local" else 1)
+        local = self.cfg.refresh_launcher == "local"
+        shards = self.cfg.refresh_shards or (max(1, len(self.devices)) if local else 1)
         workdir = os.path.join(self.store.root, REFRESH_DIR, f"u{num_updates}")
         return RefreshPlan(update=num_updates, snapshot=os.path.join(workdir, SNAPSHOT),
                            corpus=os.path.abspath(self.corpus_dir), index_dir=os.path.abspath(self.store.root),
@@ -255,8 +268,9 @@ class RefreshScheduler:
                 return
             logger.info("index refresh of update %d launched (%s; log %s)", plan.update, self.job.describe(),
                         plan.log_path)
-        if self.job is None:
+        if self.job is None or time.monotonic() - self._polled < self.POLL_S:
             return
+        self._polled = time.monotonic()
         done = self.job.poll()
         if done is None:
             return
@@ -348,17 +362,18 @@ class IndexRefresher:
             self.scheduler.step(model, num_updates, in_use)
         self.loader.poll(in_use)
         failed = self.scheduler is not None and self.scheduler.failed_out
-        version, abort = agree(self.loader.ready_version, failed)
+        ready = self.loader.ready  # read once: the loader may hold a newer one by the time all agree
+        version, abort = agree(ready[0] if ready else 0, failed)
         if abort:
             why = self.scheduler.last_failure if self.scheduler else "see the log of rank 0"
             self.close()
             raise RefreshFailedError(f"index refresh failed {self.cfg.refresh_max_failures} times in a row "
                                      f"(--refresh-max-failures); {why}")
         if version > in_use:
-            self._swap(version, num_updates)
+            self._swap(*ready, num_updates)
 
-    def _swap(self, version: int, num_updates: int) -> None:
-        index, manifest = self.loader.take(version)
+    def _swap(self, version: int, index, manifest: dict, num_updates: int) -> None:
+        self.loader.swapped_in(version)
         update = manifest["encoder"].get("update") or 0
         self.retriever.use(index, version, update)
         started = self.scheduler.started.get(update) if self.scheduler else None

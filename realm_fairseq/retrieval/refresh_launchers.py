@@ -236,7 +236,7 @@ class SubmititRefreshJob(RefreshJob):
         if job.paths.result_pickle.exists():
             return job.exception() is None
         first_seen = self._finished_without_result.setdefault(job.job_id, time.time())
-        return False if time.time() - first_seen > self.RESULT_GRACE_S or job.state in ("INTERRUPTED",) else None
+        return False if job.state == "INTERRUPTED" or time.time() - first_seen > self.RESULT_GRACE_S else None
 
     def poll(self) -> Optional[bool]:
         if self.merge_job is None:
