@@ -26,6 +26,8 @@ from realm_fairseq.retrieval.versions import IndexStore
 from conftest import BIN, VOCAB, WIKI, free_port, run
 
 ARTICLES = 12  # about 360 blocks: a refresh embeds them in seconds on CPU
+# trainers, refreshers and ranks share the 2 cores of CI: one thread each instead of 2 spinning over 2
+ONE_THREAD = dict(os.environ, OMP_NUM_THREADS="1", PATH=BIN + os.pathsep + os.environ["PATH"])
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +75,7 @@ class Training:
 
     def __init__(self, args, cwd):
         self.proc = subprocess.Popen([f"{BIN}/realm-train", *args], cwd=cwd, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                     env=dict(os.environ, PATH=BIN + os.pathsep + os.environ["PATH"]))
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1, env=ONE_THREAD)
         self.lines, self._queue = [], queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -144,7 +145,7 @@ def refreshed_run(small_corpus, first_index, tmp_path_factory):
     index = copy_index(first_index, root / "index")
     save = root / "ckpt"
     train = Training(train_args(small_corpus, index, "--refresh-interval-updates", "3", "--refresh-keep", "3",
-                                "--max-update", "100000", "--save-dir", str(save), "--save-interval-updates", "3",
+                                "--max-update", "100000", "--save-dir", str(save), "--save-interval-updates", "6",
                                 "--keep-interval-updates", "1", "--no-epoch-checkpoints"), cwd=root)
     killed_update, pid = map(int, train.wait_for(LAUNCH).groups())
     os.kill(pid, signal.SIGKILL)
@@ -170,7 +171,7 @@ def test_refreshes_commit_and_swap_versions_built_from_the_snapshot_weights(refr
     assert manifest["encoder"]["update"] == int(swaps[1][3])
     offline = str(tmp_path / "offline")
     run(["realm-build-index", "--corpus", small_corpus, "--checkpoint", manifest["encoder"]["path"], "--out",
-         offline, "--no-progress"])
+         offline, "--no-progress"], env=ONE_THREAD)  # as the refresher ran
     np.testing.assert_array_equal(store.embeddings(3), IndexStore(offline).embeddings())
 
 
@@ -196,7 +197,7 @@ def test_resume_goes_on_with_the_saved_version_and_the_schedule(refreshed_run, s
 
     args = train_args(small_corpus, index, "--refresh-interval-updates", "3", "--refresh-keep", "10",
                       "--save-dir", str(save), "--no-epoch-checkpoints", "--keep-interval-updates", "1")
-    cancelled = run(["realm-train", *args, "--max-update", str(resumed_at + 3)], cwd=root).stdout
+    cancelled = run(["realm-train", *args, "--max-update", str(resumed_at + 3)], cwd=root, env=ONE_THREAD).stdout
     assert f"resumed with {index}/v{saved_version}, the index version saved in the checkpoint" in cancelled
     assert index_versions(cancelled)[resumed_at + 1] == saved_version
     assert re.findall(r"index refresh of update (\d+)", cancelled) == [str(resumed_at + 3)] * 2
@@ -210,7 +211,7 @@ def test_resume_goes_on_with_the_saved_version_and_the_schedule(refreshed_run, s
     run(["rm", "-r", f"{index}/v{in_use}"])
     newest = IndexStore(index).latest()
     waited = run(["realm-train", *args, "--max-update", str(resumed_at + 6), "--refresh-at-end", "wait"],
-                 cwd=root).stdout
+                 cwd=root, env=ONE_THREAD).stdout
     assert f"checkpoint was trained with {index}/v{in_use}, which no longer exists" in waited
     assert index_versions(waited)[resumed_at + 4] == newest
     assert f"waiting for the index refresh of update {resumed_at + 6} (--refresh-at-end wait)" in waited
@@ -267,6 +268,9 @@ def test_submitit_local_executor_embeds_shards_then_merges(small_corpus, first_i
     update = int(train.wait_for(r"index refresh of update (\d+) launched \(submitit job").group(1))
     train.wait_for(rf"index refresh of update {update}: shards embedded; merge job \S+ submitted")
     _, version, _, weights_of, _, _ = train.wait_for(SWAP).groups()
+    committed = rf"index refresh of update {update} committed in"  # the merge job has finished
+    if not re.search(committed, train.text):
+        train.wait_for(committed)
     train.finish(interrupt=True)
     assert int(weights_of) == update and int(version) == 2
     store = IndexStore(index)

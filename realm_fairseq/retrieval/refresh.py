@@ -256,7 +256,7 @@ class RefreshScheduler:
         self.started[num_updates] = time.time()
         self.pending = (plan, self.writer.submit(write_snapshot, state, plan.snapshot))
 
-    def _watch(self) -> None:
+    def _watch(self, force: bool = False) -> None:
         if self.pending is not None and self.pending[1].done():
             plan, written = self.pending
             self.pending = None
@@ -268,7 +268,7 @@ class RefreshScheduler:
                 return
             logger.info("index refresh of update %d launched (%s; log %s)", plan.update, self.job.describe(),
                         plan.log_path)
-        if self.job is None or time.monotonic() - self._polled < self.POLL_S:
+        if self.job is None or (time.monotonic() - self._polled < self.POLL_S and not force):
             return
         self._polled = time.monotonic()
         done = self.job.poll()
@@ -313,6 +313,7 @@ class RefreshScheduler:
             if wait:
                 self._watch()  # launches it
         self.writer.shutdown()
+        self._watch(force=True)  # it may have finished since the last look
         running = self.in_flight
         if running is None:
             return
@@ -328,9 +329,16 @@ class RefreshScheduler:
         if self.job is not None:
             self.job.cancel()
         self.job = self.pending = None
+        if self._committed(running):  # its process was still exiting
+            logger.info("index refresh of update %d had committed its version already", running.update)
+            return
         shutil.rmtree(running.workdir, ignore_errors=True)
         shutil.rmtree(os.path.join(self.store.root, SHARDS), ignore_errors=True)
         logger.info("index refresh of update %d cancelled", running.update)
+
+    def _committed(self, plan: RefreshPlan) -> bool:
+        """Whether the newest version was built from ``plan``'s snapshot."""
+        return self.store.latest() is not None and self.store.manifest()["encoder"].get("path") == plan.snapshot
 
 
 def agree(ready: int, abort: bool) -> Tuple[int, bool]:
