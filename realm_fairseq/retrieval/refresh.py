@@ -310,10 +310,9 @@ class RefreshScheduler:
         wait = self.cfg.refresh_at_end == "wait"
         if self.pending is not None:
             self.pending[1].exception()  # let the snapshot be written (or fail)
-            if wait:
-                self._watch()  # launches it
+        if wait or self.pending is None:
+            self._watch(force=True)  # launch the snapshot's refresh, or notice that the job has finished
         self.writer.shutdown()
-        self._watch(force=True)  # it may have finished since the last look
         running = self.in_flight
         if running is None:
             return
