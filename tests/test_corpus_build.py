@@ -93,6 +93,12 @@ def test_squad_paragraphs_become_documents_titled_by_article(tmp_path):
     assert first.text.startswith("Super Bowl 50 was an American football game")
 
 
+def test_max_documents_reads_only_the_first_documents_in_input_order(tmp_path):
+    corpus = build(tmp_path, [write(tmp_path / "docs.jsonl", as_jsonl(DOCS)), SQUAD_DEV], max_documents=3)
+    assert corpus.manifest["counts"]["documents"] == 3
+    assert [corpus.block(i).doc_id for i in range(len(corpus))] == ["d1", "d2", "Super_Bowl_50#0"]
+
+
 def test_long_documents_are_cut_at_sentence_boundaries(tmp_path):
     sentences = [f"Sentence number {i} tells about the city of Paris in {1900 + i}." for i in range(60)]
     doc = {"id": "long", "title": "Paris", "text": " ".join(sentences)}

@@ -3,7 +3,6 @@ small corpus of the shipped articles commit and swap new versions built from wei
 killed refresher, stop after too many failures, resume with the saved version, swap on 2 ranks at the
 same update, and refresh through submitit's local executor."""
 import argparse
-import gzip
 import os
 import queue
 import re
@@ -32,14 +31,9 @@ ONE_THREAD = dict(os.environ, OMP_NUM_THREADS="1", PATH=BIN + os.pathsep + os.en
 
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("small")
-    with gzip.open(WIKI, "rt", encoding="utf-8") as f:
-        articles = [next(f) for _ in range(ARTICLES)]
-    with open(root / "articles.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(articles)
-    out = str(root / "corpus")
-    prepare_corpus([str(root / "articles.jsonl")], VOCAB, out,
-                   CorpusConfig(workers=1, salient_spans="regex", no_progress=True))
+    out = str(tmp_path_factory.mktemp("small") / "corpus")
+    prepare_corpus([WIKI], VOCAB, out, CorpusConfig(workers=1, salient_spans="regex", no_progress=True,
+                                                   max_documents=ARTICLES))
     return out
 
 

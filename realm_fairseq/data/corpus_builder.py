@@ -26,7 +26,7 @@ import os
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from itertools import chain
+from itertools import chain, islice
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -80,6 +80,10 @@ class CorpusConfig(FairseqDataclass):
         default=min(8, os.cpu_count() or 1),
         metadata={"help": "worker processes (the output does not depend on it)"},
     )
+    max_documents: int = field(
+        default=0, metadata={"help": "read only the first N documents of the inputs, in order (0: all); "
+                             "for trying the pipeline on a small corpus"}
+    )
     force: bool = field(default=False, metadata={"help": "replace an existing output directory"})
     no_progress: bool = field(default=False, metadata={"help": "do not show a progress bar"})
 
@@ -92,6 +96,8 @@ class CorpusConfig(FairseqDataclass):
             raise ValueError("expected 1 <= --example-min-len <= --example-max-len")
         if self.workers < 1:
             raise ValueError(f"--workers {self.workers}: expected at least 1")
+        if self.max_documents < 0:
+            raise ValueError(f"--max-documents {self.max_documents}: expected 0 (all) or more")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -264,7 +270,10 @@ def _run(cfg: CorpusConfig, vocab: Vocab, finder: SalientSpanFinder, inputs, for
         progress.set_postfix(blocks=writer.num_blocks, examples=writer.num_examples, refresh=False)
 
     try:
-        for chunk in _chunks(read_documents(inputs, formats), CHUNK_CHARS // cfg.workers):
+        documents = read_documents(inputs, formats)
+        if cfg.max_documents:
+            documents = islice(documents, cfg.max_documents)
+        for chunk in _chunks(documents, CHUNK_CHARS // cfg.workers):
             for k, _ in chunk:
                 docs_per_input[k] += 1
             writer.add_documents(doc for _, doc in chunk)

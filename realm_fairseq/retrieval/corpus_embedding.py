@@ -48,15 +48,16 @@ def _realm_cfg(model_cfg) -> RealmConfig:
     return RealmConfig(**{k: v for k, v in dict(model_cfg).items() if k in names})
 
 
-def doc_embedder_from_checkpoint(path: str, corpus: BlockCorpus) -> EmbedderSource:
-    """The document embedder of a ``realm`` model checkpoint (ICT or REALM pre-training)."""
+def doc_embedder_from_checkpoint(path: str, corpus: BlockCorpus, tower: str = "doc_embedder") -> EmbedderSource:
+    """The document embedder (or the ``query_embedder``, by ``tower``) of a ``realm`` model checkpoint
+    (ICT or REALM pre-training)."""
     state = checkpoint_utils.load_checkpoint_to_cpu(path)
     cfg = _realm_cfg(state["cfg"]["model"])
     embedder = Embedder(cfg, corpus.dictionary, cfg.retriever_pooling, cfg.retriever_projection_dim)
-    prefix = "doc_embedder."
+    prefix = tower + "."
     weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
     if not weights:
-        raise ValueError(f"{path}: no doc_embedder weights; expected a checkpoint of the realm model")
+        raise ValueError(f"{path}: no {tower} weights; expected a checkpoint of the realm model")
     embedder.load_state_dict(weights)
     update = state.get("optimizer_history", [{}])[-1].get("num_updates")
     return EmbedderSource(embedder, {"kind": "checkpoint", "path": os.path.abspath(path), "update": update})

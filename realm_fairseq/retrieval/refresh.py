@@ -381,7 +381,7 @@ class IndexRefresher:
 
     def _swap(self, version: int, index, manifest: dict, num_updates: int) -> None:
         self.loader.swapped_in(version)
-        update = manifest["encoder"].get("update") or 0
+        update = embedded_at(self.store, manifest)
         self.retriever.use(index, version, update)
         started = self.scheduler.started.get(update) if self.scheduler else None
         took = ""
@@ -400,14 +400,26 @@ class IndexRefresher:
         self.loader.close()
 
 
-def restore_version(store: IndexStore, retriever: Retriever, version: Optional[int]) -> None:
+def embedded_at(store: IndexStore, manifest: dict) -> int:
+    """The update of this run that a version's embeddings come from: its refresh snapshot's, or 0 for one
+    built before the run (from BERT, ICT or another run's checkpoint)."""
+    path = manifest["encoder"].get("path") or ""
+    refreshed = os.path.dirname(os.path.dirname(path)) == os.path.abspath(os.path.join(store.root, REFRESH_DIR))
+    return int(manifest["encoder"].get("update") or 0) if refreshed else 0
+
+
+def restore_version(store: IndexStore, retriever: Retriever, version: Optional[int], update: Optional[int]) -> None:
     """On resume: use the index version a checkpoint was saved with, or the newest one if it is gone."""
-    if not version or version == retriever.version:
+    if not version:
         return
     if version not in store.versions():
+        manifest = store.manifest(retriever.version)
+        retriever.use(retriever.index, retriever.version, embedded_at(store, manifest))
         logger.warning("the checkpoint was trained with %s, which no longer exists (pruned?); going on with "
                        "v%s, the newest", store.version_dir(version), retriever.version)
         return
-    index, manifest = store.load(version, corpus=retriever.corpus)
-    retriever.use(index, version, manifest["encoder"].get("update") or 0)
+    index = retriever.index
+    if version != retriever.version:
+        index, _ = store.load(version, corpus=retriever.corpus)
+    retriever.use(index, version, update or 0)
     logger.info("resumed with %s, the index version saved in the checkpoint", store.version_dir(version))

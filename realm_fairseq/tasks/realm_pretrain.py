@@ -75,7 +75,9 @@ class RealmPretrainTask(FairseqTask):
                 )
             store = IndexStore(cfg.index)
             index, manifest = store.load(corpus=corpus)
-            version, update = manifest["version"], manifest["encoder"].get("update")
+            # the index was built before this run (from BERT, ICT or an earlier checkpoint): its
+            # embeddings are as old as the weights the run starts from, so staleness counts from 0
+            version, update = manifest["version"], 0
         elif cfg.refresh_interval_updates > 0:
             raise ValueError("--refresh-interval-updates needs retrieval (--retrieval-topk > 0) and an --index")
         retriever = Retriever(corpus, index, cfg.retrieval_topk, not cfg.no_null_document, version, update)
@@ -111,11 +113,12 @@ class RealmPretrainTask(FairseqTask):
             self.refresher.after_update(model, update_num + 1)
 
     def get_checkpoint_dict(self):
-        return {type(self).__name__: {"index_version": self.retriever.version}}
+        return {type(self).__name__: {"index_version": self.retriever.version,
+                                      "index_update": self.retriever.version_update}}
 
     def set_checkpoint_dict(self, state):
         if self.store is not None:
-            restore_version(self.store, self.retriever, state.get("index_version"))
+            restore_version(self.store, self.retriever, state.get("index_version"), state.get("index_update"))
 
     @property
     def source_dictionary(self):
