@@ -12,7 +12,7 @@ INDEX and how to shard the work) and run by a launcher:
 
 Either way each piece of work is a ``realm-build-index`` command line (:meth:`RefreshPlan.build_index_argv`),
 so a refresh commits exactly what ``realm-build-index --checkpoint SNAPSHOT`` would. Launchers return a
-:class:`RefreshJob` that the trainer polls without blocking, cancels, or waits for.
+:class:`RefreshJob` that the trainer polls without blocking, or cancels.
 """
 import json
 import logging
@@ -92,17 +92,13 @@ def log_tail(path: str, lines: int = 40) -> str:
 
 
 class RefreshJob:
-    """A launched refresh. ``poll`` never blocks: None while it runs, then True (committed) or False."""
+    """A launched refresh. ``poll`` never blocks: None while it runs, then True (committed) or False.
+    ``cancel`` ends it and what it started."""
 
     plan: RefreshPlan
 
     def poll(self) -> Optional[bool]:
         raise NotImplementedError
-
-    def wait(self) -> bool:
-        while (done := self.poll()) is None:
-            time.sleep(0.5)
-        return done
 
     def cancel(self) -> None:
         raise NotImplementedError
