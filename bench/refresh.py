@@ -122,12 +122,13 @@ def main():
             window = None
         if task.retriever.version > len(swaps) + 1:
             swaps.append(updates)
-        if (len(swaps) >= args.refreshes and window is None and updates >= swaps[-1] + args.steps
-                or updates >= args.max_updates):
+        if len(swaps) >= args.refreshes and updates >= swaps[args.refreshes - 1] + args.steps:
             break
+        if updates >= args.max_updates:
+            sys.exit(f"only {len(swaps)} refresh(es) swapped in within {args.max_updates} updates")
+    else:
+        sys.exit(f"the epoch ended after {trainer.get_num_updates()} updates, before {args.refreshes} refreshes")
     refresher.close()
-    if len(swaps) < args.refreshes:
-        sys.exit(f"only {len(swaps)} refresh(es) swapped in within {args.max_updates} updates")
 
     manifest = IndexStore(index).manifest(2)
     snapshot, update = manifest["encoder"]["path"], manifest["encoder"]["update"]
