@@ -10,7 +10,8 @@
 # 1. the block corpus REALM retrieves from (106 Wikipedia articles, the SQuAD v1.1 dev paragraphs and
 #    the SQuADShifts paragraphs), with its statistics;
 # 2. the retriever's MIPS index, every block embedded by the offline MiniLM sentence embedder;
-# 3. a short REALM pre-training from the MiniLM weights, with its metrics.
+# 3. a short REALM pre-training from the MiniLM weights, refreshing the index once halfway in the
+#    background, with its metrics.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -50,7 +51,8 @@ realm-train "$out/corpus" --task realm_pretrain --index "$out/index" --criterion
   --arch realm_minilm --encoder-init "$out/minilm.pt" --retrieval-topk 4 \
   --optimizer adam --lr 5e-5 --lr-scheduler fixed --batch-size 4 --max-update "$pretrain_updates" \
   --valid-percent 2 --max-valid-steps 8 --validate-interval-updates $((pretrain_updates / 2)) \
+  --refresh-interval-updates $((pretrain_updates / 2)) --refresh-launcher local --refresh-at-end wait \
   --cpu --num-workers 0 --required-batch-size-multiple 1 --seed 1 \
   --save-dir "$out/pretrain" --no-epoch-checkpoints --log-format simple --log-interval 10 --no-progress-bar \
-  2>&1 | tee "$out/pretrain.log" | grep -E "train_inner|valid on|done training"
+  2>&1 | tee "$out/pretrain.log" | grep -E "train_inner|valid on|index refresh|done training"
 python "$here/show_metrics.py" "$out/pretrain.log"
