@@ -1,4 +1,5 @@
 """The quick start's main job: examples/realm/demo.sh, in its quick mode."""
+import json
 import os
 
 from realm_fairseq.data import BlockCorpus
@@ -8,7 +9,7 @@ from conftest import ROOT, run
 QUICK_PRETRAIN_UPDATES = 8  # demo.sh --quick
 
 
-def test_demo_quick_runs_corpus_index_and_pretraining_and_prints_their_results(tmp_path):
+def test_demo_quick_runs_the_pipeline_and_prints_its_results(tmp_path):
     out = tmp_path / "demo"
     proc = run(["bash", os.path.join(ROOT, "examples", "realm", "demo.sh"), "--quick", "--out", str(out)],
                cwd=tmp_path)
@@ -20,10 +21,22 @@ def test_demo_quick_runs_corpus_index_and_pretraining_and_prints_their_results(t
     assert "example " in proc.stdout and "[ " in proc.stdout  # an example with a bracketed salient span
     assert (out / "index" / "v1" / "manifest.json").exists()
     assert (out / "pretrain" / "checkpoint_last.pt").exists()
-    table = proc.stdout[proc.stdout.index("metric "):].splitlines()
+    table = proc.stdout[proc.stdout.index("metric "):proc.stdout.index("== step 4")].strip().splitlines()
     rows = {line.split()[0]: line.split()[1:3] for line in table[1:]}
     assert set(rows) >= {"loss", "ppl", "retrieval_utility", "null_prob", "entropy", "index_version", "staleness"}
     assert rows["num_updates"][1] == str(QUICK_PRETRAIN_UPDATES) and rows["index_version"] == ["1", "1"]
+
+    # open-domain QA: (a) from MiniLM and (b) from the pre-training, evaluated on test articles, answers
+    test_ids = {q["id"] for q in map(json.loads, open(out / "questions" / "test.jsonl"))}
+    for name in ("qa-minilm", "qa-realm"):
+        metrics = json.load(open(out / f"{name}.test.json"))
+        assert metrics["questions"] == 8 and {"em", "recall@1", "recall@5", "recall@20"} <= set(metrics)
+        predictions = [json.loads(line) for line in open(out / f"{name}.test.predictions.jsonl")]
+        assert {p["id"] for p in predictions} <= test_ids and all(p["evidence"] for p in predictions)
+    assert proc.stdout.count("\nQ: ") == 3 and proc.stdout.count("\nA: ") == 3
+    results = proc.stdout[proc.stdout.index("== results"):].splitlines()
+    assert results[1].split() == ["recall@5", "EM"]
+    assert results[2].startswith("(a) MiniLM") and results[3].startswith("(b) after REALM pre-training")
 
 
 def test_ci_runs_the_readme_test_command():

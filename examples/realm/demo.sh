@@ -11,7 +11,10 @@
 #    the SQuADShifts paragraphs), with its statistics;
 # 2. the retriever's MIPS index, every block embedded by the offline MiniLM sentence embedder;
 # 3. a short REALM pre-training from the MiniLM weights, refreshing the index once halfway in the
-#    background, with its metrics.
+#    background, with its metrics;
+# 4. open-domain QA questions: the SQuAD dev questions, split by article into train/valid/test;
+# 5. fine-tuning for open-domain QA (a) from MiniLM, no REALM pre-training, (b) from step 3, the same way;
+# 6. evaluation of both on the test split; 7. answers with their evidence, and the table comparing them.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -21,12 +24,18 @@ spans=auto
 inputs=("$data/enwiki-sample-articles.jsonl.gz" "$data/squad-v1.1-dev.json.gz" "$data/squadshifts-new-wiki-v1.0.json.gz")
 subset=()
 pretrain_updates=200
+qa_subset=()      # realm-squad-to-questions: every SQuAD dev article
+qa_updates=40     # open-domain QA fine-tuning updates of each model
+qa_batch=8        # questions per fine-tuning batch
+qa_valid_steps=8  # validation batches
+qa_test=200       # test questions evaluated
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) spans=regex; inputs=("$data/squad-v1.1-dev.json.gz"); subset=(--max-documents 300)
-             pretrain_updates=8 ;;
+             pretrain_updates=8; qa_subset=(--max-articles 5); qa_updates=2; qa_batch=4; qa_valid_steps=2
+             qa_test=8 ;;
     --out) out=$2; shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -56,3 +65,49 @@ realm-train "$out/corpus" --task realm_pretrain --index "$out/index" --criterion
   --save-dir "$out/pretrain" --no-epoch-checkpoints --log-format simple --log-interval 10 --no-progress-bar \
   2>&1 | tee "$out/pretrain.log" | grep -E "train_inner|valid on|index refresh|done training"
 python "$here/show_metrics.py" "$out/pretrain.log"
+
+pretrained=$out/pretrain/checkpoint_last.pt
+
+echo "== step 4: SQuAD dev questions for open-domain QA, split by article -> $out/questions"
+realm-squad-to-questions "$data/squad-v1.1-dev.json.gz" --out "$out/questions" "${qa_subset[@]}"
+
+finetune() {  # NAME INDEX_VERSION INIT_OPTIONS...: fine-tune on the train split, keep the best valid EM
+  local name=$1 version=$2; shift 2
+  rm -rf "$out/$name"
+  realm-train "$out/questions" --task realm_open_qa --corpus "$out/corpus" --index "$out/index" \
+    --index-version "$version" --arch realm_minilm "$@" --criterion realm_qa \
+    --retrieval-topk 2 --retriever-beam 100 --optimizer adam --lr 1e-4 --lr-scheduler fixed \
+    --batch-size "$qa_batch" --max-update "$qa_updates" --validate-interval-updates "$qa_updates" \
+    --max-valid-steps "$qa_valid_steps" \
+    --best-checkpoint-metric em --maximize-best-checkpoint-metric \
+    --cpu --num-workers 0 --required-batch-size-multiple 1 --seed 1 \
+    --save-dir "$out/$name" --no-epoch-checkpoints --no-last-checkpoints \
+    --log-format simple --log-interval 10 --no-progress-bar \
+    2>&1 | tee "$out/$name.log" | grep -E "train_inner|valid on|done training"
+}
+newest=$(python -c 'import sys; from realm_fairseq.retrieval.versions import IndexStore; print(IndexStore(sys.argv[1]).latest())' "$out/index")
+
+echo "== step 5a: fine-tune from MiniLM, no REALM pre-training (index v1: MiniLM) -> $out/qa-minilm"
+finetune qa-minilm 1 --encoder-init "$out/minilm.pt"
+echo "== step 5b: fine-tune from the REALM pre-training (index v$newest) -> $out/qa-realm"
+finetune qa-realm "$newest" --realm-init "$pretrained"
+
+echo "== step 6: evaluate both on the test split (articles never seen in fine-tuning)"
+for name in qa-minilm qa-realm; do
+  realm-evaluate --checkpoint "$out/$name/checkpoint_best.pt" --questions "$out/questions/test.jsonl" \
+    --max-questions "$qa_test" --out "$out/$name.test.predictions.jsonl" --no-progress > "$out/$name.test.json"
+done
+
+echo "== step 7: answer test questions with model (b), with evidence"
+head -n 3 "$out/questions/test.jsonl" | python -c 'import json, sys; [print(json.loads(l)["question"]) for l in sys.stdin]' \
+  | realm-answer --checkpoint "$out/qa-realm/checkpoint_best.pt" --evidence 2
+
+echo "== results: open-domain QA on $qa_test SQuAD dev test-split questions over $out/corpus"
+python - "$out/qa-minilm.test.json" "$out/qa-realm.test.json" <<'PY'
+import json, sys
+rows = [("(a) MiniLM retriever, no REALM pre-training", sys.argv[1]), ("(b) after REALM pre-training", sys.argv[2])]
+print(f"{'':<46}{'recall@5':>10}{'EM':>8}")
+for name, path in rows:
+    m = json.load(open(path))
+    print(f"{name:<46}{m['recall@5']:>10.1f}{m['em']:>8.1f}")
+PY
