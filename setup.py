@@ -46,6 +46,9 @@ setup(
             "realm-build-index=realm_fairseq.cli.build_index:cli_main",
             "realm-train=realm_fairseq.cli.train:train_main",
             "realm-hydra-train=realm_fairseq.cli.train:hydra_train_main",
+            "realm-squad-to-questions=realm_fairseq.cli.squad_to_questions:cli_main",
+            "realm-evaluate=realm_fairseq.cli.evaluate:cli_main",
+            "realm-answer=realm_fairseq.cli.answer:cli_main",
         ]
     },
     classifiers=[

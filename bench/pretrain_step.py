@@ -1,6 +1,7 @@
 """A REALM training step against its parts measured alone, in the same run.
 
     python bench/pretrain_step.py [--arch realm_tiny] [--batch-size 8] [--topk 8] [--steps 10] [--device cpu]
+                                  [--dtype fp32|bf16] [--profile 20]
 
 The step is the realm_mlm criterion's forward and backward on a batch of masked sentences from the
 shipped Wikipedia corpus (index: the model's own document embeddings). Its parts, each timed alone on
@@ -8,10 +9,13 @@ the same batches: query embedding (forward + backward), the MIPS search, re-embe
 (forward + backward), and the reader's forward + backward on the K joined sequences with the masked-LM
 loss. Overhead = step / sum of the parts (goal <= 1.15: batching, gathering and the marginal cost
 almost nothing). The reader part alone is a plain masked-LM step on the same joined sequences, the
-baseline the step is also compared with.
+baseline the step is also compared with. ``--dtype bf16`` runs the model in bfloat16, as
+``fairseq-train --bf16`` does; ``--profile N`` then prints the N functions the step spends most time in.
 """
 import argparse
+import cProfile
 import os
+import pstats
 import shutil
 import statistics
 import tempfile
@@ -19,15 +23,16 @@ import time
 
 import numpy as np
 import torch
-from fairseq.data import data_utils
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "examples", "realm", "data")
 
 
 def timed(fn, batches, device):
-    """Median seconds of ``fn(batch)`` over the batches (after one warm-up call)."""
-    fn(batches[0])
+    """Median seconds of ``fn(batch)`` over the batches, after an untimed pass over all of them: every
+    batch has its own shapes, and a GPU pays for the first call at each shape (kernel choice, memory)."""
+    for batch in batches:
+        fn(batch)
     times = []
     for batch in batches:
         start = time.perf_counter()
@@ -45,13 +50,15 @@ def main():
     parser.add_argument("--topk", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="model precision")
+    parser.add_argument("--profile", type=int, default=0, help="print the N functions the step spends most in")
     args = parser.parse_args()
 
     from fairseq.models import ARCH_CONFIG_REGISTRY
 
     import realm_fairseq  # noqa: F401  (registers the task, model and criterion)
     from realm_fairseq.criterions.realm_mlm import RealmMlmCriterion
-    from realm_fairseq.data.corpus import BlockCorpus, with_cls_sep
+    from realm_fairseq.data.corpus import BlockCorpus, with_cls_sep_batch
     from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
     from realm_fairseq.data.masking import MaskedExamplesDataset
     from realm_fairseq.models.reader import join_query_and_blocks
@@ -70,6 +77,8 @@ def main():
     ARCH_CONFIG_REGISTRY[args.arch](model_args)
     task = argparse.Namespace(needs_reader=True, source_dictionary=d, update_num=0)
     model = RealmModel.build_model(RealmConfig(**vars(model_args)), task).to(device)
+    if args.dtype == "bf16":
+        model = model.bfloat16()
     index = MipsIndex.build(embed_blocks(EmbedderSource(model.doc_embedder, {}), corpus, device=device,
                                          progress=False))
     task.retriever = retriever = Retriever(corpus, index, args.topk, null_document=True)
@@ -103,9 +112,7 @@ def main():
     def candidates(batch):
         return retriever.candidate_tokens(found[id(batch)])
 
-    wrapped = {id(b): data_utils.collate_tokens(
-        [with_cls_sep(z, d) for row in candidates(b) for z in row], d.pad()
-    ).to(device) for b in batches}
+    wrapped = {id(b): with_cls_sep_batch(*candidates(b), d).to(device) for b in batches}
 
     def rembed_part(batch):
         model.zero_grad()
@@ -113,14 +120,12 @@ def main():
 
     joined = {}
     for b in batches:
-        src = b["net_input"]["src_tokens"].cpu()
-        queries_b = [src[i, :n] for i, n in enumerate(src.ne(d.pad()).sum(1).tolist())]
-        tokens, segments = join_query_and_blocks(queries_b, candidates(b), d.pad(), d.eos(),
-                                                 model.cfg.max_positions)
+        src = b["net_input"]["src_tokens"]
+        tokens, segments = join_query_and_blocks(src, *candidates(b), d.pad(), d.eos(), model.cfg.max_positions)
         target = b["target"].repeat_interleave(retriever.num_candidates, 0)
-        masked = torch.zeros(tokens.shape, dtype=torch.bool)
-        masked[:, : src.shape[1]] = target.cpu().ne(d.pad())
-        joined[id(b)] = (tokens.to(device), segments.to(device), masked.to(device), target[target.ne(d.pad())])
+        masked = torch.zeros(tokens.shape, dtype=torch.bool, device=device)
+        masked[:, : src.shape[1]] = target.ne(d.pad())
+        joined[id(b)] = (tokens, segments, masked, target[target.ne(d.pad())])
 
     def reader_part(batch):  # a plain masked-LM step on the joined sequences
         tokens, segments, masked, target = joined[id(batch)]
@@ -133,9 +138,13 @@ def main():
              f"re-embed {retriever.num_candidates} candidates": timed(rembed_part, batches, device),
              "reader (masked LM on joined sequences)": timed(reader_part, batches, device)}
     total = timed(step, batches, device)
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.runcall(timed, step, batches, device)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
     shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\n{args.arch}, batch {args.batch_size}, k={args.topk} + null document, {device}, "
+    print(f"\n{args.arch}, batch {args.batch_size}, k={args.topk} + null document, {device} {args.dtype}, "
           f"median of {args.steps} steps")
     print("| part | ms |\n|---|---|")
     for name, t in parts.items():

@@ -13,8 +13,10 @@ checkpoint_compat.allow_fairseq_checkpoints()
 # every module that registers something with fairseq (see the module docstring)
 from realm_fairseq.criterions import realm_ict as _realm_ict_criterion  # noqa: E402,F401
 from realm_fairseq.criterions import realm_mlm as _realm_mlm_criterion  # noqa: E402,F401
+from realm_fairseq.criterions import realm_qa as _realm_qa_criterion  # noqa: E402,F401
 from realm_fairseq.models import realm as _realm_model  # noqa: E402,F401
 from realm_fairseq.tasks import realm_ict as _realm_ict_task  # noqa: E402,F401
+from realm_fairseq.tasks import realm_open_qa as _realm_open_qa_task  # noqa: E402,F401
 from realm_fairseq.tasks import realm_pretrain as _realm_pretrain_task  # noqa: E402,F401
 
 __version__ = "0.1.0"

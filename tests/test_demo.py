@@ -1,22 +1,42 @@
 """The quick start's main job: examples/realm/demo.sh, in its quick mode."""
+import json
 import os
 
 from realm_fairseq.data import BlockCorpus
 
 from conftest import ROOT, run
 
+QUICK_PRETRAIN_UPDATES = 8  # demo.sh --quick
 
-def test_demo_quick_prepares_the_corpus_and_prints_statistics(tmp_path):
+
+def test_demo_quick_runs_the_pipeline_and_prints_its_results(tmp_path):
     out = tmp_path / "demo"
     proc = run(["bash", os.path.join(ROOT, "examples", "realm", "demo.sh"), "--quick", "--out", str(out)],
                cwd=tmp_path)
     corpus = BlockCorpus(str(out / "corpus"))
     stats = corpus.statistics()
-    assert stats["inputs"] == {"enwiki-sample-articles.jsonl.gz": 106, "squad-v1.1-dev.json.gz": 2067,
-                               "squadshifts-new-wiki-v1.0.json.gz": 1581}
+    assert stats["inputs"] == {"squad-v1.1-dev.json.gz": 300}
     assert f"blocks                         {len(corpus)}" in proc.stdout
     assert "salient_span_source            date regex only" in proc.stdout
     assert "example " in proc.stdout and "[ " in proc.stdout  # an example with a bracketed salient span
+    assert (out / "index" / "v1" / "manifest.json").exists()
+    assert (out / "pretrain" / "checkpoint_last.pt").exists()
+    table = proc.stdout[proc.stdout.index("metric "):proc.stdout.index("== step 4")].strip().splitlines()
+    rows = {line.split()[0]: line.split()[1:3] for line in table[1:]}
+    assert set(rows) >= {"loss", "ppl", "retrieval_utility", "null_prob", "entropy", "index_version", "staleness"}
+    assert rows["num_updates"][1] == str(QUICK_PRETRAIN_UPDATES) and rows["index_version"] == ["1", "1"]
+
+    # open-domain QA: (a) from MiniLM and (b) from the pre-training, evaluated on test articles, answers
+    test_ids = {q["id"] for q in map(json.loads, open(out / "questions" / "test.jsonl"))}
+    for name in ("qa-minilm", "qa-realm"):
+        metrics = json.load(open(out / f"{name}.test.json"))
+        assert metrics["questions"] == 8 and {"em", "recall@1", "recall@5", "recall@20"} <= set(metrics)
+        predictions = [json.loads(line) for line in open(out / f"{name}.test.predictions.jsonl")]
+        assert {p["id"] for p in predictions} <= test_ids and all(p["evidence"] for p in predictions)
+    assert proc.stdout.count("\nQ: ") == 3 and proc.stdout.count("\nA: ") == 3
+    results = proc.stdout[proc.stdout.index("== results"):].splitlines()
+    assert results[1].split() == ["recall@5", "EM"]
+    assert results[2].startswith("(a) MiniLM") and results[3].startswith("(b) after REALM pre-training")
 
 
 def test_ci_runs_the_readme_test_command():

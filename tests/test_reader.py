@@ -22,26 +22,36 @@ def dictionary():
     return dictionary_for(Vocab.load(VOCAB))
 
 
+def padded(rows, pad):
+    """Token lists -> (N, L) padded and lengths (N,), as the retriever hands candidates over."""
+    lengths = torch.tensor([len(r) for r in rows])
+    out = torch.full((len(rows), int(lengths.max())), pad)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out, lengths
+
+
 def test_joined_inputs_put_each_block_after_its_query_and_fit(dictionary):
     pad, eos = dictionary.pad(), dictionary.eos()
-    q1, q2 = torch.tensor([0, 10, 11, 2]), torch.tensor([0, 20, 2])
-    null = torch.tensor([], dtype=torch.long)
-    blocks = [[torch.tensor([30, 31]), torch.arange(100, 130)], [null, torch.tensor([40])]]
-    tokens, segments = join_query_and_blocks([q1, q2], blocks, pad, eos, max_positions=12)
+    queries, _ = padded([[0, 10, 11, 2], [0, 20, 2]], pad)
+    blocks, lengths = padded([[30, 31], list(range(100, 130)), [], [40]], pad)  # 2 a query; [] the null doc
+    tokens, segments = join_query_and_blocks(queries, blocks, lengths, pad, eos, max_positions=12)
     assert tokens.shape == (4, 12)
     assert tokens[0, :7].tolist() == [0, 10, 11, 2, 30, 31, 2] and (tokens[0, 7:] == pad).all()
     assert tokens[1].tolist() == [0, 10, 11, 2, *range(100, 107), 2]  # block cut to fit 12 positions
-    assert tokens[2, :4].tolist() == [0, 20, 2, 2]  # the null document
-    assert segments[0, :7].tolist() == [0, 0, 0, 0, 1, 1, 1] and segments[1].sum() == 8
+    assert tokens[2, :4].tolist() == [0, 20, 2, 2] and (tokens[2, 4:] == pad).all()  # the null document
+    assert tokens[3, :5].tolist() == [0, 20, 2, 40, 2]
+    assert segments[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0] and segments[1].sum() == 8
+    assert segments[2].tolist() == [0, 0, 0, 1] + [0] * 8
     with pytest.raises(ValueError, match="does not fit --max-positions 3"):
-        join_query_and_blocks([q1], [[torch.tensor([5])]], pad, eos, max_positions=3)
+        join_query_and_blocks(queries[:1], *padded([[5]], pad), pad, eos, max_positions=3)
 
 
 def test_reader_predicts_at_masked_positions_with_tied_embeddings(dictionary):
     reader = Reader(EncoderConfig(**TINY), dictionary).eval()
     assert reader.lm_head.weight is reader.encoder.embed_tokens.weight
-    tokens, segments = join_query_and_blocks([torch.tensor([0, 107, 500, 2])], [[torch.tensor([600, 601])]],
-                                             dictionary.pad(), dictionary.eos(), 24)
+    tokens, segments = join_query_and_blocks(torch.tensor([[0, 107, 500, 2]]), torch.tensor([[600, 601]]),
+                                             torch.tensor([2]), dictionary.pad(), dictionary.eos(), 24)
     masked = tokens.eq(107)
     with torch.no_grad():
         all_logits = reader(tokens, segments)

@@ -76,6 +76,19 @@ def test_the_source_block_is_never_a_candidate(setup):
         assert (ids >= 0).all() and ids.shape == (16, 8)
 
 
+def test_candidates_are_the_blocks_padded_with_the_null_document_last(setup):
+    corpus, _, index, _ = setup
+    retriever = Retriever(corpus, index, topk=3, null_document=True)
+    ids = np.array([[5, 17, 2], [40, -1, 9]])  # -1: a result the index did not have
+    tokens, lengths = retriever.candidate_tokens(ids)
+    assert tokens.shape[0] == 8 and lengths.tolist() == [int(corpus.sizes[i]) if i >= 0 else 0
+                                                          for i in (5, 17, 2, -1, 40, -1, 9, -1)]
+    for row, i in enumerate((5, 17, 2, -1, 40, -1, 9, -1)):
+        expected = corpus.tokens(i) if i >= 0 else torch.zeros(0, dtype=torch.long)
+        assert tokens[row, : lengths[row]].equal(expected)
+        assert (tokens[row, lengths[row]:] == corpus.dictionary.pad()).all()
+
+
 def test_one_certain_candidate_equals_plain_masked_lm(setup):
     corpus, model, _, batch = setup
     model.eval()
@@ -84,8 +97,8 @@ def test_one_certain_candidate_equals_plain_masked_lm(setup):
         marginal = marginal_log_likelihood(out["retrieval_scores"], out["token_log_probs"], out["token_mask"])
         # the reader alone on [CLS] x [SEP] [SEP], scored directly
         d, src, target = corpus.dictionary, batch["net_input"]["src_tokens"], batch["target"]
-        queries = [src[b, : int(n)] for b, n in enumerate(batch["net_input"]["src_lengths"])]
-        tokens, segments = join_query_and_blocks(queries, [[torch.zeros(0, dtype=torch.long)]] * len(queries),
+        null = torch.zeros(len(src), 0, dtype=torch.long)
+        tokens, segments = join_query_and_blocks(src, null, torch.zeros(len(src), dtype=torch.long),
                                                  d.pad(), d.eos(), model.cfg.max_positions)
         log_probs = torch.log_softmax(model.reader(tokens, segments), -1)[:, : src.shape[1]]
         mask = target.ne(d.pad())
@@ -121,6 +134,14 @@ def test_fairseq_train_runs_realm_pretrain_and_logs_its_metrics(wiki_corpus, ind
         assert re.search(rf"\| {metric}", line), f"{metric} missing from: {line}"
     alone = run(["realm-train", *common, "--retrieval-topk", "0"], cwd=tmp_path).stdout
     assert "num_updates 6" in alone and "index_version 0" in alone
+
+
+def test_bf16_trains_where_it_runs_not_on_a_tpu(wiki_corpus, index_dir, tmp_path):
+    # fairseq's command line reads --bf16 as "on a TPU" and then fails without torch_xla
+    args = pretrain_args(wiki_corpus, index_dir, "--bf16", "--retrieval-topk", "2", "--max-update", "2",
+                         "--no-save", "--disable-validation")
+    log = run(["realm-train", *args], cwd=tmp_path).stdout
+    assert re.search(r"num_updates[= ]2\b", log) and "'bf16': True" in log and "'tpu': False" in log
 
 
 EXACT = ["--retrieval-topk", "2", "--dropout", "0", "--attention-dropout", "0", "--disable-validation",

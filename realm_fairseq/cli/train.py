@@ -2,7 +2,8 @@
 
 They import the plugin (registering its tasks, models and criterions) and point fairseq's
 ``user_dir`` at the installed package, so that processes fairseq spawns for distributed training load
-the plugin too; then they hand over to ``fairseq-train`` / ``fairseq-hydra-train`` unchanged.
+the plugin too; then they hand over to ``fairseq-train`` / ``fairseq-hydra-train`` (``realm-train``
+reads ``--bf16`` as bfloat16 on GPUs, where fairseq's command line asks for a TPU: see ``train_main``).
 """
 import atexit
 import logging
@@ -60,11 +61,20 @@ def use_fairseq_train_logging() -> None:
 
 
 def train_main() -> None:
+    """``fairseq-train`` with the plugin: fairseq's own parsing and ``main``. One difference: fairseq's
+    command line takes ``--bf16`` to mean a TPU (it sets ``--tpu``, which then fails on a GPU for want of
+    torch_xla); here ``--bf16`` trains in bfloat16 on GPUs, as fairseq's hydra configs do."""
     use_fairseq_train_logging()
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.distributed import utils as distributed_utils
     from fairseq_cli import train
 
-    sys.argv = [sys.argv[0]] + with_user_dir(sys.argv[1:])
-    train.cli_main()
+    argv = with_user_dir(sys.argv[1:])
+    args = options.parse_args_and_arch(options.get_training_parser(), input_args=argv)
+    if args.bf16 and "--tpu" not in argv:
+        args.tpu = False
+    distributed_utils.call_main(convert_namespace_to_omegaconf(args), train.main)
     exit_after_success()
 
 

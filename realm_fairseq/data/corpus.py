@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -36,6 +36,16 @@ def with_cls_sep(tokens: torch.Tensor, dictionary: Dictionary) -> torch.Tensor:
     """``[CLS] tokens [SEP]`` as fairseq ids (``<s>``/``</s>`` alias BERT's ``[CLS]``/``[SEP]``): the form every
     embedder reads a query or a block in."""
     return torch.cat([tokens.new([dictionary.bos()]), tokens, tokens.new([dictionary.eos()])])
+
+
+def with_cls_sep_batch(tokens: torch.Tensor, lengths: torch.Tensor, dictionary: Dictionary) -> torch.Tensor:
+    """:func:`with_cls_sep` for a padded batch: (N, L) tokens of ``lengths`` (N,) -> (N, L + 2)
+    ``[CLS] tokens [SEP]``, padded, on the tokens' device."""
+    rows = tokens.new_full((tokens.shape[0], tokens.shape[1] + 2), dictionary.pad())
+    rows[:, 0] = dictionary.bos()
+    rows[:, 1:-1] = tokens
+    rows[torch.arange(len(rows), device=rows.device), lengths + 1] = dictionary.eos()
+    return rows
 
 
 @dataclass
@@ -104,6 +114,16 @@ class BlockCorpus:
     def tokens(self, i: int) -> torch.Tensor:
         """Block ``i`` as fairseq ids (``title [SEP] body``, no outer ``[CLS]``/``[SEP]``)."""
         return self.dataset[i].long()
+
+    def padded_tokens(self, ids: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Blocks ``ids`` as one batch: tokens (N, L) padded with the dictionary's pad, L the longest, and
+        lengths (N,). An id of -1 gives an empty row (the null document, or a result the index lacked)."""
+        lengths = np.array([self.sizes[i] if i >= 0 else 0 for i in ids], dtype=np.int64)
+        rows = np.full((len(lengths), int(lengths.max(initial=0))), self.dictionary.pad(), dtype=np.int64)
+        for row, i in enumerate(ids):
+            if i >= 0:
+                rows[row, : lengths[row]] = self.dataset[int(i)].numpy()
+        return torch.from_numpy(rows), torch.from_numpy(lengths)
 
     def wordpieces_of(self, tokens: torch.Tensor) -> List[str]:
         return [self.dictionary[t] for t in tokens.tolist()]

@@ -5,32 +5,41 @@ segment 1 for z), and predicts the masked tokens of x with BERT's masked-LM head
 ``RobertaLMHead``: dense, GELU, LayerNorm, output tied to the word embeddings). Every candidate block
 of an input gives one such sequence; the null document is an empty z.
 """
-from typing import List
-
 import torch
 import torch.nn as nn
-from fairseq.data import data_utils
 from fairseq.models.roberta.model import RobertaLMHead
 
 from realm_fairseq.models.encoder import EncoderConfig, TextEncoder
 
 
 def join_query_and_blocks(
-    queries: List[torch.Tensor], blocks: List[List[torch.Tensor]], pad: int, eos: int, max_positions: int
+    queries: torch.Tensor, blocks: torch.Tensor, block_lengths: torch.Tensor, pad: int, eos: int,
+    max_positions: int,
 ) -> (torch.Tensor, torch.Tensor):
-    """Queries ``[CLS] x [SEP]`` (B of them) and K blocks each (bare ``title [SEP] body`` token ids, or
-    empty for the null document) -> tokens and segments (B * K, T) of ``[CLS] x [SEP] z [SEP]``,
-    the block cut so that every sequence fits ``max_positions``. Row ``b * K + k`` is query b, block k."""
-    sequences, segments = [], []
-    for query, candidates in zip(queries, blocks):
-        room = max_positions - len(query) - 1  # tokens left for z and its closing [SEP]
-        if room < 0:
-            raise ValueError(f"a query of {len(query)} tokens does not fit --max-positions {max_positions}")
-        for block in candidates:
-            z = block[:room]
-            sequences.append(torch.cat([query, z, query.new([eos])]))
-            segments.append(torch.cat([query.new_zeros(len(query)), query.new_ones(len(z) + 1)]))
-    return data_utils.collate_tokens(sequences, pad), data_utils.collate_tokens(segments, 0)
+    """Queries ``[CLS] x [SEP]`` (B, Tq), padded on the right, and K blocks for each (B * K, L): bare
+    ``title [SEP] body`` ids of ``block_lengths`` (B * K,), 0 for the null document -> tokens and
+    segments (B * K, T) of ``[CLS] x [SEP] z [SEP]``, the block cut so that every sequence fits
+    ``max_positions``. Row ``b * K + k`` is query b, block k. Built with tensor operations on the
+    queries' device."""
+    device, k = queries.device, len(blocks) // max(len(queries), 1)
+    blocks, block_lengths = blocks.to(device), block_lengths.to(device)
+    query_lengths = queries.ne(pad).sum(1).repeat_interleave(k)  # (N,)
+    block_lengths = torch.minimum(block_lengths, max_positions - query_lengths - 1)  # room for z and [SEP]
+    ends = query_lengths + block_lengths  # (N,): where the closing [SEP] goes
+    longest, width = torch.stack([query_lengths.max(), ends.max() + 1]).tolist()
+    if longest + 1 > max_positions:
+        raise ValueError(f"a query of {longest} tokens does not fit --max-positions {max_positions}")
+    positions = torch.arange(width, device=device).expand(len(ends), width)  # (N, T)
+    in_query = positions < query_lengths[:, None]
+    from_query = queries.repeat_interleave(k, 0).gather(1, positions.clamp(max=queries.shape[1] - 1))
+    if blocks.shape[1] == 0:  # null documents only
+        blocks = blocks.new_full((len(blocks), 1), pad)
+    from_block = blocks.gather(1, (positions - query_lengths[:, None]).clamp(0, blocks.shape[1] - 1))
+    tokens = torch.where(in_query, from_query, from_block)  # (N, T)
+    tokens = torch.where(positions == ends[:, None], eos, tokens)
+    tokens = torch.where(positions > ends[:, None], pad, tokens)
+    segments = (~in_query & (positions <= ends[:, None])).long()  # (N, T): 1 for z and its [SEP]
+    return tokens, segments
 
 
 class Reader(nn.Module):

@@ -2,7 +2,8 @@
 
 The model holds the query embedder Embed_input and the document embedder Embed_doc; the relevance of
 block z to input x is f(x, z) = Embed_input(x) . Embed_doc(z). Tasks that read (``realm_pretrain``)
-add the reader, which predicts the masked tokens of x from ``[CLS] x [SEP] z [SEP]``. Architectures:
+add the reader, which predicts the masked tokens of x from ``[CLS] x [SEP] z [SEP]``; open-domain QA
+(``realm_open_qa``) adds the span reader instead, which scores answer spans of z. Architectures:
 
 - ``realm_base``: BERT-base towers (12 layers, 768 wide, 12 heads, 3072 feed-forward), ``[CLS]``
   pooling projected to 128 dimensions, as the paper;
@@ -12,23 +13,24 @@ add the reader, which predicts the masked tokens of x from ``[CLS] x [SEP] z [SE
 
 ``--encoder-init WEIGHTS.pt`` (from ``realm-convert-hf``) warm-starts every tower;
 ``--retriever-init CKPT`` then loads both embedders from a ``realm_ict`` (or earlier ``realm``)
-checkpoint, REALM's ICT warm start (section 3.4).
+checkpoint, REALM's ICT warm start (section 3.4); ``--realm-init CKPT`` loads both embedders and the
+reader's encoder from a ``realm_pretrain`` (or ``realm_open_qa``) checkpoint, the start of fine-tuning.
 """
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from fairseq import checkpoint_utils
-from fairseq.data import data_utils
 from fairseq.dataclass import ChoiceEnum
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
 from fairseq.utils import safe_getattr
 
-from realm_fairseq.data.corpus import with_cls_sep
+from realm_fairseq.data.corpus import with_cls_sep_batch
 from realm_fairseq.models.embedder import POOLINGS, Embedder
 from realm_fairseq.models.encoder import EncoderConfig
 from realm_fairseq.models.hf_convert import load_into_encoder, load_weights
 from realm_fairseq.models.reader import Reader, join_query_and_blocks
+from realm_fairseq.models.span_reader import SpanReader
 from realm_fairseq.retrieval.retriever import Retriever
 
 
@@ -48,18 +50,26 @@ class RealmConfig(EncoderConfig):
         default=None, metadata={"help": "realm checkpoint (e.g. from realm_ict) whose query and document "
                                 "embedders start the retriever"}
     )
+    realm_init: Optional[str] = field(
+        default=None, metadata={"help": "realm checkpoint (from realm_pretrain) whose embedders and reader "
+                                "encoder start this model (REALM fine-tuning); the reader's head starts anew"}
+    )
+    span_hidden_dim: int = field(
+        default=256, metadata={"help": "hidden size of the span reader's MLP over start and end states"}
+    )
 
 
 @register_model("realm", dataclass=RealmConfig)
 class RealmModel(BaseFairseqModel):
     def __init__(self, cfg: RealmConfig, dictionary, query_embedder: Embedder, doc_embedder: Embedder,
-                 reader: Optional[Reader] = None):
+                 reader: Optional[Reader] = None, span_reader: Optional[SpanReader] = None):
         super().__init__()
         self.cfg = cfg
         self.dictionary = dictionary
         self.query_embedder = query_embedder
         self.doc_embedder = doc_embedder
         self.reader = reader
+        self.span_reader = span_reader
 
     @classmethod
     def build_model(cls, cfg: RealmConfig, task):
@@ -69,13 +79,19 @@ class RealmModel(BaseFairseqModel):
             for _ in range(2)
         ]
         reader = Reader(cfg, dictionary) if getattr(task, "needs_reader", False) else None
+        span_reader = SpanReader(cfg, dictionary, cfg.span_hidden_dim) if getattr(task, "needs_span_reader", False) \
+            else None
+        reader_encoders = [r.encoder for r in (reader, span_reader) if r is not None]
         if cfg.encoder_init:
             weights = load_weights(cfg.encoder_init)
-            for encoder in [t.encoder for t in towers] + ([reader.encoder] if reader else []):
+            for encoder in [t.encoder for t in towers] + reader_encoders:
                 load_into_encoder(encoder, weights, dictionary, cfg.encoder_init)
         if cfg.retriever_init:
             _load_retriever(towers, cfg.retriever_init)
-        return cls(cfg, dictionary, *towers, reader=reader)
+        if cfg.realm_init:
+            _load_retriever(towers, cfg.realm_init)
+            _load_reader_encoder(reader_encoders, cfg.realm_init)
+        return cls(cfg, dictionary, *towers, reader=reader, span_reader=span_reader)
 
     def embed_queries(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T) query tokens -> (B, D) Embed_input(x)."""
@@ -94,22 +110,21 @@ class RealmModel(BaseFairseqModel):
         batch = src_tokens.shape[0]
         queries = self.embed_queries(src_tokens)  # (B, D)
         block_ids = retriever.search(queries, exclude_blocks.tolist())  # (B, topk)
-        candidates = retriever.candidate_tokens(block_ids)  # B lists of K token tensors
+        blocks, block_lengths = retriever.candidate_tokens(block_ids)  # (B*K, L), (B*K,)
+        blocks = blocks.to(device, non_blocking=True)
+        block_lengths = block_lengths.to(device, non_blocking=True)
         k = retriever.num_candidates
-        wrapped = [with_cls_sep(z, d) for row in candidates for z in row]
-        docs = self.embed_blocks(data_utils.collate_tokens(wrapped, d.pad()).to(device))  # (B*K, D)
+        docs = self.embed_blocks(with_cls_sep_batch(blocks, block_lengths, d))  # (B*K, D)
         scores = torch.einsum("bd,bkd->bk", queries, docs.view(batch, k, -1))  # (B, K)
 
-        lengths = src_tokens.ne(d.pad()).sum(1).tolist()
         joined, segments = join_query_and_blocks(
-            [src_tokens[b, :n].cpu() for b, n in enumerate(lengths)], candidates, d.pad(), d.eos(),
-            self.cfg.max_positions,
+            src_tokens, blocks, block_lengths, d.pad(), d.eos(), self.cfg.max_positions
         )  # (B*K, Tj) with Tj >= T
         token_mask = target.ne(d.pad())  # (B, T)
         width = src_tokens.shape[1]
         masked = torch.zeros(joined.shape, dtype=torch.bool, device=device)
         masked[:, :width] = token_mask.repeat_interleave(k, dim=0)  # x comes first in every sequence
-        logits = self.reader(joined.to(device), segments.to(device), masked)  # (masked tokens, V)
+        logits = self.reader(joined, segments, masked)  # (masked tokens, V)
         targets = target.repeat_interleave(k, dim=0)[masked[:, :width]]  # (masked tokens,)
         picked = torch.log_softmax(logits.float(), -1).gather(1, targets[:, None]).squeeze(1)
         token_log_probs = logits.new_zeros(batch * k, width, dtype=torch.float)
@@ -130,6 +145,18 @@ def _load_retriever(towers, path: str) -> None:
         if not weights:
             raise ValueError(f"{path}: no {prefix[:-1]} weights; expected a checkpoint of the realm model")
         tower.load_state_dict(weights)
+
+
+def _load_reader_encoder(encoders, path: str) -> None:
+    """Load the reader's encoder of a realm checkpoint (masked-LM or span reader) into ``encoders``."""
+    state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
+    for prefix in ("reader.encoder.", "span_reader.encoder."):
+        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if weights:
+            for encoder in encoders:
+                encoder.load_state_dict(weights)
+            return
+    raise ValueError(f"{path}: no reader weights; expected a checkpoint of realm_pretrain or realm_open_qa")
 
 
 def _set_defaults(args, **defaults) -> None:

@@ -23,7 +23,7 @@ from fairseq import checkpoint_utils
 from fairseq.data import data_utils
 from tqdm import tqdm
 
-from realm_fairseq.data.corpus import BlockCorpus, with_cls_sep
+from realm_fairseq.data.corpus import BlockCorpus, with_cls_sep_batch
 from realm_fairseq.models.embedder import Embedder
 from realm_fairseq.models.encoder import EncoderConfig
 from realm_fairseq.models.hf_convert import convert_hf_bert, load_into_encoder, load_weights
@@ -33,6 +33,7 @@ from realm_fairseq.retrieval.versions import IndexStore, shard_range
 logger = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PENDING_BATCHES = 32  # batches a GPU computes ahead of the copy back, while the next are collated
 
 
 @dataclass
@@ -95,18 +96,28 @@ def embed_blocks(
     bar = tqdm(total=end - start, unit=" blocks", desc="embed blocks", disable=not progress, mininterval=1.0)
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=DTYPES[dtype],
                               enabled=dtype != "fp32")
+    pending = []  # (rows, embeddings still on the device): copying them back waits for the device
     with torch.inference_mode(), autocast:
         for batch in batches:
-            tokens = data_utils.collate_tokens(
-                [with_cls_sep(corpus.tokens(int(i)), dictionary) for i in batch], dictionary.pad()
-            ).to(device)  # (B, T): [CLS] block [SEP]
-            out[np.asarray(batch) - start] = embedder(tokens).float().cpu().numpy()  # (B, D)
+            blocks, lengths = corpus.padded_tokens(batch)  # (B, L), (B,)
+            tokens = with_cls_sep_batch(blocks.to(device), lengths.to(device), dictionary)  # (B, L + 2)
+            pending.append((np.asarray(batch) - start, embedder(tokens)))  # (B, D)
+            if len(pending) == PENDING_BATCHES:
+                _copy_back(pending, out)
             bar.update(len(batch))
+        _copy_back(pending, out)
     bar.close()
     elapsed = time.time() - started
     logger.info("embedded %d blocks in %.1fs (%.0f blocks/s)", end - start, elapsed,
                 (end - start) / max(elapsed, 1e-9))
     return out
+
+
+def _copy_back(pending: list, out: np.ndarray) -> None:
+    """Write the pending (rows, (B, D) embeddings) into ``out`` as float16 and empty the list."""
+    for rows, embeddings in pending:
+        out[rows] = embeddings.float().cpu().numpy()
+    pending.clear()
 
 
 def shard_tag(source: EmbedderSource, corpus: BlockCorpus) -> str:

@@ -6,7 +6,7 @@ empty block, section 3.4) unless disabled. The index only proposes candidates: t
 recomputed with the current document embedder in the model, so p(z | x) is exact for them and its
 gradient reaches both embedders (section 3.3).
 """
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -46,8 +46,10 @@ class Retriever:
         _, ids = self.index.search(queries.detach().float().cpu(), self.topk, exclude=np.asarray(exclude))
         return ids
 
-    def candidate_tokens(self, block_ids: np.ndarray) -> List[List[torch.Tensor]]:
-        """(B, topk) block ids -> for each query its K candidates' tokens, the null document last."""
-        empty = torch.zeros(0, dtype=torch.long)
-        return [[self.corpus.tokens(int(i)) for i in row] + ([empty] if self.null_document else [])
-                for row in block_ids]
+    def candidate_tokens(self, block_ids: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(B, topk) block ids -> the K candidates of every query as tokens (B * K, L), padded, and
+        lengths (B * K,); row b * K + k is candidate k of query b, the null document (empty) last."""
+        ids = np.asarray(block_ids, dtype=np.int64)  # (B, topk)
+        if self.null_document:
+            ids = np.concatenate([ids, np.full((len(ids), 1), -1, dtype=np.int64)], axis=1)  # (B, K)
+        return self.corpus.padded_tokens(ids.reshape(-1).tolist())

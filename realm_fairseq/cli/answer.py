@@ -1,0 +1,58 @@
+"""``realm-answer --checkpoint CKPT "question" ...``: answer questions with a fine-tuned REALM, with evidence.
+
+Questions come from the command line or, when none is given, from standard input (one a line). For
+each, prints the answer and its score, then the blocks it read (title, retrieval score and the start
+of the text), the one the answer came from marked ``*``; ``--json`` prints one JSON object a line instead.
+"""
+import argparse
+import json
+import logging
+import sys
+import textwrap
+from typing import List, Optional
+
+from realm_fairseq.cli.evaluate import add_model_args, load_model
+from realm_fairseq.data.documents import InputError
+from realm_fairseq.hub import Answer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="realm-answer",
+        description=__doc__.split("\n\n")[0].replace("``", ""),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("questions", nargs="*", help="questions (default: read from stdin, one a line)")
+    add_model_args(parser)
+    parser.add_argument("--evidence", type=int, default=3, help="evidence blocks shown per answer")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per answer")
+    return parser
+
+
+def show(answer: Answer, evidence: int) -> str:
+    lines = [f"Q: {answer.question}", f"A: {answer.text}    (p = {answer.score:.3f})"]
+    for e in answer.evidence[:evidence]:
+        mark = "*" if e.rank == answer.block_rank else " "
+        lines.append(f" {mark} [{e.rank + 1}] {e.title}  (score {e.retrieval_score:.2f})")
+        lines.append(textwrap.shorten(e.text, 160, placeholder=" ...").join(["       ", ""]))
+    return "\n".join(lines) + "\n"
+
+
+def cli_main(argv: Optional[List[str]] = None) -> None:
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+                        level=logging.WARNING, stream=sys.stderr, force=True)
+    args = build_parser().parse_args(argv)
+    questions = args.questions or [line.strip() for line in sys.stdin if line.strip()]
+    if not questions:
+        sys.exit("realm-answer: error: no question given (as arguments or on stdin)")
+    try:
+        qa = load_model(args)
+    except (InputError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"realm-answer: error: {e}")
+    for answer in qa.answer_all(questions, args.batch_size, args.topk, args.beam):
+        print(json.dumps(answer.to_dict(), ensure_ascii=False) if args.json else show(answer, args.evidence),
+              flush=True)
+
+
+if __name__ == "__main__":
+    cli_main()

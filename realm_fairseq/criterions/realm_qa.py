@@ -1,0 +1,91 @@
+"""Criterion ``realm_qa``: open-domain QA fine-tuning loss and metrics (REALM, sections 3.3 and 4).
+
+loss = -log sum_{z in top k} p(z | x) sum_{s in S(z, y)} p(s | z, x)     (the reader's marginal likelihood)
+       -log sum_{z in beam, z holds y} p(z | x)                          (the retriever's, as ORQA)
+
+with S(z, y) the spans of block z that spell a gold answer y (:mod:`realm_fairseq.data.answers`). A
+question with no answer in its top k (or its beam) adds nothing to that term; how many there were is
+logged. Logged per question (percent): ``em`` (exact match of the predicted span), ``recall@k`` (an answer
+in the best k blocks, k in 1, 5, 20, 100 up to ``--retriever-beam``), ``no_answer_read`` and
+``no_answer_beam`` (questions without an answer in the blocks read / retrieved). ``--best-checkpoint-metric
+em --maximize-best-checkpoint-metric`` keeps the checkpoint of best validation EM.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+from fairseq import metrics
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import FairseqDataclass
+
+from realm_fairseq.data.answers import exact_match
+from realm_fairseq.models.open_qa import answer_in_blocks, gold_spans, predict
+from realm_fairseq.tasks.realm_open_qa import RECALL_AT
+
+NEG = torch.finfo(torch.float32).min / 4  # log of "no such span"; finite, so gradients stay finite
+
+
+@dataclass
+class RealmQaConfig(FairseqDataclass):
+    pass
+
+
+def masked_logsumexp(log_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log sum of exp(log_probs) where ``mask``, over all but the first dimension: (B, ...) -> (B,)."""
+    return torch.logsumexp(log_probs.masked_fill(~mask, NEG).flatten(1), dim=-1)
+
+
+@register_criterion("realm_qa", dataclass=RealmQaConfig)
+class RealmQaCriterion(FairseqCriterion):
+    def forward(self, model, sample, reduce=True):
+        task = self.task
+        read = task.read(model, sample["net_input"]["src_tokens"])
+        targets = [task.finder.targets(answers) for answers in sample["answers"]]
+        gold = gold_spans(read, task.finder, targets, task.cfg.max_span_len)  # (B, K, T, L)
+        in_beam = torch.from_numpy(answer_in_blocks(read, task.finder, targets)).to(gold.device)  # (B, beam)
+        readable, retrievable = gold.flatten(1).any(1), in_beam.any(1)  # (B,) each
+
+        reader_ll = masked_logsumexp(read.joint_log_probs(), gold)  # (B,)
+        log_p_beam = torch.log_softmax(read.retrieval_scores.float(), dim=-1)  # (B, beam)
+        retriever_ll = masked_logsumexp(log_p_beam, in_beam)  # (B,)
+        reader_loss, retriever_loss = -(reader_ll * readable).sum(), -(retriever_ll * retrievable).sum()
+        loss = reader_loss + retriever_loss
+
+        predictions = predict(read, task.finder)
+        batch = len(predictions)
+        logging_output = {
+            "loss": loss.data,
+            "reader_loss": reader_loss.item(),
+            "retriever_loss": retriever_loss.item(),
+            "nsentences": batch,
+            "ntokens": sample["ntokens"],
+            "sample_size": batch,
+            "readable": int(readable.sum()),
+            "retrievable": int(retrievable.sum()),
+            "em": sum(exact_match(p.text, answers, task.cfg.answer_type)
+                      for p, answers in zip(predictions, sample["answers"])),
+        }
+        for k in RECALL_AT:
+            if k <= in_beam.shape[1]:
+                logging_output[f"recall@{k}"] = int(in_beam[:, :k].any(1).sum())
+        return loss, batch, logging_output
+
+    @staticmethod
+    def reduce_metrics(logging_outputs) -> None:
+        def total(key):
+            return sum(log.get(key, 0) for log in logging_outputs)
+
+        questions = max(total("nsentences"), 1)
+        metrics.log_scalar("loss", total("loss") / questions / math.log(2), questions, round=3)
+        for key in ("reader_loss", "retriever_loss"):
+            metrics.log_scalar(key, total(key) / questions / math.log(2), questions, round=3)
+        metrics.log_scalar("em", 100.0 * total("em") / questions, questions, round=2)
+        for k in RECALL_AT:
+            if any(f"recall@{k}" in log for log in logging_outputs):
+                metrics.log_scalar(f"recall@{k}", 100.0 * total(f"recall@{k}") / questions, questions, round=2)
+        metrics.log_scalar("no_answer_read", 100.0 * (1 - total("readable") / questions), questions, round=2)
+        metrics.log_scalar("no_answer_beam", 100.0 * (1 - total("retrievable") / questions), questions, round=2)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

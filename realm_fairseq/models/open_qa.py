@@ -1,0 +1,119 @@
+"""Open-domain QA with REALM: retrieve, read, and the quantities the loss and the metrics need (section 3.3).
+
+For a batch of questions x: embed them, take the ``beam`` best blocks from the fixed index with their
+scores f(x, z), and read the first ``topk`` of them as ``[CLS] x [SEP] z [SEP]`` with the span reader:
+
+    log p(z | x)      softmax of f(x, z) over the top k (the reader's marginal) or over the beam
+    log p(s | z, x)   softmax of the span scores over the spans that may answer in z
+    log p(s, z | x) = log p(z | x) + log p(s | z, x)
+
+The loss (criterion ``realm_qa``) marginalises p(s, z | x) over the gold spans S(z, y) of the top k and
+p(z | x) over the answer-holding blocks of the beam; the prediction is the span of highest p(s, z | x).
+"""
+from dataclasses import dataclass
+from typing import List, Sequence
+
+import numpy as np
+import torch
+
+from realm_fairseq.data.answers import AnswerFinder, Targets
+from realm_fairseq.models.reader import join_query_and_blocks
+from realm_fairseq.models.span_reader import allowed_spans, best_span, span_log_probs
+from realm_fairseq.retrieval.fixed_retriever import FixedIndexRetriever
+
+
+@dataclass
+class ReadBatch:
+    block_ids: np.ndarray  # (B, beam) retrieved blocks, best first
+    retrieval_scores: torch.Tensor  # (B, beam) f(x, z)
+    span_log_probs: torch.Tensor  # (B, K, T, L) log p(s | z, x) of the K blocks read
+    z_start: np.ndarray  # (B, K) position of z's first wordpiece in the joined sequence
+    z_len: np.ndarray  # (B, K) wordpieces of z that were read (blocks are cut to fit max_positions)
+
+    @property
+    def topk(self) -> int:
+        return self.span_log_probs.shape[1]
+
+    def joint_log_probs(self) -> torch.Tensor:
+        """log p(s, z | x) (B, K, T, L) with p(z | x) over the K blocks read."""
+        log_p_z = torch.log_softmax(self.retrieval_scores[:, : self.topk].float(), dim=-1)  # (B, K)
+        return log_p_z[:, :, None, None] + self.span_log_probs
+
+
+@dataclass
+class Prediction:
+    text: str
+    score: float  # p(s, z | x) of the predicted span
+    rank: int  # of its block among those read
+    block: int
+    start: int  # wordpieces of the block (title [SEP] body), inclusive
+    end: int
+
+
+def retrieve_and_read(model, retriever: FixedIndexRetriever, finder: AnswerFinder, src_tokens: torch.Tensor,
+                      topk: int, beam: int, max_span_len: int) -> ReadBatch:
+    """Retrieve ``beam`` blocks per question of ``src_tokens`` (B, T) ``[CLS] x [SEP]`` and read the best
+    ``topk`` (beam >= topk)."""
+    d, device = model.dictionary, src_tokens.device
+    queries = model.embed_queries(src_tokens)  # (B, D)
+    block_ids, scores = retriever.search(queries, max(beam, topk))  # (B, beam) each
+    topk = min(topk, block_ids.shape[1])
+    lengths = src_tokens.ne(d.pad()).sum(1).tolist()
+    questions = [src_tokens[b, :n].cpu() for b, n in enumerate(lengths)]
+    blocks = [[retriever.corpus.tokens(int(i)) for i in row[:topk]] for row in block_ids]
+    joined, segments = join_query_and_blocks(questions, blocks, d.pad(), d.eos(), model.cfg.max_positions)
+    # (B * K, Tj): row b * K + k is question b with its k-th block
+    z_start = np.repeat(np.array(lengths), topk).reshape(-1, topk)  # (B, K)
+    z_len = np.array([[min(len(z), model.cfg.max_positions - n - 1) for z in row] for row, n in zip(blocks, lengths)])
+    starts_word, ends_word, part = _position_flags(finder, block_ids[:, :topk], z_start, z_len, joined.shape[1])
+    allowed = allowed_spans(starts_word, ends_word, part, max_span_len).to(device)  # (B * K, Tj, L)
+    span_scores = model.span_reader(joined.to(device), segments.to(device), max_span_len)  # (B * K, Tj, L)
+    log_probs = span_log_probs(span_scores, allowed)
+    return ReadBatch(block_ids, scores, log_probs.view(len(lengths), topk, *log_probs.shape[1:]), z_start, z_len)
+
+
+def _position_flags(finder: AnswerFinder, block_ids: np.ndarray, z_start: np.ndarray, z_len: np.ndarray,
+                    width: int):
+    """Per position of the joined sequences (B * K, Tj): starts a word, ends a word, part of z (-1: not z)."""
+    rows = block_ids.size
+    starts_word = torch.zeros(rows, width, dtype=torch.bool)
+    ends_word = torch.zeros(rows, width, dtype=torch.bool)
+    part = torch.full((rows, width), -1, dtype=torch.long)
+    for r, (block, start, n) in enumerate(zip(block_ids.ravel(), z_start.ravel(), z_len.ravel())):
+        pieces = finder.pieces(int(block))
+        starts_word[r, start : start + n] = torch.from_numpy(pieces.starts_word[:n])
+        ends_word[r, start : start + n] = torch.from_numpy(pieces.ends_word[:n])
+        part[r, start : start + n] = torch.from_numpy(pieces.part[:n])
+    return starts_word, ends_word, part
+
+
+def gold_spans(read: ReadBatch, finder: AnswerFinder, targets: Sequence[Targets], max_span_len: int) -> torch.Tensor:
+    """(B, K, T, L) bool: the spans of the blocks read that spell a gold answer, S(z, y)."""
+    gold = torch.zeros(read.span_log_probs.shape, dtype=torch.bool)
+    for b, question_targets in enumerate(targets):
+        for k in range(read.topk):
+            for start, end in finder.spans(int(read.block_ids[b, k]), question_targets, max_span_len):
+                if end < read.z_len[b, k]:
+                    gold[b, k, read.z_start[b, k] + start, end - start] = True
+    return gold.to(read.span_log_probs.device)
+
+
+def answer_in_blocks(read: ReadBatch, finder: AnswerFinder, targets: Sequence[Targets]) -> np.ndarray:
+    """(B, beam) bool: whether each retrieved block holds a gold answer."""
+    return np.array([[finder.contains(int(z), t) for z in row] for row, t in zip(read.block_ids, targets)],
+                    dtype=bool).reshape(read.block_ids.shape)
+
+
+def predict(read: ReadBatch, finder: AnswerFinder) -> List[Prediction]:
+    """The span of highest p(s, z | x) for each question, as the text of its block."""
+    joint = read.joint_log_probs().detach()  # (B, K, T, L)
+    batch, topk, width, _ = joint.shape
+    position, length, score = best_span(joint.reshape(batch, topk * width, -1))  # (B,) each
+    predictions = []
+    for b, (p, l, s) in enumerate(zip(position.tolist(), length.tolist(), score.tolist())):
+        k, t = divmod(p, width)
+        block = int(read.block_ids[b, k])
+        start = t - int(read.z_start[b, k])
+        text = finder.block_text(block).span_text(start, start + l)
+        predictions.append(Prediction(text, float(np.exp(s)), k, block, start, start + l))
+    return predictions

