@@ -24,7 +24,10 @@ def test_demo_quick_runs_the_pipeline_and_prints_its_results(tmp_path):
     table = proc.stdout[proc.stdout.index("metric "):proc.stdout.index("== step 4")].strip().splitlines()
     rows = {line.split()[0]: line.split()[1:3] for line in table[1:]}
     assert set(rows) >= {"loss", "ppl", "retrieval_utility", "null_prob", "entropy", "index_version", "staleness"}
-    assert rows["num_updates"][1] == str(QUICK_PRETRAIN_UPDATES) and rows["index_version"] == ["1", "1"]
+    assert rows["num_updates"][1] == str(QUICK_PRETRAIN_UPDATES) and rows["index_version"][0] == "1"
+    # one refresh, launched halfway and waited for at the end: swapped in or at least committed as v2
+    assert f"index refresh of update {QUICK_PRETRAIN_UPDATES // 2} launched" in proc.stdout
+    assert (out / "index" / "v2" / "manifest.json").exists() and rows["index_version"][1] in ("1", "2")
 
     # open-domain QA: (a) from MiniLM and (b) from the pre-training, evaluated on test articles, answers
     test_ids = {q["id"] for q in map(json.loads, open(out / "questions" / "test.jsonl"))}

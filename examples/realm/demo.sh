@@ -10,7 +10,8 @@
 # 1. the block corpus REALM retrieves from (106 Wikipedia articles, the SQuAD v1.1 dev paragraphs and
 #    the SQuADShifts paragraphs), with its statistics;
 # 2. the retriever's MIPS index, every block embedded by the offline MiniLM sentence embedder;
-# 3. a short REALM pre-training from the MiniLM weights, with its metrics;
+# 3. a short REALM pre-training from the MiniLM weights, refreshing the index once halfway in the
+#    background, with its metrics;
 # 4. open-domain QA questions: the SQuAD dev questions, split by article into train/valid/test;
 # 5. fine-tuning for open-domain QA (a) from MiniLM, no REALM pre-training, (b) from step 3, the same way;
 # 6. evaluation of both on the test split; 7. answers with their evidence, and the table comparing them.
@@ -34,7 +35,7 @@ while [ $# -gt 0 ]; do
              pretrain_updates=8; qa_subset=(--max-articles 5); qa_updates=2; qa_batch=4; qa_valid_steps=2
              qa_test=8 ;;
     --out) out=$2; shift ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -59,9 +60,10 @@ realm-train "$out/corpus" --task realm_pretrain --index "$out/index" --criterion
   --arch realm_minilm --encoder-init "$out/minilm.pt" --retrieval-topk 4 \
   --optimizer adam --lr 5e-5 --lr-scheduler fixed --batch-size 4 --max-update "$pretrain_updates" \
   --valid-percent 2 --max-valid-steps 8 --validate-interval-updates $((pretrain_updates / 2)) \
+  --refresh-interval-updates $((pretrain_updates / 2)) --refresh-launcher local --refresh-at-end wait \
   --cpu --num-workers 0 --required-batch-size-multiple 1 --seed 1 \
   --save-dir "$out/pretrain" --no-epoch-checkpoints --log-format simple --log-interval 10 --no-progress-bar \
-  2>&1 | tee "$out/pretrain.log" | grep -E "train_inner|valid on|done training"
+  2>&1 | tee "$out/pretrain.log" | grep -E "train_inner|valid on|index refresh|done training"
 python "$here/show_metrics.py" "$out/pretrain.log"
 
 pretrained=$out/pretrain/checkpoint_last.pt

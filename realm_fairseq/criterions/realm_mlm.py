@@ -52,8 +52,10 @@ class RealmMlmCriterion(FairseqCriterion):
             "nsentences": scores.shape[0],
             "sample_size": num_tokens,
             "entropy": float(-(p_z * torch.log(p_z.clamp(min=1e-30))).sum()),
-            "index_version": retriever.version or 0,
-            "staleness": self.task.update_num - (retriever.version_update or 0) if retriever.version else 0,
+            # per sentence, so that sums over micro-batches and ranks average to the version in use
+            "index_version": (retriever.version or 0) * scores.shape[0],
+            "staleness": (self.task.update_num - (retriever.version_update or 0)) * scores.shape[0]
+            if retriever.version else 0,
         }
         if retriever.null_document:  # the null document is the last candidate
             alone = log_probs[:, -1].masked_fill(~mask, 0.0)  # (B, T) log p(y_t | x, null)
@@ -73,9 +75,9 @@ class RealmMlmCriterion(FairseqCriterion):
         if any("utility" in log for log in logging_outputs):
             metrics.log_scalar("retrieval_utility", total("utility") / tokens / math.log(2), tokens, round=3)
             metrics.log_scalar("null_prob", total("null_prob") / sentences, sentences, round=3)
-        n = max(len(logging_outputs), 1)
-        metrics.log_scalar("index_version", total("index_version") / n, 1, round=0)
-        metrics.log_scalar("staleness", total("staleness") / n, 1, round=0)
+        # averaged over sentences: a fraction only over a log interval that saw a swap (ranks swap together)
+        metrics.log_scalar("index_version", total("index_version") / sentences, sentences, round=2)
+        metrics.log_scalar("staleness", total("staleness") / sentences, sentences, round=0)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

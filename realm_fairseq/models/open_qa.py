@@ -61,12 +61,12 @@ def retrieve_and_read(model, retriever: FixedIndexRetriever, finder: AnswerFinde
     queries = model.embed_queries(src_tokens)  # (B, D)
     block_ids, scores = retriever.search(queries, max(beam, topk))  # (B, beam) each
     topk = min(topk, block_ids.shape[1])
-    lengths = src_tokens.ne(d.pad()).sum(1)  # (B,)
+    lengths = src_tokens.ne(d.pad()).sum(1).cpu().numpy()  # (B,)
     blocks, block_lengths = retriever.corpus.padded_tokens(block_ids[:, :topk].reshape(-1).tolist())  # (B*K, L)
     joined, segments = join_query_and_blocks(src_tokens, blocks, block_lengths, d.pad(), d.eos(),
                                              model.cfg.max_positions)
     # (B * K, Tj): row b * K + k is question b with its k-th block
-    z_start = lengths.cpu().numpy().repeat(topk).reshape(-1, topk)  # (B, K)
+    z_start = np.repeat(lengths, topk).reshape(-1, topk)  # (B, K)
     z_len = np.minimum(block_lengths.numpy().reshape(-1, topk), model.cfg.max_positions - z_start - 1)  # (B, K)
     starts_word, ends_word, part = _position_flags(finder, block_ids[:, :topk], z_start, z_len, joined.shape[1])
     allowed = allowed_spans(starts_word, ends_word, part, max_span_len).to(src_tokens.device)  # (B * K, Tj, L)

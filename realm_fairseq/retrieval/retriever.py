@@ -31,6 +31,10 @@ class Retriever:
         self.version = version  # index version in use, and the update its embeddings came from
         self.version_update = version_update
 
+    def use(self, index: MipsIndex, version: int, version_update: int) -> None:
+        """Retrieve from ``index`` (index version ``version``, embedded at update ``version_update``) from now on."""
+        self.index, self.version, self.version_update = index, version, version_update
+
     @property
     def num_candidates(self) -> int:
         return self.topk + int(self.null_document)

@@ -7,25 +7,28 @@ the newest committed version of an INDEX (``realm-build-index``) over the same c
 masked sentences (``--masking``: salient spans by default); the model retrieves ``--retrieval-topk``
 blocks for each (never its source block) plus the null document, and the criterion maximises the
 marginal likelihood of the masked tokens. ``valid`` holds out the sentences of ``--valid-percent`` of
-the blocks (the same blocks ``realm_ict`` holds out).
+the blocks (the same blocks ``realm_ict`` holds out). ``--refresh-interval-updates N`` re-embeds the
+corpus in the background every N updates and swaps the new index in (:mod:`realm_fairseq.retrieval.refresh`);
+checkpoints record the index version in use, and a resumed run goes on with it.
 """
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, MISSING
 
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.masking import MASKINGS, MaskedExamplesDataset
+from realm_fairseq.retrieval.refresh import IndexRefresher, RefreshConfig, check_config, restore_version
 from realm_fairseq.retrieval.retriever import Retriever
 from realm_fairseq.retrieval.versions import IndexStore
 from realm_fairseq.tasks.realm_ict import split_blocks
 
 
 @dataclass
-class RealmPretrainConfig(FairseqDataclass):
+class RealmPretrainConfig(RefreshConfig):
     data: str = field(default=MISSING, metadata={"help": "CORPUS directory from realm-prepare-corpus"})
     index: Optional[str] = field(
         default=None, metadata={"help": "INDEX directory from realm-build-index over the same corpus"}
@@ -56,9 +59,13 @@ class RealmPretrainTask(FairseqTask):
         self.corpus = corpus
         self.retriever = retriever
         self.update_num = 0
+        self.store = IndexStore(cfg.index) if cfg.index else None
+        self.refresher = (IndexRefresher(cfg, cfg.data, self.store, retriever)
+                          if cfg.refresh_interval_updates > 0 else None)
 
     @classmethod
     def setup_task(cls, cfg: RealmPretrainConfig, **kwargs):
+        check_config(cfg)
         corpus = BlockCorpus(cfg.data)
         index, version, update = None, None, None
         if cfg.retrieval_topk > 0:
@@ -71,6 +78,8 @@ class RealmPretrainTask(FairseqTask):
             # the index was built before this run (from BERT, ICT or an earlier checkpoint): its
             # embeddings are as old as the weights the run starts from, so staleness counts from 0
             version, update = manifest["version"], 0
+        elif cfg.refresh_interval_updates > 0:
+            raise ValueError("--refresh-interval-updates needs retrieval (--retrieval-topk > 0) and an --index")
         retriever = Retriever(corpus, index, cfg.retrieval_topk, not cfg.no_null_document, version, update)
         return cls(cfg, corpus, retriever)
 
@@ -97,6 +106,19 @@ class RealmPretrainTask(FairseqTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         self.update_num = update_num
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def optimizer_step(self, optimizer, model, update_num):
+        super().optimizer_step(optimizer, model, update_num)
+        if self.refresher is not None:  # every rank, once per update: launch, load, swap together
+            self.refresher.after_update(model, update_num + 1)
+
+    def get_checkpoint_dict(self):
+        return {type(self).__name__: {"index_version": self.retriever.version,
+                                      "index_update": self.retriever.version_update}}
+
+    def set_checkpoint_dict(self, state):
+        if self.store is not None:
+            restore_version(self.store, self.retriever, state.get("index_version"), state.get("index_update"))
 
     @property
     def source_dictionary(self):
