@@ -60,21 +60,27 @@ def use_fairseq_train_logging() -> None:
     )
 
 
-def train_main() -> None:
-    """``fairseq-train`` with the plugin: fairseq's own parsing and ``main``. One difference: fairseq's
-    command line takes ``--bf16`` to mean a TPU (it sets ``--tpu``, which then fails on a GPU for want of
-    torch_xla); here ``--bf16`` trains in bfloat16 on GPUs, as fairseq's hydra configs do."""
-    use_fairseq_train_logging()
+def train(argv: List[str]) -> None:
+    """``fairseq-train ARGV`` in this process, with the plugin loaded; returns when training ends. One
+    difference: fairseq's command line takes ``--bf16`` to mean a TPU (it sets ``--tpu``, which then fails
+    on a GPU for want of torch_xla); here ``--bf16`` trains in bfloat16 on GPUs, as fairseq's hydra
+    configs do."""
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from fairseq.distributed import utils as distributed_utils
-    from fairseq_cli import train
+    from fairseq_cli import train as fairseq_train
 
-    argv = with_user_dir(sys.argv[1:])
+    argv = with_user_dir(argv)
     args = options.parse_args_and_arch(options.get_training_parser(), input_args=argv)
     if args.bf16 and "--tpu" not in argv:
         args.tpu = False
-    distributed_utils.call_main(convert_namespace_to_omegaconf(args), train.main)
+    distributed_utils.call_main(convert_namespace_to_omegaconf(args), fairseq_train.main)
+
+
+def train_main() -> None:
+    """``realm-train``: :func:`train` on the command line's arguments."""
+    use_fairseq_train_logging()
+    train(sys.argv[1:])
     exit_after_success()
 
 
