@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from realm_fairseq.launch.submit import SlurmConfig, training_argv
+from realm_fairseq.launch.submit import SlurmConfig, dry_run_text, training_argv
 from realm_fairseq.retrieval.versions import IndexStore
 
 from conftest import ROOT, free_port, run
@@ -70,7 +70,7 @@ def logged_updates(log: str):
     return [int(u) for u in re.findall(r"\| train_inner \|.*?num_updates=(\d+),", log)]
 
 
-def test_dry_run_prints_the_job_and_bad_commands_get_clear_errors(tmp_path):
+def test_dry_run_prints_the_sbatch_script_and_the_training_command(tmp_path):
     out = run([*SUBMIT, "--nodes", "2", "--gpus-per-node", "8", "--cpus-per-task", "6", "--mem", "200G", "--time", "90",
                "--partition", "gpu", "--account", "lab", "--constraint", "a100", "--qos", "high", "--job-name", "pt",
                "--sbatch", "--exclusive --mail-type=END", "--log-dir", str(tmp_path), "--dry-run",
@@ -81,17 +81,30 @@ def test_dry_run_prints_the_job_and_bad_commands_get_clear_errors(tmp_path):
         assert f"#SBATCH {line}\n" in out
     command = re.search(r"^realm-train CORPUS --task realm_pretrain (.*)$", out, re.M).group(1)
     assert re.fullmatch(r"--distributed-world-size 16 --distributed-port \d+", command)
+    assert "--kill-on-bad-exit=1" in re.search(r"^srun .*$", out, re.M).group(0)  # a failed rank ends the job
     assert not os.listdir(tmp_path)  # nothing submitted
 
-    errors = {("--gpus-per-node", "0", "realm-train", "C"): "add --cpu to the training command",
-              ("python", "train.py"): "starting with one of fairseq-train, realm-train",
-              ("--gpus-per-node", "2", "realm-train", "C", "--distributed-world-size", "4"):
-                  "--distributed-world-size 4, but the job has 2 tasks",
-              ("realm-train", "C", "--no-save"): "drop --no-save, or pass --max-requeues 0",
-              ("--sbatch", "exclusive", "realm-train", "C"): "expected long options"}
-    for args, message in errors.items():
-        proc = run([*SUBMIT, "--dry-run", *args], check=False)
-        assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    proc = run([*SUBMIT, "--gpus-per-node", "0", "realm-train", "C"], check=False)  # a clear error, no traceback
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
+        "slurm/submit.py: error: --gpus-per-node 0 trains on CPU: add --cpu to the training command")
+
+
+@pytest.mark.parametrize("slurm, command, message", [
+    (dict(), ["python", "train.py"], "starting with one of fairseq-train, realm-train"),
+    (dict(gpus_per_node=2), ["realm-train", "C", "--distributed-world-size", "4"],
+     "--distributed-world-size 4, but the job has 2 tasks"),
+    (dict(gpus_per_node=2), ["realm-train", "C", "--cpu"], "the training command has --cpu"),
+    (dict(gpus_per_node=2, tasks_per_node=1), ["realm-train", "C"], "one task per GPU"),
+    (dict(), ["realm-train", "C", "--no-save"], "drop --no-save, or pass --max-requeues 0"),
+    (dict(sbatch="exclusive"), ["realm-train", "C"], "expected long options"),
+])
+def test_bad_commands_and_options_get_clear_errors(slurm, command, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        dry_run_text_of(SlurmConfig(**slurm), command)
+
+
+def dry_run_text_of(cfg, command):
+    return dry_run_text(cfg, training_argv(cfg, command)[0])
 
 
 def test_cpu_ranks_get_gloo_and_a_command_keeps_its_own_distributed_options():

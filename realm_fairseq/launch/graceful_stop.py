@@ -1,6 +1,6 @@
 """Stop a running ``fairseq-train`` between two updates, with ``checkpoint_last.pt`` saved.
 
-REALM pre-training runs for days (section 4.2: 200k updates on 64 TPUs); on a Slurm cluster that is many
+REALM pre-training runs for days (section 4.3: 200k updates on 64 TPUs); on a Slurm cluster that is many
 jobs, each stopped by a time limit or a preemption. A job warned before it is stopped must leave a
 checkpoint of exactly the updates it made, so that the next job resumes after the last one and repeats
 none. :class:`StopRequest` is that warning: set it from any thread (or a signal handler) and, inside

@@ -1,6 +1,6 @@
 """Submit a ``fairseq-train`` / ``realm-train`` command line to Slurm through submitit.
 
-REALM pre-training needs many accelerators for days (section 4.2: 64 TPUs for 200k updates, 16 more
+REALM pre-training needs many accelerators for days (section 4.3: 64 TPUs for 200k updates, 16 more
 re-embedding the corpus). :func:`submit` turns Slurm resources (:class:`SlurmConfig`) and a training
 command line into one submitit job of ``nodes x tasks_per_node`` tasks, one per GPU (or per CPU rank
 with ``--cpu``): every task runs :class:`~realm_fairseq.launch.training_job.TrainingJob`, which loads this

@@ -9,7 +9,7 @@ submitit calls :meth:`TrainingJob.checkpoint` on rank 0, which asks training to 
 returns the same job for submitit to requeue; fairseq resumes from that checkpoint, the index version of
 ``realm_pretrain`` included. After ``max_requeues`` requeues the job ends instead, with its checkpoint saved.
 
-Long pre-training runs (REALM, section 4.2: 200k updates) need this to survive time limits and preemption.
+Long pre-training runs (REALM, section 4.3: 200k updates) need this to survive time limits and preemption.
 """
 import logging
 import threading
