@@ -125,7 +125,7 @@ def random_embedder(arch: str, corpus):
     """A document embedder of realm architecture ``arch`` with random weights (for sizes and speed)."""
     from fairseq.models import ARCH_CONFIG_REGISTRY
 
-    from realm_fairseq.models.embedder import Embedder
+    from realm_fairseq.models.embedder import retriever_tower
     from realm_fairseq.models.realm import RealmConfig
     from realm_fairseq.retrieval.corpus_embedding import EmbedderSource
 
@@ -133,7 +133,7 @@ def random_embedder(arch: str, corpus):
     ARCH_CONFIG_REGISTRY[arch](args)
     cfg = RealmConfig(**vars(args))
     torch.manual_seed(0)
-    embedder = Embedder(cfg, corpus.dictionary, cfg.retriever_pooling, cfg.retriever_projection_dim)
+    embedder = retriever_tower(cfg, corpus.dictionary, "doc_embedder")
     return EmbedderSource(embedder, {"kind": "random", "path": arch, "update": 0})
 
 

@@ -56,6 +56,21 @@ def test_merge_reports_missing_shards_and_bad_shard_ids(wiki_corpus, ict_checkpo
     assert proc.returncode != 0 and "--shard-id 3 is not in 0..2" in proc.stderr
 
 
+def test_a_cosine_index_is_normalised_and_refused_by_a_dot_model(wiki_corpus, ict_checkpoint, tmp_path):
+    index = str(tmp_path / "cosine")
+    run(["realm-build-index", "--corpus", wiki_corpus, "--checkpoint", ict_checkpoint, "--score", "cosine",
+         "--out", index, "--no-progress"])
+    store = IndexStore(index)
+    assert store.manifest()["encoder"]["score"] == "cosine"
+    np.testing.assert_allclose(np.linalg.norm(store.embeddings().astype(np.float32), axis=1), 1.0, atol=2e-3)
+    pretrain = ["realm-train", wiki_corpus, "--task", "realm_pretrain", "--index", index,
+                *ICT_SHORT[2:], "--criterion", "realm_mlm", "--save-dir", str(tmp_path / "ck")]
+    proc = run(pretrain, cwd=tmp_path, check=False)  # realm_tiny scores with dot by default
+    assert proc.returncode != 0
+    assert f"the index {index} holds embeddings for --retriever-score cosine" in proc.stderr
+    assert "realm-build-index --score dot" in proc.stderr
+
+
 def squad_subset(path, articles):
     with gzip.open(SQUAD_DEV, "rt", encoding="utf-8") as f:
         squad = json.load(f)

@@ -54,6 +54,26 @@ def test_mean_pooling_ignores_padding_and_keeps_the_width(dictionary):
     assert torch.allclose(together[0], alone[0], atol=1e-5)
 
 
+def tiny_realm(dictionary, **overrides) -> RealmModel:
+    args = argparse.Namespace(**overrides)
+    realm_tiny(args)
+    cfg = RealmConfig(**{k: getattr(args, k) for k in vars(args)})
+    return RealmModel.build_model(cfg, types.SimpleNamespace(source_dictionary=dictionary)).eval()
+
+
+def test_cosine_score_is_scale_times_the_cosine_of_the_dot_embeddings(dictionary):
+    dot = tiny_realm(dictionary)
+    cosine = tiny_realm(dictionary, retriever_score="cosine", retriever_scale=7.5)
+    cosine.load_state_dict(dot.state_dict())
+    queries, blocks = batch(dictionary, [9, 6, 8], seed=1), batch(dictionary, [5, 12], seed=2)
+    with torch.no_grad():
+        q, d = dot.embed_queries(queries), dot.embed_blocks(blocks)  # (3, D), (2, D)
+        scores = cosine.embed_queries(queries) @ cosine.embed_blocks(blocks).T  # (3, 2)
+    expected = 7.5 * torch.nn.functional.cosine_similarity(q[:, None], d[None], dim=-1)
+    assert torch.allclose(scores, expected, atol=1e-5)
+    assert not torch.allclose(q @ d.T, expected, atol=1e-2)  # the dot score is another one
+
+
 def test_architectures_set_the_documented_sizes():
     tiny, minilm = argparse.Namespace(), argparse.Namespace()
     realm_tiny(tiny)

@@ -64,12 +64,19 @@ def train_args(corpus, index, *extra):
             *extra]
 
 
+def ctrl_c_interrupts() -> None:
+    """In the child before exec: SIGINT raises KeyboardInterrupt again (shells start background jobs, such
+    as a CI run, with SIGINT ignored, which the child would inherit)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Training:
     """A realm-train process whose log is read while it runs."""
 
     def __init__(self, args, cwd):
         self.proc = subprocess.Popen([f"{BIN}/realm-train", *args], cwd=cwd, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, bufsize=1, env=ONE_THREAD)
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1, env=ONE_THREAD,
+                                     preexec_fn=ctrl_c_interrupts)
         self.lines, self._queue = [], queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 

@@ -14,7 +14,7 @@ import torch
 
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.documents import InputError
-from realm_fairseq.models.embedder import POOLINGS
+from realm_fairseq.models.embedder import POOLINGS, SCORES
 from realm_fairseq.retrieval.corpus_embedding import (
     DTYPES, build_index, doc_embedder_from_bert, doc_embedder_from_checkpoint,
 )
@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", help="fairseq checkpoint of a realm model (its doc_embedder)")
     source.add_argument("--hf", help="Hugging Face BERT directory or realm-convert-hf weights file")
     parser.add_argument("--pooling", choices=POOLINGS, default="mean", help="pooling with --hf weights")
+    parser.add_argument("--score", choices=SCORES, default=None,
+                        help="the --retriever-score of the model that will use the index (cosine L2-normalises "
+                             "the block embeddings); default: the checkpoint's own, dot with --hf weights")
     parser.add_argument("--out", required=True, help="INDEX directory (versions v1, v2, ... inside)")
     parser.add_argument("--index-type", choices=INDEX_TYPES, default="flat", help="faiss index type")
     for f in dataclasses.fields(IndexOptions):
@@ -59,8 +62,8 @@ def cli_main(argv: Optional[List[str]] = None) -> None:
                if getattr(args, f.name) is not None}
     try:
         corpus = BlockCorpus(args.corpus)
-        source = (doc_embedder_from_checkpoint(args.checkpoint, corpus) if args.checkpoint
-                  else doc_embedder_from_bert(args.hf, corpus, args.pooling))
+        source = (doc_embedder_from_checkpoint(args.checkpoint, corpus, score=args.score) if args.checkpoint
+                  else doc_embedder_from_bert(args.hf, corpus, args.pooling, args.score or "dot"))
         version = build_index(
             corpus, args.out, source, args.index_type, shard=(args.shard_id, args.num_shards),
             merge=args.merge,

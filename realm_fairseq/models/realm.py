@@ -26,7 +26,7 @@ from fairseq.models import BaseFairseqModel, register_model, register_model_arch
 from fairseq.utils import safe_getattr
 
 from realm_fairseq.data.corpus import with_cls_sep_batch
-from realm_fairseq.models.embedder import POOLINGS, Embedder
+from realm_fairseq.models.embedder import POOLINGS, SCORES, TOWERS, Embedder, retriever_tower
 from realm_fairseq.models.encoder import EncoderConfig
 from realm_fairseq.models.hf_convert import load_into_encoder, load_weights
 from realm_fairseq.models.reader import Reader, join_query_and_blocks
@@ -42,6 +42,15 @@ class RealmConfig(EncoderConfig):
     retriever_projection_dim: int = field(
         default=128, metadata={"help": "retrieval embedding size after a linear projection (REALM: "
                                "128); 0 keeps the encoder's width"}
+    )
+    retriever_score: ChoiceEnum(list(SCORES)) = field(
+        default="dot", metadata={"help": "relevance f(x, z): dot, the inner product of the embeddings (REALM); "
+                                 "cosine, --retriever-scale times their cosine (how sentence embedders such as "
+                                 "MiniLM are trained; keeps p(z|x) from collapsing onto one block)"}
+    )
+    retriever_scale: float = field(
+        default=20.0, metadata={"help": "with --retriever-score cosine: f(x, z) = scale * cos, the inverse "
+                                "temperature of p(z|x)"}
     )
     encoder_init: Optional[str] = field(
         default=None, metadata={"help": "weights from realm-convert-hf to start every tower from"}
@@ -74,10 +83,7 @@ class RealmModel(BaseFairseqModel):
     @classmethod
     def build_model(cls, cfg: RealmConfig, task):
         dictionary = task.source_dictionary
-        towers = [
-            Embedder(cfg, dictionary, cfg.retriever_pooling, cfg.retriever_projection_dim)
-            for _ in range(2)
-        ]
+        towers = [retriever_tower(cfg, dictionary, tower) for tower in TOWERS]  # query, doc
         reader = Reader(cfg, dictionary) if getattr(task, "needs_reader", False) else None
         span_reader = SpanReader(cfg, dictionary, cfg.span_hidden_dim) if getattr(task, "needs_span_reader", False) \
             else None

@@ -8,7 +8,8 @@ that a merge step commits as one version (:class:`~realm_fairseq.retrieval.versi
 
 The embedder comes from a ``realm`` checkpoint (its ``doc_embedder``) or from BERT weights: a Hugging
 Face BERT directory or a ``realm-convert-hf`` file, pooled as asked (mean by default, for sentence
-embedders such as MiniLM).
+embedders such as MiniLM), L2-normalised for models that score with the cosine
+(``--retriever-score cosine``). The manifest records the score the embeddings were made for.
 """
 import hashlib
 import logging
@@ -24,7 +25,7 @@ from fairseq.data import data_utils
 from tqdm import tqdm
 
 from realm_fairseq.data.corpus import BlockCorpus, with_cls_sep_batch
-from realm_fairseq.models.embedder import Embedder
+from realm_fairseq.models.embedder import Embedder, retriever_tower, tower_norm
 from realm_fairseq.models.encoder import EncoderConfig
 from realm_fairseq.models.hf_convert import convert_hf_bert, load_into_encoder, load_weights
 from realm_fairseq.models.realm import RealmConfig
@@ -49,29 +50,36 @@ def _realm_cfg(model_cfg) -> RealmConfig:
     return RealmConfig(**{k: v for k, v in dict(model_cfg).items() if k in names})
 
 
-def doc_embedder_from_checkpoint(path: str, corpus: BlockCorpus, tower: str = "doc_embedder") -> EmbedderSource:
+def doc_embedder_from_checkpoint(path: str, corpus: BlockCorpus, tower: str = "doc_embedder",
+                                 score: Optional[str] = None) -> EmbedderSource:
     """The document embedder (or the ``query_embedder``, by ``tower``) of a ``realm`` model checkpoint
-    (ICT or REALM pre-training)."""
+    (ICT or REALM pre-training), for the checkpoint's retriever score or for ``score`` (e.g. an ICT
+    retriever trained with dot that starts a model scoring with the cosine)."""
     state = checkpoint_utils.load_checkpoint_to_cpu(path)
     cfg = _realm_cfg(state["cfg"]["model"])
-    embedder = Embedder(cfg, corpus.dictionary, cfg.retriever_pooling, cfg.retriever_projection_dim)
+    cfg.retriever_score = score or cfg.retriever_score
+    embedder = retriever_tower(cfg, corpus.dictionary, tower)
     prefix = tower + "."
     weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
     if not weights:
         raise ValueError(f"{path}: no {tower} weights; expected a checkpoint of the realm model")
     embedder.load_state_dict(weights)
     update = state.get("optimizer_history", [{}])[-1].get("num_updates")
-    return EmbedderSource(embedder, {"kind": "checkpoint", "path": os.path.abspath(path), "update": update})
+    return EmbedderSource(embedder, {"kind": "checkpoint", "path": os.path.abspath(path), "update": update,
+                                     "score": cfg.retriever_score})
 
 
-def doc_embedder_from_bert(path: str, corpus: BlockCorpus, pooling: str = "mean") -> EmbedderSource:
-    """An embedder from BERT weights: a HF BERT directory or a ``realm-convert-hf`` weights file."""
+def doc_embedder_from_bert(path: str, corpus: BlockCorpus, pooling: str = "mean",
+                           score: str = "dot") -> EmbedderSource:
+    """A document embedder from BERT weights: a HF BERT directory or a ``realm-convert-hf`` weights file,
+    for a model that scores with ``score`` (dot or cosine: L2-normalised embeddings)."""
     weights = convert_hf_bert(path) if os.path.isdir(path) else load_weights(path)
     cfg = EncoderConfig(**weights["config"])
-    embedder = Embedder(cfg, corpus.dictionary, pooling, projection_dim=0)
+    embedder = Embedder(cfg, corpus.dictionary, pooling, projection_dim=0,
+                        norm=tower_norm(score, 1.0, "doc_embedder"))
     load_into_encoder(embedder.encoder, weights, corpus.dictionary, path)
     return EmbedderSource(embedder, {"kind": "bert", "path": os.path.abspath(path), "pooling": pooling,
-                                     "update": 0})
+                                     "update": 0, "score": score})
 
 
 def embed_blocks(
@@ -124,7 +132,7 @@ def shard_tag(source: EmbedderSource, corpus: BlockCorpus) -> str:
     """A name for the shards of one build: the same weights file and corpus give the same tag."""
     path = source.info["path"]
     stamp = os.stat(path).st_mtime_ns if os.path.isfile(path) else 0
-    key = f"{path}|{stamp}|{source.info.get('pooling')}|{corpus.checksum}"
+    key = f"{path}|{stamp}|{source.info.get('pooling')}|{source.info.get('score')}|{corpus.checksum}"
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 

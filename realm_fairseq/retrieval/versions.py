@@ -43,6 +43,19 @@ _TAG = re.compile(r"^[A-Za-z0-9_.-]+$")
 BUILD_HINT = "build one with realm-build-index"
 
 
+def check_serves(manifest: dict, index_dir: str, query_embedder) -> None:
+    """Raise a ValueError naming the index if its version (``manifest``) cannot serve a model whose query
+    embedder is ``query_embedder``: other dimension, or embeddings made for the other retriever score."""
+    if manifest["dim"] != query_embedder.dim:
+        raise ValueError(f"the index {index_dir} holds {manifest['dim']}-dimensional embeddings but the model's "
+                         f"query embedder gives {query_embedder.dim}; build the index with this model's weights")
+    built, wanted = manifest["encoder"].get("score", "dot"), "cosine" if query_embedder.norm > 0 else "dot"
+    if built != wanted:
+        raise ValueError(f"the index {index_dir} holds embeddings for --retriever-score {built} but the model "
+                         f"scores with {wanted}; rebuild it with realm-build-index --score {wanted} (--hf) or "
+                         "from a checkpoint of this model")
+
+
 def shard_range(count: int, shard_id: int, num_shards: int) -> Tuple[int, int]:
     """Blocks ``[start, end)`` of shard ``shard_id`` of ``num_shards``: contiguous, sizes differ by <= 1."""
     if num_shards < 1 or not 0 <= shard_id < num_shards:

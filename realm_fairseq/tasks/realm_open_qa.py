@@ -24,6 +24,7 @@ from realm_fairseq.data.question_dataset import QuestionsDataset
 from realm_fairseq.data.questions import ANSWER_TYPES, read_questions
 from realm_fairseq.models.open_qa import ReadBatch, retrieve_and_read
 from realm_fairseq.retrieval.fixed_retriever import FixedIndexRetriever
+from realm_fairseq.retrieval.versions import check_serves
 
 RECALL_AT = (1, 5, 20, 100)
 
@@ -85,11 +86,7 @@ class RealmOpenQATask(FairseqTask):
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
-        if self.retriever.dim != model.query_embedder.dim:
-            raise ValueError(
-                f"the index {self.cfg.index} holds {self.retriever.dim}-dimensional embeddings but the model's "
-                f"query embedder gives {model.query_embedder.dim}; build the index with this model's weights"
-            )
+        check_serves(self.retriever.manifest, self.cfg.index, model.query_embedder)
         model.doc_embedder.requires_grad_(False)  # the index holds its embeddings; both stay fixed
         return model
 

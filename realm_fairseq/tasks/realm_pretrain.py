@@ -23,7 +23,7 @@ from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.masking import MASKINGS, MaskedExamplesDataset
 from realm_fairseq.retrieval.refresh import IndexRefresher, RefreshConfig, check_config, restore_version
 from realm_fairseq.retrieval.retriever import Retriever
-from realm_fairseq.retrieval.versions import IndexStore
+from realm_fairseq.retrieval.versions import IndexStore, check_serves
 from realm_fairseq.tasks.realm_ict import split_blocks
 
 
@@ -95,12 +95,8 @@ class RealmPretrainTask(FairseqTask):
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
-        index = self.retriever.index
-        if index is not None and index.dim != model.query_embedder.dim:
-            raise ValueError(
-                f"the index {self.cfg.index} holds {index.dim}-dimensional embeddings but the model's "
-                f"query embedder gives {model.query_embedder.dim}; rebuild the index with this model"
-            )
+        if self.retriever.index is not None:
+            check_serves(self.store.manifest(self.retriever.version), self.cfg.index, model.query_embedder)
         return model
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
