@@ -32,9 +32,10 @@ DATA = os.path.join(HERE, "..", "examples", "realm", "data")
 
 
 def build_trainer(corpus, index, args):
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq import tasks
     from fairseq.trainer import Trainer
+
+    from realm_fairseq.cli.train import training_config
 
     argv = [corpus, "--task", "realm_pretrain", "--index", index, "--arch", args.arch, "--criterion", "realm_mlm",
             "--optimizer", "adam", "--lr", "1e-4", "--lr-scheduler", "fixed", "--batch-size", str(args.batch_size),
@@ -42,7 +43,7 @@ def build_trainer(corpus, index, args):
             "--refresh-interval-updates", str(args.warmup + args.steps), "--refresh-devices", args.refresh_devices,
             "--seed", "1", "--no-progress-bar"]
     argv += ["--cpu"] if args.device == "cpu" else ["--bf16"] * args.bf16
-    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    cfg = training_config(argv)
     task = tasks.setup_task(cfg.task)
     model = task.build_model(cfg.model)
     trainer = Trainer(cfg, task, model, task.build_criterion(cfg.criterion))
@@ -135,7 +136,7 @@ def main():
     refresh_wall = os.path.getmtime(os.path.join(index, "v2", "manifest.json")) - scheduler.started[update]
     device = "cuda" if args.refresh_devices else "cpu"
     start = time.perf_counter()
-    subprocess.run([os.path.join(os.path.dirname(sys.executable), "realm-build-index"), "--corpus", corpus_dir,
+    subprocess.run([sys.executable, "-m", "realm_fairseq.cli.build_index", "--corpus", corpus_dir,
                     "--checkpoint", snapshot, "--out", os.path.join(tmp, "alone"), "--device", device,
                     "--no-progress"], check=True, capture_output=True,
                    env=dict(os.environ, CUDA_VISIBLE_DEVICES=args.refresh_devices))

@@ -152,6 +152,8 @@ def refreshed_run(small_corpus, first_index, tmp_path_factory):
     os.kill(pid, signal.SIGKILL)
     train.wait_for(rf"index refresh of update {killed_update} failed")
     swaps = [train.wait_for(SWAP).groups() for _ in range(2)]
+    after_last_swap = int(swaps[-1][2]) + 1  # its batches are the first on the new version
+    train.wait_for(rf"\| train_inner \|.*num_updates={after_last_swap},")
     train.wait_for(r"Saved checkpoint ")
     train.finish(interrupt=True)
     return dict(log=train.text, index=index, save=save, swaps=swaps, killed=killed_update, root=root)

@@ -159,6 +159,7 @@ def test_a_submitit_refresh_runs_as_slurm_jobs_and_is_swapped_in(jobs):
     subprocess.run(["scancel", job_id], check=True)
     assert swap[0] == refresh["index"] and int(swap[1]) == 2 and int(swap[3]) == int(update)
     assert IndexStore(refresh["index"]).manifest(2)["encoder"]["update"] == int(update)
+    assert wait_until_done(merge.group(1), timeout=60) == "COMPLETED"  # it may still be exiting after the commit
     states = dict(line.split("|") for line in sacct("-X", "-o", "JobID,State", "-j",
                                                      f"{array},{merge.group(1)}").split())
     assert states == {f"{array}_0": "COMPLETED", f"{array}_1": "COMPLETED", merge.group(1): "COMPLETED"}

@@ -60,21 +60,26 @@ def use_fairseq_train_logging() -> None:
     )
 
 
-def train(argv: List[str]) -> None:
-    """``fairseq-train ARGV`` in this process, with the plugin loaded; returns when training ends. One
-    difference: fairseq's command line takes ``--bf16`` to mean a TPU (it sets ``--tpu``, which then fails
-    on a GPU for want of torch_xla); here ``--bf16`` trains in bfloat16 on GPUs, as fairseq's hydra
-    configs do."""
+def training_config(argv: List[str]):
+    """The fairseq config of a ``fairseq-train ARGV`` command line, with the plugin loaded. One difference:
+    fairseq's command line takes ``--bf16`` to mean a TPU (it sets ``--tpu``, which then fails on a GPU for
+    want of torch_xla); here ``--bf16`` trains in bfloat16 on GPUs, as fairseq's hydra configs do."""
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from fairseq.distributed import utils as distributed_utils
-    from fairseq_cli import train as fairseq_train
 
     argv = with_user_dir(argv)
     args = options.parse_args_and_arch(options.get_training_parser(), input_args=argv)
     if args.bf16 and "--tpu" not in argv:
         args.tpu = False
-    distributed_utils.call_main(convert_namespace_to_omegaconf(args), fairseq_train.main)
+    return convert_namespace_to_omegaconf(args)
+
+
+def train(argv: List[str]) -> None:
+    """``fairseq-train ARGV`` in this process (see :func:`training_config`); returns when training ends."""
+    from fairseq.distributed import utils as distributed_utils
+    from fairseq_cli import train as fairseq_train
+
+    distributed_utils.call_main(training_config(argv), fairseq_train.main)
 
 
 def train_main() -> None:
