@@ -8,6 +8,7 @@ more CPUs than CI has), so that the module costs about the requeued job's two ru
 """
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import time
 import pytest
 import torch
 
+from realm_fairseq.cli.build_index import build_parser as build_index_parser
+from realm_fairseq.cli.train import training_config
 from realm_fairseq.launch.submit import SlurmConfig, dry_run_text, training_argv
 from realm_fairseq.retrieval.versions import IndexStore
 
@@ -210,3 +213,28 @@ def test_a_job_past_its_time_limit_is_requeued_and_resumes_from_its_checkpoint(j
     assert last["optimizer_history"][-1]["num_updates"] == stops[1]
     runs = sacct("-D", "-X", "-j", job_id, "-o", "State").split()
     assert runs[0] == "REQUEUED" and len(runs) == 2
+
+
+def template_commands(path):
+    """The realm-train / realm-build-index command lines of an sbatch template, with its shell variables
+    replaced by placeholders (numbers where the command needs them)."""
+    with open(path, encoding="utf-8") as f:
+        script = f.read().replace("\\\n", " ")
+    numbers = {"WORLD": "64", "PORT": "12345", "SHARDS": "16", "SLURM_ARRAY_TASK_ID": "0"}
+    script = re.sub(r'"?\$\{?(\w+)\}?"?', lambda m: numbers.get(m.group(1), f"/tmp/{m.group(1).lower()}"), script)
+    starts = (re.match(r"\s*(srun(\s+-\S+)*\s+)?(?=realm-(train|build-index)\s)", line) for line in script.splitlines())
+    return [shlex.split(m.string[m.end():]) for m in starts if m]
+
+
+@pytest.mark.parametrize("template", ["pretrain.sbatch", "finetune.sbatch", "build_index.sbatch"])
+def test_sbatch_templates_are_valid_scripts_whose_commands_parse(template):
+    path = os.path.join(ROOT, "slurm", template)
+    subprocess.run(["bash", "-n", path], check=True)
+    commands = template_commands(path)
+    assert commands, f"{template}: no realm-train or realm-build-index command found"
+    for command in commands:
+        if command[0] == "realm-train":
+            cfg = training_config(command[1:])  # an unknown or misspelt option exits here
+            assert cfg.distributed_training.distributed_world_size == 64
+        else:
+            build_index_parser().parse_args(command[1:])
