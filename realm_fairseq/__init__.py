@@ -6,7 +6,14 @@ model and criterion of the plugin. fairseq's ``--user-dir`` auto-imports only ``
 ``models/`` of a plugin, and nothing at all when the package was already imported by a wrapper such as
 ``realm-train``, so every registering module must be imported here.
 """
-from realm_fairseq import checkpoint_compat
+import logging
+
+# importing fairseq and faiss logs how faiss picked its instruction set and that tensorboardX is missing,
+# before any command has set up logging; none of it is news to a user
+for _name in ("faiss.loader", "fairseq.tasks.text_to_speech"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+from realm_fairseq import checkpoint_compat  # noqa: E402
 
 checkpoint_compat.allow_fairseq_checkpoints()
 
