@@ -108,9 +108,14 @@ class Training:
     def finish(self, interrupt: bool = False, timeout: float = 120) -> int:
         if interrupt:  # Ctrl-C
             self.proc.send_signal(signal.SIGINT)
-        code = self.proc.wait(timeout=timeout)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = None
         while (line := self._queue.get(timeout=10)) is not None:
             self.lines.append(line)
+        assert code is not None, f"training still ran {timeout}s after Ctrl-C:\n{self.text[-4000:]}"
         return code
 
 
@@ -282,3 +287,27 @@ def test_submitit_local_executor_embeds_shards_then_merges(small_corpus, first_i
     jobs = os.path.join(index, "refresh", f"u{update}", "submitit")
     results = [n for n in os.listdir(jobs) if n.endswith("_result.pkl")]
     assert len(results) == 3  # two embedding jobs and the merge
+
+
+def test_ctrl_c_while_a_finished_submitit_refresh_is_let_go_still_stops_training(tmp_path, monkeypatch):
+    """Dropping a finished submitit job runs its ``__del__``; a Ctrl-C that lands there must not be lost."""
+    from submitit.local.local import LocalJob
+
+    from realm_fairseq.retrieval.refresh_launchers import SubmititRefreshJob
+
+    finalizer = LocalJob.__del__
+
+    def ctrl_c_inside(job):
+        signal.raise_signal(signal.SIGINT)
+        finalizer(job)
+
+    monkeypatch.setattr(LocalJob, "__del__", ctrl_c_inside)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        job = SubmititRefreshJob.__new__(SubmititRefreshJob)  # a refresh whose jobs have finished
+        job.embed_jobs, job.merge_job = [LocalJob(tmp_path, "1"), LocalJob(tmp_path, "2")], LocalJob(tmp_path, "3")
+        with pytest.raises(KeyboardInterrupt):
+            job.release()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the user's handler is back
+    finally:
+        signal.signal(signal.SIGINT, previous)

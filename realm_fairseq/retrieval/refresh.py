@@ -282,6 +282,7 @@ class RefreshScheduler:
             self._tidy()
         else:
             self._failed(job.plan, job.log())
+        job.release()
 
     def _failed(self, plan: RefreshPlan, log: str) -> None:
         self.failures += 1
@@ -327,6 +328,7 @@ class RefreshScheduler:
                     running.update)
         if self.job is not None:
             self.job.cancel()
+            self.job.release()
         self.job = self.pending = None
         if self._committed(running):  # its process was still exiting
             logger.info("index refresh of update %d had committed its version already", running.update)

@@ -14,12 +14,14 @@ Either way each piece of work is a ``realm-build-index`` command line (:meth:`Re
 so a refresh commits exactly what ``realm-build-index --checkpoint SNAPSHOT`` would. Launchers return a
 :class:`RefreshJob` that the trainer polls without blocking, or cancels.
 """
+import contextlib
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
@@ -111,6 +113,32 @@ class RefreshJob:
         """The tail of the refresher's own log."""
         raise NotImplementedError
 
+    def release(self) -> None:
+        """Let go of what it holds, once it has finished or been cancelled (then only ``plan`` is left)."""
+        raise NotImplementedError
+
+
+@contextlib.contextmanager
+def ctrl_c_held():
+    """Hold a Ctrl-C (SIGINT) that comes inside the block and deliver it at the end.
+
+    Objects dropped in the block run their finalizers (``__del__``) there, and Python prints and swallows
+    a KeyboardInterrupt raised inside a finalizer: submitit's ``LocalJob.__del__`` would eat the user's
+    Ctrl-C and training would go on. Only the main thread runs Python's signal handlers, so elsewhere the
+    block needs no help."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    held = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)
+
 
 # ---------------------------------------------------------------------------------------------- local
 def physical_devices(devices: List[str]) -> List[str]:
@@ -157,6 +185,10 @@ class LocalRefreshJob(RefreshJob):
             os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+    def release(self) -> None:
+        with ctrl_c_held():  # Popen.__del__
+            self.process = None
 
     def describe(self) -> str:
         return f"pid {self.process.pid}"
@@ -260,6 +292,10 @@ class SubmititRefreshJob(RefreshJob):
         for job in self._jobs():
             if not job.done():
                 job.cancel(check=False)
+
+    def release(self) -> None:
+        with ctrl_c_held():  # submitit's LocalJob.__del__
+            self.embed_jobs, self.merge_job = [], None
 
     def describe(self) -> str:
         return "submitit job(s) " + ", ".join(j.job_id for j in self._jobs())
