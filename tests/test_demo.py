@@ -1,12 +1,13 @@
 """The quick start's main job: examples/realm/demo.sh, in its quick mode."""
 import json
 import os
+import re
 
 from realm_fairseq.data import BlockCorpus
 
 from conftest import ROOT, run
 
-QUICK_PRETRAIN_UPDATES = 8  # demo.sh --quick
+QUICK_PRETRAIN_UPDATES = 4  # demo.sh --quick
 
 
 def test_demo_quick_runs_the_pipeline_and_prints_its_results(tmp_path):
@@ -21,7 +22,11 @@ def test_demo_quick_runs_the_pipeline_and_prints_its_results(tmp_path):
     assert "example " in proc.stdout and "[ " in proc.stdout  # an example with a bracketed salient span
     assert (out / "index" / "v1" / "manifest.json").exists()
     assert (out / "pretrain" / "checkpoint_last.pt").exists()
-    table = proc.stdout[proc.stdout.index("metric "):proc.stdout.index("== step 4")].strip().splitlines()
+    steps = {m.group(2): m.start() for m in re.finditer(r"^== \[(\d+m\d\ds)\] (step \d+\w?|results|done)",
+                                                         proc.stdout, re.M)}  # each with the time so far
+    assert list(steps) == ["step 1", "step 2", "step 3", "step 4", "step 5a", "step 5b", "step 6", "step 7",
+                           "results", "done"]
+    table = proc.stdout[proc.stdout.index("metric "):steps["step 4"]].strip().splitlines()
     rows = {line.split()[0]: line.split()[1:3] for line in table[1:]}
     assert set(rows) >= {"loss", "ppl", "retrieval_utility", "null_prob", "entropy", "index_version", "staleness"}
     assert rows["num_updates"][1] == str(QUICK_PRETRAIN_UPDATES) and rows["index_version"][0] == "1"
@@ -37,7 +42,7 @@ def test_demo_quick_runs_the_pipeline_and_prints_its_results(tmp_path):
         predictions = [json.loads(line) for line in open(out / f"{name}.test.predictions.jsonl")]
         assert {p["id"] for p in predictions} <= test_ids and all(p["evidence"] for p in predictions)
     assert proc.stdout.count("\nQ: ") == 3 and proc.stdout.count("\nA: ") == 3
-    results = proc.stdout[proc.stdout.index("== results"):].splitlines()
+    results = proc.stdout[steps["results"]:steps["done"]].splitlines()
     assert results[1].split() == ["recall@5", "EM"]
     assert results[2].startswith("(a) MiniLM") and results[3].startswith("(b) after REALM pre-training")
 

