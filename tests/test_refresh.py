@@ -289,23 +289,39 @@ def test_submitit_local_executor_embeds_shards_then_merges(small_corpus, first_i
     assert len(results) == 3  # two embedding jobs and the merge
 
 
-def test_ctrl_c_while_a_finished_submitit_refresh_is_let_go_still_stops_training(tmp_path, monkeypatch):
-    """Dropping a finished submitit job runs its ``__del__``; a Ctrl-C that lands there must not be lost."""
+def finished_submitit_refresh(tmp_path):
     from submitit.local.local import LocalJob
 
     from realm_fairseq.retrieval.refresh_launchers import SubmititRefreshJob
 
-    finalizer = LocalJob.__del__
+    job = SubmititRefreshJob.__new__(SubmititRefreshJob)  # a refresh whose jobs have finished
+    job.embed_jobs, job.merge_job = [LocalJob(tmp_path, "1"), LocalJob(tmp_path, "2")], LocalJob(tmp_path, "3")
+    return job, LocalJob
 
-    def ctrl_c_inside(job):
+
+def finished_local_refresh(tmp_path):
+    from realm_fairseq.retrieval.refresh_launchers import LocalRefreshJob
+
+    job = LocalRefreshJob.__new__(LocalRefreshJob)  # a refresh whose process has exited
+    job.process = subprocess.Popen(["true"])
+    job.process.wait()
+    return job, subprocess.Popen
+
+
+@pytest.mark.parametrize("finished", [finished_submitit_refresh, finished_local_refresh])
+def test_ctrl_c_while_a_finished_refresh_is_let_go_still_stops_training(finished, tmp_path, monkeypatch):
+    """Letting go of a finished refresh runs finalizers (``__del__`` of submitit's jobs, of Popen), and
+    Python swallows a KeyboardInterrupt raised in one; a Ctrl-C that lands there must not be lost."""
+    job, held_class = finished(tmp_path)
+    finalizer = held_class.__del__
+
+    def ctrl_c_inside(obj, *args, **kwargs):
         signal.raise_signal(signal.SIGINT)
-        finalizer(job)
+        finalizer(obj, *args, **kwargs)
 
-    monkeypatch.setattr(LocalJob, "__del__", ctrl_c_inside)
+    monkeypatch.setattr(held_class, "__del__", ctrl_c_inside)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        job = SubmititRefreshJob.__new__(SubmititRefreshJob)  # a refresh whose jobs have finished
-        job.embed_jobs, job.merge_job = [LocalJob(tmp_path, "1"), LocalJob(tmp_path, "2")], LocalJob(tmp_path, "3")
         with pytest.raises(KeyboardInterrupt):
             job.release()
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the user's handler is back
