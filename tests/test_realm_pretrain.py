@@ -5,6 +5,7 @@ import argparse
 import os
 import re
 import subprocess
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 import yaml
 
 from realm_fairseq.criterions.marginal_likelihood import marginal_log_likelihood
+from realm_fairseq.criterions.realm_mlm import RealmMlmCriterion
 from realm_fairseq.data import BlockCorpus
 from realm_fairseq.data.masking import MaskedExamplesDataset
 from realm_fairseq.models.realm import RealmConfig, RealmModel, realm_tiny
@@ -50,6 +52,10 @@ def forward(model, batch, retriever):
                  retriever=retriever)
 
 
+def tower_gradient(tower) -> float:
+    return sum(float(p.grad.abs().sum()) for p in tower.parameters() if p.grad is not None)
+
+
 def test_gradients_reach_both_embedders_and_the_reader(setup):
     corpus, model, index, batch = setup
     model.zero_grad()
@@ -58,8 +64,24 @@ def test_gradients_reach_both_embedders_and_the_reader(setup):
     loss = -marginal_log_likelihood(out["retrieval_scores"], out["token_log_probs"], out["token_mask"]).sum()
     loss.backward()
     for name, tower in (("query", model.query_embedder), ("doc", model.doc_embedder), ("reader", model.reader)):
-        grads = [p.grad for p in tower.parameters() if p.grad is not None]
-        assert grads and sum(float(g.abs().sum()) for g in grads) > 0, f"no gradient in the {name} tower"
+        assert tower_gradient(tower) > 0, f"no gradient in the {name} tower"
+
+
+def test_retriever_warmup_keeps_the_embedders_still_and_trains_the_reader(setup):
+    corpus, model, index, batch = setup
+    task = SimpleNamespace(retriever=Retriever(corpus, index, topk=4, null_document=True), update_num=0)
+    criterion = RealmMlmCriterion(task, retriever_warmup_updates=3)
+    losses = []
+    for update, embedders_learn in ((2, False), (3, True)):
+        task.update_num = update
+        model.zero_grad()
+        loss, _, _ = criterion(model, batch)
+        loss.backward()
+        losses.append(float(loss))
+        for tower in (model.query_embedder, model.doc_embedder):
+            assert (tower_gradient(tower) > 0) == embedders_learn, f"update {update}"
+        assert tower_gradient(model.reader) > 0
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)  # the same p(z|x) with or without its gradient
 
 
 def test_the_source_block_is_never_a_candidate(setup):
@@ -129,7 +151,7 @@ def test_fairseq_train_runs_realm_pretrain_and_logs_its_metrics(wiki_corpus, ind
     common = pretrain_args(wiki_corpus, index_dir, "--max-update", "6", "--log-interval", "3", "--no-save",
                            "--valid-percent", "4", "--max-valid-steps", "2")
     log = run(["realm-train", *common, "--retrieval-topk", "4"], cwd=tmp_path).stdout
-    line = [l for l in log.splitlines() if "| valid on" in l][-1]
+    line = [row for row in log.splitlines() if "| valid on" in row][-1]
     for metric in ("loss", "ppl", "retrieval_utility", "null_prob", "entropy", "index_version 1", "staleness"):
         assert re.search(rf"\| {metric}", line), f"{metric} missing from: {line}"
     alone = run(["realm-train", *common, "--retrieval-topk", "0"], cwd=tmp_path).stdout

@@ -8,6 +8,12 @@ besides the loss (bits per masked token) and perplexity:
   much the retrieved blocks help (REALM section 3.4 calls it the retrieval utility);
 - ``null_prob``: the mean p(null document | x); ``entropy``: the mean entropy of p(z | x), in bits;
 - ``index_version`` and ``staleness``: the index version in use and how many updates old its embeddings are.
+
+``--retriever-warmup-updates N`` keeps the retriever as it started (an ICT warm start, section 3.4) for
+the first N updates: p(z | x) weighs the candidates but passes no gradient to the embedders. REALM's
+reader starts from BERT and reads from the first step; a reader that starts untrained gives the
+retriever nothing but noise to follow, and the retriever drifts away from the blocks that hold the
+answer before the reader has learned to use them.
 """
 import math
 from dataclasses import dataclass, field
@@ -26,19 +32,28 @@ class RealmMlmConfig(FairseqDataclass):
         default=False, metadata={"help": "marginalise all masked tokens of an example jointly (the paper's "
                                  "equation) instead of each token on its own (the released code)"}
     )
+    retriever_warmup_updates: int = field(
+        default=0, metadata={"help": "for this many updates p(z|x) passes no gradient to the query and "
+                             "document embedders, so that a reader that starts untrained learns to read the "
+                             "retrieved blocks before the retriever follows its signal"}
+    )
 
 
 @register_criterion("realm_mlm", dataclass=RealmMlmConfig)
 class RealmMlmCriterion(FairseqCriterion):
-    def __init__(self, task, joint_marginal: bool = False):
+    def __init__(self, task, joint_marginal: bool = False, retriever_warmup_updates: int = 0):
         super().__init__(task)
         self.joint_marginal = joint_marginal
+        self.retriever_warmup_updates = retriever_warmup_updates
 
     def forward(self, model, sample, reduce=True):
         retriever = self.task.retriever
         out = model(**sample["net_input"], target=sample["target"], exclude_blocks=sample["exclude_blocks"],
                     retriever=retriever)
         scores, log_probs, mask = out["retrieval_scores"], out["token_log_probs"], out["token_mask"]
+        if self.task.update_num < self.retriever_warmup_updates:
+            # same p(z|x), zero gradient: the embedders stay put (and still count as used for DDP)
+            scores = scores.detach() + 0.0 * scores
         per_token = marginal_log_likelihood(scores, log_probs, mask)  # (B, T)
         if self.joint_marginal:
             loss = -marginal_log_likelihood(scores, log_probs, mask, joint=True).sum()
