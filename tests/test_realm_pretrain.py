@@ -234,7 +234,8 @@ def test_paper_config_has_the_paper_settings(tmp_path):
     assert world * per_gpu * cfg["optimization"]["update_freq"][0] == 512
     assert cfg["optimization"]["lr"] == [3e-5] and cfg["optimization"]["max_update"] == 200000
     assert cfg["task"]["retrieval_topk"] == 8 and cfg["task"]["masking"] == "salient_span"
-    assert cfg["model"] == {"_name": "realm"} and cfg["criterion"] == {"_name": "realm_mlm"}
+    assert cfg["model"] == {"_name": "realm"}
+    assert cfg["criterion"] == {"_name": "realm_mlm", "retriever_warmup_updates": 0}  # the reader starts from BERT
     defaults = RealmConfig()  # what model: {_name: realm} builds: BERT-base towers as REALM
     assert (defaults.encoder_layers, defaults.encoder_embed_dim, defaults.encoder_attention_heads,
             defaults.encoder_ffn_embed_dim, defaults.retriever_pooling, defaults.retriever_projection_dim) == (
