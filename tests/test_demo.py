@@ -7,7 +7,7 @@ from realm_fairseq.data import BlockCorpus
 
 from conftest import ROOT, run
 
-QUICK_PRETRAIN_UPDATES = 4  # demo.sh --quick
+QUICK_PRETRAIN_UPDATES, QUICK_REFRESH_AT = 4, 3  # demo.sh --quick
 
 
 def test_demo_quick_runs_the_pipeline_and_prints_its_results(tmp_path):
@@ -16,7 +16,7 @@ def test_demo_quick_runs_the_pipeline_and_prints_its_results(tmp_path):
                cwd=tmp_path)
     corpus = BlockCorpus(str(out / "corpus"))
     stats = corpus.statistics()
-    assert stats["inputs"] == {"squad-v1.1-dev.json.gz": 300}
+    assert stats["inputs"] == {"squad-v1.1-dev.json.gz": 148}
     assert f"blocks                         {len(corpus)}" in proc.stdout
     assert "salient_span_source            date regex only" in proc.stdout
     assert "example " in proc.stdout and "[ " in proc.stdout  # an example with a bracketed salient span
@@ -30,11 +30,15 @@ def test_demo_quick_runs_the_pipeline_and_prints_its_results(tmp_path):
     rows = {line.split()[0]: line.split()[1:3] for line in table[1:]}
     assert set(rows) >= {"loss", "ppl", "retrieval_utility", "null_prob", "entropy", "index_version", "staleness"}
     assert rows["num_updates"][1] == str(QUICK_PRETRAIN_UPDATES) and rows["index_version"][0] == "1"
-    # one refresh, launched halfway and waited for at the end: swapped in or at least committed as v2
-    assert f"index refresh of update {QUICK_PRETRAIN_UPDATES // 2} launched" in proc.stdout
-    assert (out / "index" / "v2" / "manifest.json").exists() and rows["index_version"][1] in ("1", "2")
+    # one refresh, launched before the last update and waited for at the end: swapped in or committed as v2
+    assert f"index refresh of update {QUICK_REFRESH_AT} launched" in proc.stdout
+    assert (out / "index" / "v2" / "manifest.json").exists() and not (out / "index" / "v3").exists()
+    assert rows["index_version"][1] in ("1", "2")
 
-    # open-domain QA: (a) from MiniLM and (b) from the pre-training, evaluated on test articles, answers
+    # open-domain QA: (a) from MiniLM with its index, (b) from the pre-training with the refreshed index,
+    # evaluated on test articles, answers
+    assert re.search(r"5a: .*\n.*retrieving from \S+/index/v1: ", proc.stdout)
+    assert re.search(r"5b: .*\n.*retrieving from \S+/index/v2: ", proc.stdout)
     test_ids = {q["id"] for q in map(json.loads, open(out / "questions" / "test.jsonl"))}
     for name in ("qa-minilm", "qa-realm"):
         metrics = json.load(open(out / f"{name}.test.json"))

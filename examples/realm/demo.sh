@@ -3,8 +3,8 @@
 #
 #   bash examples/realm/demo.sh [--quick] [--out DIR]
 #
-#   --quick    the same pipeline in about 2 minutes, for CI: the first 300 SQuAD dev paragraphs only,
-#              salient spans from the date regex instead of spaCy NER, a few updates
+#   --quick    the same pipeline in about 1.5 minutes, for CI: the paragraphs of 3 SQuAD dev articles only,
+#              salient spans from the date regex instead of spaCy NER, a few small updates
 #   --out DIR  where everything is written (default: demo-output); rerunning replaces it
 #
 # 1. the block corpus REALM retrieves from (106 Wikipedia articles, the SQuAD v1.1 dev paragraphs and
@@ -24,6 +24,9 @@ spans=auto
 inputs=("$data/enwiki-sample-articles.jsonl.gz" "$data/squad-v1.1-dev.json.gz" "$data/squadshifts-new-wiki-v1.0.json.gz")
 subset=()
 pretrain_updates=36
+pretrain_batch=4  # masked examples per pre-training batch
+pretrain_topk=4   # blocks retrieved for each (and the null document)
+pretrain_valid_steps=8
 refresh_every=20  # one refresh in the background; (b) fine-tunes with the index it commits
 qa_subset=()      # realm-squad-to-questions: every SQuAD dev article
 qa_updates=40     # open-domain QA fine-tuning updates of each model
@@ -32,9 +35,10 @@ qa_valid_steps=8  # validation batches
 qa_test=200       # test questions evaluated
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) spans=regex; inputs=("$data/squad-v1.1-dev.json.gz"); subset=(--max-documents 300)
-             pretrain_updates=4; refresh_every=2; qa_subset=(--max-articles 5); qa_updates=2; qa_batch=4; qa_valid_steps=2
-             qa_test=8 ;;
+    --quick) spans=regex; inputs=("$data/squad-v1.1-dev.json.gz")
+             subset=(--max-documents 148)  # the paragraphs of the first 3 articles, those qa_subset asks about
+             pretrain_updates=4; pretrain_batch=2; pretrain_topk=2; pretrain_valid_steps=2; refresh_every=3
+             qa_subset=(--max-articles 3); qa_updates=2; qa_batch=4; qa_valid_steps=2; qa_test=8 ;;
     --out) out=$2; shift ;;
     -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
@@ -59,9 +63,9 @@ realm-build-index --corpus "$out/corpus" --hf "$out/minilm.pt" --out "$out/index
 step "step 3: REALM pre-training from the MiniLM weights -> $out/pretrain"
 rm -rf "$out/pretrain"
 realm-train "$out/corpus" --task realm_pretrain --index "$out/index" --criterion realm_mlm \
-  --arch realm_minilm --encoder-init "$out/minilm.pt" --retrieval-topk 4 \
-  --optimizer adam --lr 5e-5 --lr-scheduler fixed --batch-size 4 --max-update "$pretrain_updates" \
-  --valid-percent 2 --max-valid-steps 8 --validate-interval-updates "$refresh_every" \
+  --arch realm_minilm --encoder-init "$out/minilm.pt" --retrieval-topk "$pretrain_topk" \
+  --optimizer adam --lr 5e-5 --lr-scheduler fixed --batch-size "$pretrain_batch" --max-update "$pretrain_updates" \
+  --valid-percent 2 --max-valid-steps "$pretrain_valid_steps" --validate-interval-updates "$refresh_every" \
   --refresh-interval-updates "$refresh_every" --refresh-launcher local --refresh-at-end wait \
   --cpu --num-workers 0 --required-batch-size-multiple 1 --seed 1 \
   --save-dir "$out/pretrain" --no-epoch-checkpoints --log-format simple --log-interval 10 --no-progress-bar \
@@ -73,11 +77,11 @@ pretrained=$out/pretrain/checkpoint_last.pt
 step "step 4: SQuAD dev questions for open-domain QA, split by article -> $out/questions"
 realm-squad-to-questions "$data/squad-v1.1-dev.json.gz" --out "$out/questions" "${qa_subset[@]}"
 
-finetune() {  # NAME INDEX_VERSION INIT_OPTIONS...: fine-tune on the train split, keep the best valid EM
-  local name=$1 version=$2; shift 2
+finetune() {  # NAME OPTIONS...: fine-tune on the train split, keep the best valid EM
+  local name=$1; shift
   rm -rf "$out/$name"
   realm-train "$out/questions" --task realm_open_qa --corpus "$out/corpus" --index "$out/index" \
-    --index-version "$version" --arch realm_minilm "$@" --criterion realm_qa \
+    --arch realm_minilm "$@" --criterion realm_qa \
     --retrieval-topk 2 --retriever-beam 100 --optimizer adam --lr 1e-4 --lr-scheduler fixed \
     --batch-size "$qa_batch" --max-update "$qa_updates" --validate-interval-updates "$qa_updates" \
     --max-valid-steps "$qa_valid_steps" \
@@ -85,14 +89,13 @@ finetune() {  # NAME INDEX_VERSION INIT_OPTIONS...: fine-tune on the train split
     --cpu --num-workers 0 --required-batch-size-multiple 1 --seed 1 \
     --save-dir "$out/$name" --no-epoch-checkpoints --no-last-checkpoints \
     --log-format simple --log-interval 10 --no-progress-bar \
-    2>&1 | tee "$out/$name.log" | grep -E "train_inner|valid on|done training"
+    2>&1 | tee "$out/$name.log" | grep -E "retrieving from|train_inner|valid on|done training"
 }
-newest=$(python -c 'import sys; from realm_fairseq.retrieval.versions import IndexStore; print(IndexStore(sys.argv[1]).latest())' "$out/index")
 
 step "step 5a: fine-tune from MiniLM, no REALM pre-training (index v1: MiniLM) -> $out/qa-minilm"
-finetune qa-minilm 1 --encoder-init "$out/minilm.pt"
-step "step 5b: fine-tune from the REALM pre-training (index v$newest) -> $out/qa-realm"
-finetune qa-realm "$newest" --realm-init "$pretrained"
+finetune qa-minilm --index-version 1 --encoder-init "$out/minilm.pt"
+step "step 5b: fine-tune from the REALM pre-training (the newest index, from step 3's refresh) -> $out/qa-realm"
+finetune qa-realm --realm-init "$pretrained"
 
 step "step 6: evaluate both on the test split (articles never seen in fine-tuning)"
 for name in qa-minilm qa-realm; do

@@ -5,6 +5,7 @@ The index proposes the top blocks of each question; their relevance f(x, z) = Em
 is then recomputed from the stored block embeddings of the same index version, so the scores carry
 gradient into the query embedder while Embed_doc(z) stays what the index holds.
 """
+import logging
 from typing import Optional, Tuple
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.retrieval.versions import IndexStore
 
+logger = logging.getLogger(__name__)
 
 class FixedIndexRetriever:
     """Top-k blocks and differentiable retrieval scores for a batch of query embeddings."""
@@ -22,6 +24,9 @@ class FixedIndexRetriever:
         self.corpus = corpus
         self.index, self.manifest = store.load(version, corpus=corpus)
         self.embeddings = store.embeddings(self.manifest["version"])  # (blocks, D) float16, memory-mapped
+        m = self.manifest
+        logger.info("retrieving from %s: %d blocks, %s index, embedded by %s", store.version_dir(m["version"]),
+                    m["count"], m["index_type"], m["encoder"])
 
     @property
     def dim(self) -> int:
