@@ -34,6 +34,20 @@ def test_console_scripts_start_from_any_directory(tmp_path):
     assert "hydra_train is powered by Hydra" in run(["realm-hydra-train", "--help"], cwd=tmp_path).stdout
 
 
+def test_realm_train_help_lists_the_chosen_task_model_and_criterion_options_with_defaults(tmp_path):
+    out = run(["realm-train", "--task", "realm_pretrain", "--criterion", "realm_mlm", "--arch", "realm_tiny",
+               "--help"], cwd=tmp_path).stdout
+    flat = " ".join(out.split())
+    assert "data CORPUS directory from realm-prepare-corpus" in flat  # the task's
+    assert "--masking {salient_span,random_token,random_span}" in flat
+    assert re.search(r"--retrieval-topk RETRIEVAL_TOPK blocks retrieved per example.{0,400}?\(default: 8\)", flat)
+    assert re.search(r"--retriever-warmup-updates RETRIEVER_WARMUP_UPDATES.{0,400}?\(default: 0\)", flat)
+    assert "--encoder-embed-dim" in flat  # the model's
+    qa = " ".join(run(["realm-train", "--task", "realm_open_qa", "--criterion", "realm_qa", "-h"],
+                      cwd=tmp_path).stdout.split())
+    assert re.search(r"--max-span-len MAX_SPAN_LEN longest answer span.{0,400}?\(default: 10\)", qa)
+
+
 def test_wrappers_add_the_plugin_dir_once():
     assert with_user_dir(["data"]) == ["data", "--user-dir", PLUGIN_DIR]
     assert with_user_dir(["data", "--user-dir", "/x"]) == ["data", "--user-dir", "/x"]

@@ -5,6 +5,7 @@ They import the plugin (registering its tasks, models and criterions) and point 
 the plugin too; then they hand over to ``fairseq-train`` / ``fairseq-hydra-train`` (``realm-train``
 reads ``--bf16`` as bfloat16 on GPUs, where fairseq's command line asks for a TPU: see ``train_main``).
 """
+import argparse
 import atexit
 import logging
 import os
@@ -14,6 +15,7 @@ from typing import List
 import realm_fairseq
 
 PLUGIN_DIR = os.path.dirname(os.path.abspath(realm_fairseq.__file__))
+HELP_FLAGS = ("-h", "--help")
 
 
 def with_user_dir(argv: List[str]) -> List[str]:
@@ -74,6 +76,30 @@ def training_config(argv: List[str]):
     return convert_namespace_to_omegaconf(args)
 
 
+def print_full_help(argv: List[str]) -> None:
+    """``--help`` with the options of the ``--task``, ``--arch`` (default ``realm_base``), ``--criterion``,
+    optimizer and scheduler that ``argv`` names, then exit. ``fairseq-train --help`` lists only its generic
+    options: it prints the help in its first parse, before it adds those of the chosen task, model and
+    criterion."""
+    from fairseq import options
+
+    argv = [a for a in argv if a not in HELP_FLAGS]
+    if not any(a in ("--arch", "-a") or a.startswith("--arch=") for a in argv):
+        argv += ["--arch", "realm_base"]  # fairseq adds model options only for a known architecture
+
+    calls = []
+
+    def print_once_complete(parser):  # fairseq calls this before its first parse and after adding them all
+        calls.append(parser)
+        if len(calls) == 2:
+            parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+            parser.print_help()
+            sys.exit(0)
+
+    options.parse_args_and_arch(options.get_training_parser(), modify_parser=print_once_complete,
+                                input_args=with_user_dir(argv))
+
+
 def train(argv: List[str]) -> None:
     """``fairseq-train ARGV`` in this process (see :func:`training_config`); returns when training ends."""
     from fairseq.distributed import utils as distributed_utils
@@ -85,6 +111,8 @@ def train(argv: List[str]) -> None:
 def train_main() -> None:
     """``realm-train``: :func:`train` on the command line's arguments."""
     use_fairseq_train_logging()
+    if any(a in HELP_FLAGS for a in sys.argv[1:]):
+        print_full_help(sys.argv[1:])
     train(sys.argv[1:])
     exit_after_success()
 
