@@ -10,6 +10,7 @@ import atexit
 import logging
 import os
 import sys
+import warnings
 from typing import List
 
 import realm_fairseq
@@ -49,10 +50,30 @@ def exit_after_success() -> None:
     os._exit(0)
 
 
+# warnings about how fairseq calls hydra and torch, printed at every start: nothing a user can act on
+FAIRSEQ_INTERNAL_WARNINGS = (
+    (UserWarning, r"hydra\.experimental\.\w+\(\) is no longer experimental"),
+    (UserWarning, r"\s*The version_base parameter is not specified"),
+    (UserWarning, r"In 'config': Usage of deprecated keyword in package header '# @package _group_'"),
+    (UserWarning, r"\s*'\w+' is validated against ConfigStore schema with the same name"),
+    (UserWarning, r"Future Hydra versions will no longer change working directory at job runtime"),
+    (UserWarning, r"\s*The strict flag in the compose API is deprecated"),
+    (UserWarning, r"'pin_memory' argument is set as true but no accelerator is found"),
+    (FutureWarning, r"`torch\.cuda\.amp\.autocast\(args\.\.\.\)` is deprecated"),
+)
+
+
+def hide_fairseq_internal_warnings() -> None:
+    for category, message in FAIRSEQ_INTERNAL_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
 def use_fairseq_train_logging() -> None:
-    """Configure logging as ``fairseq-train`` does. It sets up the root logger before importing fairseq;
-    importing this plugin has imported fairseq already, and fairseq's ``text_to_speech`` task calls
-    ``logging.basicConfig`` at import, which would otherwise leave its default format in place."""
+    """Configure logging as ``fairseq-train`` does, less the warnings about fairseq's own calls. It sets up
+    the root logger before importing fairseq; importing this plugin has imported fairseq already, and
+    fairseq's ``text_to_speech`` task calls ``logging.basicConfig`` at import, which would otherwise leave
+    its default format in place."""
+    hide_fairseq_internal_warnings()
     logging.basicConfig(
         format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S",
@@ -118,6 +139,7 @@ def train_main() -> None:
 
 
 def hydra_train_main() -> None:
+    hide_fairseq_internal_warnings()  # before the import: fairseq's @hydra.main warns as it is applied
     from fairseq_cli import hydra_train
 
     sys.argv = [sys.argv[0]] + with_hydra_user_dir(sys.argv[1:])
