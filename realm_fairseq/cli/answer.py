@@ -11,6 +11,7 @@ import sys
 import textwrap
 from typing import List, Optional
 
+from realm_fairseq.cli import log_to_stderr
 from realm_fairseq.cli.evaluate import add_model_args, load_model
 from realm_fairseq.data.documents import InputError
 from realm_fairseq.hub import Answer
@@ -39,8 +40,7 @@ def show(answer: Answer, evidence: int) -> str:
 
 
 def cli_main(argv: Optional[List[str]] = None) -> None:
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-                        level=logging.WARNING, stream=sys.stderr, force=True)
+    log_to_stderr(logging.WARNING)
     args = build_parser().parse_args(argv)
     questions = args.questions or [line.strip() for line in sys.stdin if line.strip()]
     if not questions:

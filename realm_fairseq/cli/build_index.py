@@ -6,12 +6,12 @@ then ``--merge --num-shards n`` to commit the version.
 """
 import argparse
 import dataclasses
-import logging
 import sys
 from typing import List, Optional
 
 import torch
 
+from realm_fairseq.cli import log_to_stderr
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.documents import InputError
 from realm_fairseq.models.embedder import POOLINGS, SCORES
@@ -52,8 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli_main(argv: Optional[List[str]] = None) -> None:
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-                        level=logging.INFO, stream=sys.stderr, force=True)
+    log_to_stderr()
     args = build_parser().parse_args(argv)
     if not 0 <= args.shard_id < args.num_shards:
         sys.exit(f"realm-build-index: error: --shard-id {args.shard_id} is not in 0..{args.num_shards - 1}")

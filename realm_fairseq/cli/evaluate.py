@@ -17,6 +17,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 
 from realm_fairseq.atomic_io import atomic_file
+from realm_fairseq.cli import log_to_stderr
 from realm_fairseq.data.answers import AnswerFinder, exact_match
 from realm_fairseq.data.documents import InputError
 from realm_fairseq.data.questions import ANSWER_TYPES, Question, read_questions
@@ -79,8 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli_main(argv: Optional[List[str]] = None) -> None:
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-                        level=logging.INFO, stream=sys.stderr, force=True)
+    log_to_stderr()
     args = build_parser().parse_args(argv)
     try:
         questions = read_questions(args.questions, args.answer_type)[: args.max_questions]

@@ -4,13 +4,13 @@ See :mod:`realm_fairseq.data.corpus_builder` for what CORPUS holds.
 """
 import argparse
 import json
-import logging
 import sys
 from dataclasses import fields
 from typing import List, Optional
 
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 
+from realm_fairseq.cli import log_to_stderr
 from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
 from realm_fairseq.data.documents import InputError
 
@@ -31,12 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli_main(argv: Optional[List[str]] = None) -> None:
-    logging.basicConfig(
-        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-        level=logging.INFO,
-        stream=sys.stderr,
-        force=True,  # importing fairseq has already configured the root logger
-    )
+    log_to_stderr()
     args = build_parser().parse_args(argv)
     names = [f.name for f in fields(CorpusConfig) if f.init and not f.name.startswith("_")]
     cfg = CorpusConfig(**{name: getattr(args, name) for name in names})

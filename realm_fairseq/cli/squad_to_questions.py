@@ -6,11 +6,11 @@ questions) so that all questions of an article land in the same split and no tes
 training. Used open-domain, the questions are answered from a whole corpus, not from their paragraph.
 """
 import argparse
-import logging
 import os
 import sys
 from typing import Dict, List, Optional
 
+from realm_fairseq.cli import log_to_stderr
 from realm_fairseq.data.documents import InputError
 from realm_fairseq.data.questions import split_by_article, squad_questions, write_questions
 
@@ -50,8 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli_main(argv: Optional[List[str]] = None) -> None:
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-                        level=logging.INFO, stream=sys.stderr, force=True)
+    log_to_stderr()
     args = build_parser().parse_args(argv)
     split = parse_split(args.split) if isinstance(args.split, str) else args.split
     try:
