@@ -225,6 +225,7 @@ def test_small_cpu_hydra_config_trains(wiki_corpus, index_dir, tmp_path):
     assert re.search(r"num_updates[= ]4", text) and "retrieval_utility" in text
     assert (tmp_path / "ckpt" / "checkpoint_last.pt").exists()
     assert "Warning" not in text, text[:3000]  # none about fairseq's own calls to hydra and torch
+    assert "DEBUG" not in text  # fairseq sets the root logger to DEBUG at import; hydra's debug lines stay out
 
 
 def test_paper_config_has_the_paper_settings(tmp_path):

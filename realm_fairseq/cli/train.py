@@ -142,6 +142,7 @@ def hydra_train_main() -> None:
     hide_fairseq_internal_warnings()  # before the import: fairseq's @hydra.main warns as it is applied
     from fairseq_cli import hydra_train
 
+    logging.getLogger().setLevel(logging.INFO)  # until hydra configures logging; fairseq set it to DEBUG
     sys.argv = [sys.argv[0]] + with_hydra_user_dir(sys.argv[1:])
     hydra_train.cli_main()
     exit_after_success()
