@@ -2,6 +2,7 @@
 source block is never retrieved, one certain candidate reduces to plain masked LM, and fairseq-train
 runs it with its metrics."""
 import argparse
+import math
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from fairseq.logging import metrics
 
 from realm_fairseq.criterions.marginal_likelihood import marginal_log_likelihood
 from realm_fairseq.criterions.realm_mlm import RealmMlmCriterion
@@ -82,6 +84,24 @@ def test_retriever_warmup_keeps_the_embedders_still_and_trains_the_reader(setup)
             assert (tower_gradient(tower) > 0) == embedders_learn, f"update {update}"
         assert tower_gradient(model.reader) > 0
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)  # the same p(z|x) with or without its gradient
+
+
+def test_logged_metrics_are_in_bits(setup):
+    corpus, model, index, batch = setup
+    task = SimpleNamespace(retriever=Retriever(corpus, index, topk=4, null_document=True), update_num=0)
+    with torch.no_grad():
+        loss, ntokens, logging_output = RealmMlmCriterion(task)(model, batch)
+        out = forward(model, batch, task.retriever)
+    p_z = torch.softmax(out["retrieval_scores"], -1)  # (B, 5)
+    alone = out["token_log_probs"][:, -1][out["token_mask"]]  # log p(y | x, null document) per masked token
+    with metrics.aggregate() as logged:
+        RealmMlmCriterion.reduce_metrics([logging_output])
+    logged = logged.get_smoothed_values()
+    assert logged["loss"] == pytest.approx(float(loss) / ntokens / math.log(2), abs=1e-3)
+    assert logged["entropy"] == pytest.approx(float(-(p_z * torch.log2(p_z)).sum(-1).mean()), abs=1e-3)
+    gain = -float(loss) - float(alone.sum())  # log p(y|x) - log p(y|x, null document), nats
+    assert logged["retrieval_utility"] == pytest.approx(gain / ntokens / math.log(2), abs=1e-3)
+    assert logged["null_prob"] == pytest.approx(float(p_z[:, -1].mean()), abs=1e-3)
 
 
 def test_the_source_block_is_never_a_candidate(setup):

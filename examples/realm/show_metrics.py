@@ -9,9 +9,9 @@ import sys
 METRICS = {
     "loss": "masked-LM loss, bits per masked token: -log2 sum_z p(z|x) p(y|x,z)",
     "ppl": "perplexity of the masked tokens",
-    "retrieval_utility": "log-likelihood gain of reading the retrieved blocks over the null document alone",
+    "retrieval_utility": "bits per masked token gained by reading the retrieved blocks over the null document",
     "null_prob": "mean p(null document | x)",
-    "entropy": "entropy of p(z|x) over the candidates, nats",
+    "entropy": "entropy of p(z|x) over the candidates, bits",
     "index_version": "index version in use",
     "staleness": "updates since the index's embeddings were computed",
     "num_updates": "updates done",
