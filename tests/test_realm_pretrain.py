@@ -246,6 +246,8 @@ def test_small_cpu_hydra_config_trains(wiki_corpus, index_dir, tmp_path):
     assert (tmp_path / "ckpt" / "checkpoint_last.pt").exists()
     assert "Warning" not in text, text[:3000]  # none about fairseq's own calls to hydra and torch
     assert "DEBUG" not in text  # fairseq sets the root logger to DEBUG at import; hydra's debug lines stay out
+    small = yaml.safe_load(open(os.path.join(CONFIGS, "small_cpu.yaml")))  # a reader trained from scratch:
+    assert 0 < small["criterion"]["retriever_warmup_updates"] < small["optimization"]["max_update"]
 
 
 def test_paper_config_has_the_paper_settings(tmp_path):
