@@ -14,6 +14,7 @@ import warnings
 from typing import List
 
 import realm_fairseq
+from realm_fairseq.cli import LOG_FORMAT
 
 PLUGIN_DIR = os.path.dirname(os.path.abspath(realm_fairseq.__file__))
 HELP_FLAGS = ("-h", "--help")
@@ -75,7 +76,7 @@ def use_fairseq_train_logging() -> None:
     its default format in place."""
     hide_fairseq_internal_warnings()
     logging.basicConfig(
-        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+        format=LOG_FORMAT,
         datefmt="%Y-%m-%d %H:%M:%S",
         level=os.environ.get("LOGLEVEL", "INFO").upper(),
         stream=sys.stdout,

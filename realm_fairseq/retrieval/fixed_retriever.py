@@ -16,6 +16,7 @@ from realm_fairseq.retrieval.versions import IndexStore
 
 logger = logging.getLogger(__name__)
 
+
 class FixedIndexRetriever:
     """Top-k blocks and differentiable retrieval scores for a batch of query embeddings."""
 
