@@ -54,6 +54,11 @@ def forward(model, batch, retriever):
                  retriever=retriever)
 
 
+def criterion_task(corpus, index) -> SimpleNamespace:
+    """What RealmMlmCriterion reads from its task: the retriever (k=4 and the null document) and the update."""
+    return SimpleNamespace(retriever=Retriever(corpus, index, topk=4, null_document=True), update_num=0)
+
+
 def tower_gradient(tower) -> float:
     return sum(float(p.grad.abs().sum()) for p in tower.parameters() if p.grad is not None)
 
@@ -71,7 +76,7 @@ def test_gradients_reach_both_embedders_and_the_reader(setup):
 
 def test_retriever_warmup_keeps_the_embedders_still_and_trains_the_reader(setup):
     corpus, model, index, batch = setup
-    task = SimpleNamespace(retriever=Retriever(corpus, index, topk=4, null_document=True), update_num=0)
+    task = criterion_task(corpus, index)
     criterion = RealmMlmCriterion(task, retriever_warmup_updates=3)
     losses = []
     for update, embedders_learn in ((2, False), (3, True)):
@@ -88,7 +93,7 @@ def test_retriever_warmup_keeps_the_embedders_still_and_trains_the_reader(setup)
 
 def test_logged_metrics_are_in_bits(setup):
     corpus, model, index, batch = setup
-    task = SimpleNamespace(retriever=Retriever(corpus, index, topk=4, null_document=True), update_num=0)
+    task = criterion_task(corpus, index)
     with torch.no_grad():
         loss, ntokens, logging_output = RealmMlmCriterion(task)(model, batch)
         out = forward(model, batch, task.retriever)
