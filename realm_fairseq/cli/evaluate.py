@@ -4,31 +4,47 @@ Answers every question of a JSONL question file (batched, with a progress bar), 
 JSON (``em``, ``recall@k`` for k in 1, 5, 20, 100 up to ``--beam``, in percent) and, with ``--out``,
 writes one prediction a line: the question, the predicted answer and its score, the gold answers,
 whether it is correct, and the evidence blocks read (title, text, retrieval score, whether it holds
-a gold answer). Exact match and recall are computed as in training (:mod:`realm_fairseq.data.answers`).
+a gold answer). Exact match is SQuAD's; a block holds an answer by DPR's rule
+(:mod:`realm_fairseq.data.answers`).
+
+``--retrieval-only`` measures a retriever alone, zero-shot, as REALM's Table 2 does
+(:mod:`realm_fairseq.retrieval.recall`): the query embedder of any of our checkpoints (``--checkpoint``),
+converted BERT or sentence-transformers weights as both towers (``--hf``), or BM25 (``--bm25``), over
+``--index`` or, without one, the corpus embedded now; it prints ``recall@k`` (and ``gold_recall@k`` for
+questions with a ``doc_id``).
 """
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
+from fairseq import checkpoint_utils
 
 from realm_fairseq.atomic_io import atomic_file
 from realm_fairseq.cli import log_to_stderr
-from realm_fairseq.data.answers import AnswerFinder, exact_match
+from realm_fairseq.data.answers import RECALL_AT, BlockHits, exact_match
+from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.documents import InputError
 from realm_fairseq.data.questions import ANSWER_TYPES, Question, read_questions
 from realm_fairseq.hub import Answer, RealmQA
-from realm_fairseq.tasks.realm_open_qa import RECALL_AT
+from realm_fairseq.retrieval.recall import evaluate_retrieval
+
+logger = logging.getLogger("realm-evaluate")
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
+def add_model_args(parser: argparse.ArgumentParser, checkpoint_required: bool = True) -> None:
     """Options to load a fine-tuned model, shared with ``realm-answer``."""
-    parser.add_argument("--checkpoint", required=True, help="checkpoint of a realm_open_qa fine-tuning run")
+    parser.add_argument("--checkpoint", required=checkpoint_required,
+                        help="checkpoint of a realm_open_qa fine-tuning run (with --retrieval-only: any realm "
+                             "checkpoint, ICT, pre-training or open QA)")
     parser.add_argument("--index", help="INDEX directory (default: the one the checkpoint was trained with)")
+    parser.add_argument("--index-version", type=int, default=None,
+                        help="version of the INDEX to retrieve from (default: as trained, else the newest)")
     parser.add_argument("--corpus", help="CORPUS directory (default: the one the checkpoint was trained with)")
     parser.add_argument("--topk", type=int, default=None, help="blocks read per question (default: as trained)")
     parser.add_argument("--beam", type=int, default=None, help="blocks retrieved per question (default: as trained)")
@@ -37,17 +53,19 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model(args: argparse.Namespace, **overrides) -> RealmQA:
+    if args.index_version is not None:
+        overrides["index_version"] = args.index_version
     return RealmQA.from_pretrained(args.checkpoint, index=args.index, corpus=args.corpus, device=args.device,
                                    **overrides)
 
 
-def score(finder: AnswerFinder, questions: List[Question], answers: Iterable[Answer], answer_type: str = "text"
+def score(corpus: BlockCorpus, questions: List[Question], answers: Iterable[Answer], answer_type: str = "text"
           ) -> Tuple[Dict[str, float], List[dict]]:
     """Metrics (questions, em and recall@k in percent) and one prediction record per question."""
+    hits = BlockHits(corpus, answer_type)
     records, correct, found, beam = [], 0, {k: 0 for k in RECALL_AT}, 0
     for question, answer in zip(questions, answers):
-        targets = finder.targets(question.answers)
-        holds = [finder.contains(z, targets) for z in answer.retrieved]
+        holds = hits.holds(question.answers, answer.retrieved)
         beam = len(holds)
         for k in RECALL_AT:
             found[k] += any(holds[:k])
@@ -67,36 +85,103 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="realm-evaluate",
         description=__doc__.split("\n\n")[0].replace("``", ""),
+        epilog="Zero-shot retrieval: realm-evaluate --retrieval-only --questions Q --corpus CORPUS "
+               "(--checkpoint CKPT | --hf DIR | --bm25) [--index INDEX]",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_model_args(parser)
+    add_model_args(parser, checkpoint_required=False)
     parser.add_argument("--questions", required=True, help="JSONL question file ({\"question\", \"answer\"})")
     parser.add_argument("--answer-type", choices=ANSWER_TYPES, default="text",
                         help="answers are strings, or regular expressions (CuratedTREC)")
     parser.add_argument("--out", help="write the predictions with their evidence here (JSONL)")
     parser.add_argument("--max-questions", type=int, default=None, help="evaluate only the first N questions")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    zero_shot = parser.add_argument_group("zero-shot retrieval (REALM's Table 2)")
+    zero_shot.add_argument("--retrieval-only", action="store_true",
+                           help="measure the retriever alone: recall@1/5/20/100 (and gold_recall@k where question "
+                                "lines carry a \"doc_id\"); no reading")
+    source = zero_shot.add_mutually_exclusive_group()
+    source.add_argument("--hf", help="converted BERT or sentence-transformers weights (realm-convert-hf file or a "
+                                     "directory) as both towers, pooled and scored as they were trained")
+    source.add_argument("--bm25", action="store_true", help="rank blocks by BM25 (bm25s, k1=0.9, b=0.4; the bm25 "
+                                                            "extra), no index needed")
+    zero_shot.add_argument("--max-tokens", type=int, default=16384,
+                           help="tokens in a batch when embedding the corpus (no --index)")
     return parser
+
+
+def _check_sources(args: argparse.Namespace) -> None:
+    """Raise InputError where the options do not name exactly one model for the chosen mode."""
+    if not args.retrieval_only:
+        if args.hf or args.bm25:
+            raise InputError("--hf and --bm25 measure a retriever alone: add --retrieval-only")
+        if not args.checkpoint:
+            raise InputError("--checkpoint is required (or --retrieval-only with --hf or --bm25)")
+        return
+    named = [o for o, v in (("--checkpoint", args.checkpoint), ("--hf", args.hf), ("--bm25", args.bm25)) if v]
+    if len(named) != 1:
+        raise InputError(f"--retrieval-only takes exactly one of --checkpoint, --hf, --bm25 (got {named or 'none'})")
+    if args.bm25 and args.index:
+        raise InputError("--bm25 ranks the CORPUS directly; it takes no --index")
+    if not args.checkpoint and not args.corpus:
+        raise InputError(f"{named[0]} needs --corpus, the CORPUS to retrieve from")
+
+
+def retriever_for(args: argparse.Namespace):
+    """The retriever the options name, and the corpus it retrieves from."""
+    from realm_fairseq.retrieval import dense
+
+    progress = not args.no_progress
+    embed_options = {"max_tokens": args.max_tokens, "progress": progress}
+    if args.checkpoint:
+        state = checkpoint_utils.load_checkpoint_to_cpu(args.checkpoint)
+        corpus = BlockCorpus(args.corpus or dense.checkpoint_corpus(state))
+        return dense.from_checkpoint(state, args.checkpoint, corpus, args.index, args.index_version, args.device,
+                                     embed_options), corpus
+    corpus = BlockCorpus(args.corpus)
+    if args.hf:
+        return dense.from_weights(args.hf, corpus, args.index, args.index_version, args.device, embed_options), corpus
+    from realm_fairseq.retrieval.bm25 import Bm25Retriever
+
+    return Bm25Retriever.for_corpus(corpus, progress=progress), corpus
+
+
+def retrieval_only(args: argparse.Namespace, questions: List[Question]) -> Tuple[dict, List[dict]]:
+    retriever, corpus = retriever_for(args)
+    metrics, records = evaluate_retrieval(retriever, corpus, questions, args.answer_type, args.questions,
+                                          progress=not args.no_progress, records=bool(args.out))
+    metrics["retriever"] = "bm25" if args.bm25 else os.path.abspath(args.checkpoint or args.hf)
+    return metrics, records
+
+
+def answer_questions(args: argparse.Namespace, questions: List[Question]) -> Tuple[dict, List[dict]]:
+    qa = load_model(args, answer_type=args.answer_type)
+    started = time.perf_counter()
+    answers = qa.answer_all([q.question for q in questions], args.batch_size, args.topk, args.beam,
+                            progress=not args.no_progress)
+    metrics, records = score(qa.task.corpus, questions, answers, args.answer_type)
+    metrics["questions_per_second"] = round(len(questions) / max(time.perf_counter() - started, 1e-9), 2)
+    return metrics, records
+
+
+def write_records(path: str, records: List[dict]) -> None:
+    with atomic_file(path, force=True) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    logger.info("wrote %d predictions to %s", len(records), path)
 
 
 def cli_main(argv: Optional[List[str]] = None) -> None:
     log_to_stderr()
     args = build_parser().parse_args(argv)
     try:
+        _check_sources(args)
         questions = read_questions(args.questions, args.answer_type)[: args.max_questions]
-        qa = load_model(args, answer_type=args.answer_type)
-    except (InputError, FileNotFoundError, ValueError) as e:
+        metrics, records = (retrieval_only if args.retrieval_only else answer_questions)(args, questions)
+    except (InputError, FileNotFoundError, ValueError, ImportError) as e:
         sys.exit(f"realm-evaluate: error: {e}")
-    started = time.perf_counter()
-    answers = qa.answer_all([q.question for q in questions], args.batch_size, args.topk, args.beam,
-                            progress=not args.no_progress)
-    metrics, records = score(qa.task.finder, questions, answers, args.answer_type)
-    metrics["questions_per_second"] = round(len(questions) / max(time.perf_counter() - started, 1e-9), 2)
     if args.out:
-        with atomic_file(args.out, force=True) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        logging.getLogger("realm-evaluate").info("wrote %d predictions to %s", len(records), args.out)
+        write_records(args.out, records)
     print(json.dumps(metrics, indent=2))
 
 

@@ -20,7 +20,7 @@ from fairseq.dataclass import FairseqDataclass
 
 from realm_fairseq.data.answers import exact_match
 from realm_fairseq.models.open_qa import answer_in_blocks, gold_spans, predict
-from realm_fairseq.tasks.realm_open_qa import RECALL_AT
+from realm_fairseq.data.answers import RECALL_AT
 
 NEG = torch.finfo(torch.float32).min / 4  # log of "no such span"; finite, so gradients stay finite
 

@@ -11,18 +11,24 @@ REALM fine-tunes and evaluates open-domain QA as ORQA does (paper, sections 3.3 
   (BERT's tokenizer has already lower-cased and stripped accents on both sides); a regular expression
   matches the block's text, and the wordpieces its match covers form the span. These are the spans S(z, y)
   of the reader's marginal likelihood.
-- **The block contains the answer** (recall@k, and the retriever's training signal): it has an answer span
-  of any length, or the regular expression matches somewhere in its text.
+- **The block contains the answer** (the retriever's training signal): it has an answer span of any
+  length, or the regular expression matches somewhere in its text.
+- **Recall@k** (``realm-evaluate``) counts a block as a hit by DPR's rule (Karpukhin et al. 2020), the
+  one open-domain QA papers report: the text of the block's body, NFD-normalised, lower-cased and cut into
+  words and single symbols, contains the same cut of an answer as a run of whole tokens; a regular
+  expression answer is searched in the NFD-normalised text, ignoring case.
 
 Predicted spans are shown as the block's original text, through the character offsets of its wordpieces.
 """
 import re
 import string
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import List, Sequence, Tuple, Union
 
 import numpy as np
+import regex
 
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.questions import compile_answer_regex
@@ -45,6 +51,68 @@ def exact_match(prediction: str, answers: Sequence[str], answer_type: str = "tex
         return any(compile_answer_regex(a).match(prediction) is not None for a in answers)
     predicted = normalize_answer(prediction)
     return any(predicted == normalize_answer(a) for a in answers)
+
+
+RECALL_AT = (1, 5, 20, 100)  # the k of the recall@k every evaluation reports
+
+#: DPR's tokens: runs of letters, digits and marks, or any other single symbol that is not white space
+_DPR_TOKEN = regex.compile(r"[\p{L}\p{N}\p{M}]+|[^\p{Z}\p{C}]")
+
+
+def dpr_tokens(text: str) -> List[str]:
+    """The lower-cased tokens DPR compares answers and passages by."""
+    return _DPR_TOKEN.findall(unicodedata.normalize("NFD", text).lower())
+
+
+class PassageMatcher:
+    """Whether a passage holds an answer by DPR's rule (see the module docstring). Prepare each passage
+    once with :meth:`passage` and each question's answers once with :meth:`answers`, then :meth:`holds`."""
+
+    def __init__(self, answer_type: str = "text"):
+        if answer_type not in ("text", "regex"):
+            raise ValueError(f"answer type {answer_type!r}: expected text or regex")
+        self.answer_type = answer_type
+
+    def passage(self, text: str) -> str:
+        """The form of a passage answers are looked for in."""
+        if self.answer_type == "regex":
+            return unicodedata.normalize("NFD", text)
+        return " " + " ".join(dpr_tokens(text)) + " "  # tokens hold no spaces: runs of tokens are substrings
+
+    def answers(self, answers: Sequence[str]) -> list:
+        """What to look for: compiled patterns, or the token runs of the answers (answers with no token dropped)."""
+        if self.answer_type == "regex":
+            return [compile_answer_regex(unicodedata.normalize("NFD", a)) for a in answers]
+        runs = (" ".join(dpr_tokens(a)) for a in answers)
+        return [f" {run} " for run in runs if run]
+
+    def holds(self, passage: str, answers: list) -> bool:
+        if self.answer_type == "regex":
+            return any(p.search(passage) is not None for p in answers)
+        return any(run in passage for run in answers)
+
+
+class BlockHits:
+    """Which blocks of a corpus hold a question's answers by DPR's rule, each block's text prepared once."""
+
+    def __init__(self, corpus: BlockCorpus, answer_type: str = "text", cache_size: int = 1 << 20):
+        self.corpus = corpus
+        self.matcher = PassageMatcher(answer_type)
+        self.passage = lru_cache(maxsize=cache_size)(self._passage)
+
+    def _passage(self, block_id: int) -> str:
+        return self.matcher.passage(self.corpus.block(block_id).text)
+
+    def holds(self, answers: Sequence[str], block_ids: Sequence[int]) -> List[bool]:
+        """For each block of ``block_ids``: whether it holds one of ``answers``."""
+        targets = self.matcher.answers(answers)
+        return [self.matcher.holds(self.passage(int(i)), targets) for i in block_ids]
+
+    def first(self, answers: Sequence[str], block_ids: Sequence[int]) -> int:
+        """The rank of the first block of ``block_ids`` that holds an answer, or -1."""
+        targets = self.matcher.answers(answers)
+        found = (r for r, i in enumerate(block_ids) if i >= 0 and self.matcher.holds(self.passage(int(i)), targets))
+        return next(found, -1)
 
 
 @dataclass

@@ -142,6 +142,16 @@ class BlockCorpus:
             f.seek(int(self._doc_offsets[doc_index]))
             return json.loads(f.readline())
 
+    @cached_property
+    def document_ids(self) -> List[str]:
+        """The id of every document, in document order."""
+        with open(os.path.join(self.path, DOCUMENTS), encoding="utf-8") as f:
+            return [json.loads(line)["id"] for line in f]
+
+    def doc_index(self, i: int) -> int:
+        """The document block ``i`` comes from (its position in ``document_ids``)."""
+        return int(self.meta[i, 0])
+
     def statistics(self) -> dict:
         """Counts and length statistics of the blocks, examples and salient spans."""
         ex = self.examples

@@ -15,6 +15,8 @@ from realm_fairseq.data.epoch_dataset import SeededEpochDataset
 from realm_fairseq.data.questions import Question
 from realm_fairseq.data.vocab import FAIRSEQ_NSPECIAL
 
+MAX_QUESTION_LEN = 64  # wordpieces of a question the query embedder and the reader read
+
 
 def encode_question(corpus: BlockCorpus, text: str, max_len: int) -> torch.Tensor:
     """``[CLS] x [SEP]`` (fairseq ids) of a question, x cut to ``max_len`` wordpieces."""

@@ -3,7 +3,9 @@
 A question file is JSONL, one question a line, plain or ``.gz``:
 
 - NQ-Open / WebQuestions style: ``{"question": str, "answer": [str, ...]}``; ``answers`` is accepted for
-  ``answer``, a single string for a one-element list, and an optional ``id`` is kept;
+  ``answer``, a single string for a one-element list, and an optional ``id`` is kept, as is an optional
+  ``doc_id``, the id of the CORPUS document that holds the gold passage (``realm-evaluate
+  --retrieval-only`` reports ``gold_recall@k`` with it);
 - CuratedTREC style: the same, the answers being regular expressions (``answer_type="regex"``); every
   pattern is compiled when read, so a bad one is reported with its line.
 
@@ -17,7 +19,7 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from realm_fairseq.atomic_io import atomic_file
 from realm_fairseq.data.documents import InputError, _lines, _read_all, decode_utf8
@@ -31,6 +33,8 @@ class Question:
     question: str
     answers: List[str]  # strings or regular expressions, by the file's answer type
     id: str
+    doc_id: Optional[str] = None  # the CORPUS document of the gold passage, where known
+    line: int = 0  # line of the question file it was read from (0: not read from a file)
 
 
 def compile_answer_regex(pattern: str) -> "re.Pattern":
@@ -75,13 +79,18 @@ def read_questions(path: str, answer_type: str = "text") -> List[Question]:
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"{where}: \"question\" is {json.dumps(text)[:80]}; expected a non-empty string")
         qid = obj.get("id", f"{os.path.basename(path)}:{lineno}")
-        questions.append(Question(text.strip(), _answers_field(obj, where, answer_type), str(qid)))
+        doc_id = obj.get("doc_id")
+        if doc_id is not None and not isinstance(doc_id, str):
+            raise InputError(f"{where}: \"doc_id\" is {json.dumps(doc_id)[:80]}; expected a string, the id of a "
+                             f"CORPUS document")
+        questions.append(Question(text.strip(), _answers_field(obj, where, answer_type), str(qid), doc_id, lineno))
     return questions
 
 
 def squad_questions(path: str) -> List[Tuple[str, Question]]:
     """(article title, question) for every question of a SQuAD JSON file; the answers are the distinct
-    answer texts of the question, in order."""
+    answer texts of the question, in order, and ``doc_id`` the id ``realm-prepare-corpus`` gives its
+    paragraph (``title#j``)."""
     squad = _load_squad(path)
     found = []
     for i, article in enumerate(squad["data"]):
@@ -89,6 +98,7 @@ def squad_questions(path: str) -> List[Tuple[str, Question]]:
         if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
             raise InputError(f"{where}: expected an article with a \"paragraphs\" list")
         title = str(article.get("title", i))
+        doc_title = article.get("title", "")  # as realm-prepare-corpus names the paragraphs
         for j, paragraph in enumerate(article["paragraphs"]):
             for k, qa in enumerate(paragraph.get("qas", []) if isinstance(paragraph, dict) else []):
                 qwhere = f"{where}.paragraphs[{j}].qas[{k}]"
@@ -98,7 +108,8 @@ def squad_questions(path: str) -> List[Tuple[str, Question]]:
                 texts = list(dict.fromkeys(a.get("text", "").strip() for a in answers if isinstance(a, dict)))
                 texts = [t for t in texts if t]
                 if texts:  # SQuAD 2.0's unanswerable questions have none
-                    found.append((title, Question(qa["question"].strip(), texts, str(qa.get("id", qwhere)))))
+                    found.append((title, Question(qa["question"].strip(), texts, str(qa.get("id", qwhere)),
+                                                  f"{doc_title}#{j}")))
     return found
 
 
@@ -151,5 +162,8 @@ def write_questions(path: str, questions: Sequence[Question], force: bool = True
     with atomic_file(path, force=force) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             for q in questions:
-                f.write(json.dumps({"id": q.id, "question": q.question, "answer": q.answers}, ensure_ascii=False))
+                record = {"id": q.id, "question": q.question, "answer": q.answers}
+                if q.doc_id is not None:
+                    record["doc_id"] = q.doc_id
+                f.write(json.dumps(record, ensure_ascii=False))
                 f.write("\n")

@@ -14,9 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from realm_fairseq.models.encoder import EncoderConfig, TextEncoder
+from realm_fairseq.models.similarity import POOLINGS, SCORES
 
-POOLINGS = ("cls", "mean")
-SCORES = ("dot", "cosine")
 TOWERS = ("query_embedder", "doc_embedder")
 
 
@@ -64,6 +63,7 @@ def tower_norm(score: str, scale: float, tower: str) -> float:
 
 
 def retriever_tower(cfg, dictionary, tower: str) -> Embedder:
-    """The query or document embedder a ``realm`` model config (``retriever_*`` fields) describes."""
+    """The query or document embedder a ``realm`` model config (``retriever_*`` fields, pooling and score
+    resolved: :func:`~realm_fairseq.models.similarity.resolve_retriever_config`) describes."""
     norm = tower_norm(cfg.retriever_score, cfg.retriever_scale, tower)
     return Embedder(cfg, dictionary, cfg.retriever_pooling, cfg.retriever_projection_dim, norm)

@@ -2,9 +2,11 @@
 
 REALM warm-starts its towers from BERT (paper, section 3.4, "Initialization"). A HF BERT directory
 (``config.json``, ``model.safetensors`` or ``pytorch_model.bin``, ``vocab.txt``) becomes a weights file
-holding an
-:class:`~realm_fairseq.models.encoder.EncoderConfig` and a state dict for
-:class:`~realm_fairseq.models.encoder.TextEncoder`, mapped as follows:
+holding an :class:`~realm_fairseq.models.encoder.EncoderConfig`, a state dict for
+:class:`~realm_fairseq.models.encoder.TextEncoder` and the retrieval similarity the weights were trained
+for (:mod:`realm_fairseq.models.similarity`): a sentence-transformers directory (``modules.json``) gives
+its pooling and, with a Normalize module or a cosine ``similarity_fn_name``, the cosine score; plain BERT
+keeps REALM's ``[CLS]`` pooling and inner product. The state dict is mapped as follows:
 
 - word embeddings: row ``i`` of BERT -> row ``i + 4`` (our dictionary, see
   :mod:`realm_fairseq.data.vocab`); rows 0-3 (``<s> <pad> </s> <unk>``) take BERT's
@@ -27,6 +29,7 @@ from realm_fairseq.atomic_io import atomic_file
 from realm_fairseq.data.documents import InputError
 from realm_fairseq.data.vocab import FAIRSEQ_NSPECIAL, Vocab
 from realm_fairseq.models.encoder import EncoderConfig, TextEncoder
+from realm_fairseq.models.similarity import Similarity, similarity_of_hf_dir, transformer_dir
 
 WEIGHTS_FORMAT = "realm-fairseq encoder weights"
 #: BERT symbols whose embeddings fairseq's four special symbols take, in fairseq id order
@@ -127,7 +130,9 @@ def _hf_to_ours(hf: Dict[str, torch.Tensor], vocab: Vocab, num_layers: int) -> D
 
 
 def convert_hf_bert(hf_dir: str) -> dict:
-    """The weights file contents for the HF BERT checkpoint in ``hf_dir``."""
+    """The weights file contents for the HF BERT checkpoint (or sentence-transformers directory) ``hf_dir``."""
+    similarity = similarity_of_hf_dir(hf_dir)
+    hf_dir = transformer_dir(hf_dir)
     config = _read_hf_config(hf_dir)
     vocab = Vocab.load(os.path.join(hf_dir, "vocab.txt"))
     cfg = encoder_config_from_hf(config)
@@ -147,6 +152,7 @@ def convert_hf_bert(hf_dir: str) -> dict:
         "config": {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if not f.name.startswith("_")},
         "vocab": vocab.tokens,
         "vocab_md5": vocab.md5,
+        "retriever": similarity.to_dict(),
         "state_dict": state,
     }
 
@@ -160,7 +166,16 @@ def load_weights(path: str) -> dict:
     weights = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(weights, dict) or weights.get("format") != WEIGHTS_FORMAT:
         raise InputError(f"{path}: not a weights file from realm-convert-hf")
+    if "retriever" not in weights:
+        raise InputError(f"{path}: converted by an older realm-convert-hf that did not record the similarity "
+                         f"the weights were trained for; convert them again: realm-convert-hf "
+                         f"{weights.get('source', 'HF_DIR')} --out {path} --force")
     return weights
+
+
+def weights_similarity(weights: dict) -> Similarity:
+    """The pooling and score recorded with converted weights."""
+    return Similarity(**weights["retriever"])
 
 
 def load_into_encoder(encoder: TextEncoder, weights: dict, dictionary: Dictionary, where: str) -> None:

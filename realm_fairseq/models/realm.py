@@ -5,17 +5,23 @@ block z to input x is f(x, z) = Embed_input(x) . Embed_doc(z). Tasks that read (
 add the reader, which predicts the masked tokens of x from ``[CLS] x [SEP] z [SEP]``; open-domain QA
 (``realm_open_qa``) adds the span reader instead, which scores answer spans of z. Architectures:
 
-- ``realm_base``: BERT-base towers (12 layers, 768 wide, 12 heads, 3072 feed-forward), ``[CLS]``
-  pooling projected to 128 dimensions, as the paper;
-- ``realm_minilm``: the sizes of the offline MiniLM weights (6 layers, 384, 12 heads, 1536), mean
-  pooling and no projection, so that the converted sentence embedder retrieves well from the start;
+- ``realm_base``: BERT-base towers (12 layers, 768 wide, 12 heads, 3072 feed-forward) projected to 128
+  dimensions, as the paper;
+- ``realm_minilm``: the sizes of the offline MiniLM weights (6 layers, 384, 12 heads, 1536) and no
+  projection, so that the converted sentence embedder retrieves as it was trained to from the start;
 - ``realm_tiny``: 2 layers of 64 for tests.
+
+No architecture sets the pooling or the score: they follow the ``--encoder-init`` weights (mean and
+cosine for MiniLM, ``[CLS]`` and the inner product for BERT; :mod:`realm_fairseq.models.similarity`),
+REALM's ``[CLS]`` and inner product without weights, unless ``--retriever-pooling``/``--retriever-score``
+say otherwise.
 
 ``--encoder-init WEIGHTS.pt`` (from ``realm-convert-hf``) warm-starts every tower;
 ``--retriever-init CKPT`` then loads both embedders from a ``realm_ict`` (or earlier ``realm``)
 checkpoint, REALM's ICT warm start (section 3.4); ``--realm-init CKPT`` loads both embedders and the
 reader's encoder from a ``realm_pretrain`` (or ``realm_open_qa``) checkpoint, the start of fine-tuning.
 """
+import contextlib
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -24,11 +30,13 @@ from fairseq import checkpoint_utils
 from fairseq.dataclass import ChoiceEnum
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
 from fairseq.utils import safe_getattr
+from omegaconf import OmegaConf, open_dict
 
 from realm_fairseq.data.corpus import with_cls_sep_batch
-from realm_fairseq.models.embedder import POOLINGS, SCORES, TOWERS, Embedder, retriever_tower
+from realm_fairseq.models.embedder import TOWERS, Embedder, retriever_tower
 from realm_fairseq.models.encoder import EncoderConfig
-from realm_fairseq.models.hf_convert import load_into_encoder, load_weights
+from realm_fairseq.models.hf_convert import load_into_encoder, load_weights, weights_similarity
+from realm_fairseq.models.similarity import POOLINGS, SCORES, Similarity, resolve_retriever_config
 from realm_fairseq.models.reader import Reader, join_query_and_blocks
 from realm_fairseq.models.span_reader import SpanReader
 from realm_fairseq.retrieval.retriever import Retriever
@@ -36,17 +44,20 @@ from realm_fairseq.retrieval.retriever import Retriever
 
 @dataclass
 class RealmConfig(EncoderConfig):
-    retriever_pooling: ChoiceEnum(list(POOLINGS)) = field(
-        default="cls", metadata={"help": "how an embedder pools its states: cls (REALM) or mean"}
+    retriever_pooling: Optional[ChoiceEnum(list(POOLINGS))] = field(
+        default=None, metadata={"help": "how an embedder pools its states: cls (REALM) or mean; default: as "
+                                "recorded with the --encoder-init weights (mean for a sentence-transformers "
+                                "model such as MiniLM), else cls"}
     )
     retriever_projection_dim: int = field(
         default=128, metadata={"help": "retrieval embedding size after a linear projection (REALM: "
                                "128); 0 keeps the encoder's width"}
     )
-    retriever_score: ChoiceEnum(list(SCORES)) = field(
-        default="dot", metadata={"help": "relevance f(x, z): dot, the inner product of the embeddings (REALM); "
-                                 "cosine, --retriever-scale times their cosine (how sentence embedders such as "
-                                 "MiniLM are trained; keeps p(z|x) from collapsing onto one block)"}
+    retriever_score: Optional[ChoiceEnum(list(SCORES))] = field(
+        default=None, metadata={"help": "relevance f(x, z): dot, the inner product of the embeddings (REALM); "
+                                "cosine, --retriever-scale times their cosine (keeps p(z|x) from collapsing "
+                                "onto one block); default: the score the --encoder-init weights were trained "
+                                "for (cosine for MiniLM), else dot"}
     )
     retriever_scale: float = field(
         default=20.0, metadata={"help": "with --retriever-score cosine: f(x, z) = scale * cos, the inverse "
@@ -82,6 +93,7 @@ class RealmModel(BaseFairseqModel):
 
     @classmethod
     def build_model(cls, cfg: RealmConfig, task):
+        resolve_similarity(cfg)
         dictionary = task.source_dictionary
         towers = [retriever_tower(cfg, dictionary, tower) for tower in TOWERS]  # query, doc
         reader = Reader(cfg, dictionary) if getattr(task, "needs_reader", False) else None
@@ -143,6 +155,17 @@ class RealmModel(BaseFairseqModel):
         }
 
 
+def resolve_similarity(cfg) -> Similarity:
+    """Set the retriever pooling and score a ``realm`` model config leaves unset (None) to those recorded
+    with its ``--encoder-init`` weights, else REALM's (cls, dot). Tasks call this on the training config
+    before building the model, so that checkpoints record what the model uses."""
+    if cfg.retriever_pooling and cfg.retriever_score:
+        return Similarity(cfg.retriever_pooling, cfg.retriever_score)
+    recorded = weights_similarity(load_weights(cfg.encoder_init)) if cfg.encoder_init else None
+    with open_dict(cfg) if OmegaConf.is_config(cfg) else contextlib.nullcontext():
+        return resolve_retriever_config(cfg, recorded)
+
+
 def _load_retriever(towers, path: str) -> None:
     """Load the query and document embedders of a realm checkpoint into ``towers``."""
     state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
@@ -173,17 +196,16 @@ def _set_defaults(args, **defaults) -> None:
 @register_model_architecture("realm", "realm_base")
 def realm_base(args):
     _set_defaults(args, encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072,
-                  encoder_attention_heads=12, retriever_pooling="cls", retriever_projection_dim=128)
+                  encoder_attention_heads=12, retriever_projection_dim=128)
 
 
 @register_model_architecture("realm", "realm_minilm")
 def realm_minilm(args):
     _set_defaults(args, encoder_layers=6, encoder_embed_dim=384, encoder_ffn_embed_dim=1536,
-                  encoder_attention_heads=12, retriever_pooling="mean", retriever_projection_dim=0)
+                  encoder_attention_heads=12, retriever_projection_dim=0)
 
 
 @register_model_architecture("realm", "realm_tiny")
 def realm_tiny(args):
     _set_defaults(args, encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
-                  encoder_attention_heads=2, max_positions=320, retriever_pooling="cls",
-                  retriever_projection_dim=32)
+                  encoder_attention_heads=2, max_positions=320, retriever_projection_dim=32)

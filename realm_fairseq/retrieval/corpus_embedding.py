@@ -7,9 +7,9 @@ a GPU, and written back in corpus order as float16. A corpus can be embedded in 
 that a merge step commits as one version (:class:`~realm_fairseq.retrieval.versions.IndexStore`).
 
 The embedder comes from a ``realm`` checkpoint (its ``doc_embedder``) or from BERT weights: a Hugging
-Face BERT directory or a ``realm-convert-hf`` file, pooled as asked (mean by default, for sentence
-embedders such as MiniLM), L2-normalised for models that score with the cosine
-(``--retriever-score cosine``). The manifest records the score the embeddings were made for.
+Face BERT or sentence-transformers directory or a ``realm-convert-hf`` file, pooled and scored as the
+weights were trained (:mod:`realm_fairseq.models.similarity`) unless told otherwise, L2-normalised for
+models that score with the cosine. The manifest records the score the embeddings were made for.
 """
 import hashlib
 import logging
@@ -27,8 +27,9 @@ from tqdm import tqdm
 from realm_fairseq.data.corpus import BlockCorpus, with_cls_sep_batch
 from realm_fairseq.models.embedder import Embedder, retriever_tower, tower_norm
 from realm_fairseq.models.encoder import EncoderConfig
-from realm_fairseq.models.hf_convert import convert_hf_bert, load_into_encoder, load_weights
-from realm_fairseq.models.realm import RealmConfig
+from realm_fairseq.models.hf_convert import convert_hf_bert, load_into_encoder, load_weights, weights_similarity
+from realm_fairseq.models.realm import RealmConfig, resolve_similarity
+from realm_fairseq.models.similarity import Similarity
 from realm_fairseq.retrieval.versions import IndexStore, shard_range
 
 logger = logging.getLogger(__name__)
@@ -53,11 +54,17 @@ def _realm_cfg(model_cfg) -> RealmConfig:
 def doc_embedder_from_checkpoint(path: str, corpus: BlockCorpus, tower: str = "doc_embedder",
                                  score: Optional[str] = None) -> EmbedderSource:
     """The document embedder (or the ``query_embedder``, by ``tower``) of a ``realm`` model checkpoint
-    (ICT or REALM pre-training), for the checkpoint's retriever score or for ``score`` (e.g. an ICT
-    retriever trained with dot that starts a model scoring with the cosine)."""
-    state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    (ICT, REALM pre-training or open QA), for the checkpoint's retriever score or for ``score`` (e.g. an
+    ICT retriever trained with dot that starts a model scoring with the cosine)."""
+    return embedder_from_state(checkpoint_utils.load_checkpoint_to_cpu(path), path, corpus, tower, score)
+
+
+def embedder_from_state(state: dict, path: str, corpus: BlockCorpus, tower: str = "doc_embedder",
+                        score: Optional[str] = None) -> EmbedderSource:
+    """:func:`doc_embedder_from_checkpoint` for a checkpoint already loaded (``state``) from ``path``."""
     cfg = _realm_cfg(state["cfg"]["model"])
     cfg.retriever_score = score or cfg.retriever_score
+    resolve_similarity(cfg)
     embedder = retriever_tower(cfg, corpus.dictionary, tower)
     prefix = tower + "."
     weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
@@ -69,17 +76,31 @@ def doc_embedder_from_checkpoint(path: str, corpus: BlockCorpus, tower: str = "d
                                      "score": cfg.retriever_score})
 
 
-def doc_embedder_from_bert(path: str, corpus: BlockCorpus, pooling: str = "mean",
-                           score: str = "dot") -> EmbedderSource:
-    """A document embedder from BERT weights: a HF BERT directory or a ``realm-convert-hf`` weights file,
-    for a model that scores with ``score`` (dot or cosine: L2-normalised embeddings)."""
-    weights = convert_hf_bert(path) if os.path.isdir(path) else load_weights(path)
-    cfg = EncoderConfig(**weights["config"])
-    embedder = Embedder(cfg, corpus.dictionary, pooling, projection_dim=0,
-                        norm=tower_norm(score, 1.0, "doc_embedder"))
+def load_bert_weights(path: str) -> dict:
+    """Converted weights from a HF BERT (or sentence-transformers) directory or a ``realm-convert-hf`` file."""
+    return convert_hf_bert(path) if os.path.isdir(path) else load_weights(path)
+
+
+def bert_embedder(weights: dict, path: str, corpus: BlockCorpus, tower: str = "doc_embedder",
+                  pooling: Optional[str] = None, score: Optional[str] = None) -> Tuple[Embedder, Similarity]:
+    """An embedder of converted BERT ``weights`` (from ``path``) for ``tower``, pooled and scored as the
+    weights record unless ``pooling``/``score`` say otherwise; returns it with the similarity used."""
+    recorded = weights_similarity(weights)
+    similarity = Similarity(pooling or recorded.pooling, score or recorded.score)
+    embedder = Embedder(EncoderConfig(**weights["config"]), corpus.dictionary, similarity.pooling,
+                        projection_dim=0, norm=tower_norm(similarity.score, 1.0, tower))
     load_into_encoder(embedder.encoder, weights, corpus.dictionary, path)
-    return EmbedderSource(embedder, {"kind": "bert", "path": os.path.abspath(path), "pooling": pooling,
-                                     "update": 0, "score": score})
+    return embedder, similarity
+
+
+def doc_embedder_from_bert(path: str, corpus: BlockCorpus, pooling: Optional[str] = None,
+                           score: Optional[str] = None) -> EmbedderSource:
+    """A document embedder from BERT weights: a HF BERT or sentence-transformers directory, or a
+    ``realm-convert-hf`` weights file; pooled and scored as the weights record (mean and cosine for
+    MiniLM, cls and dot for BERT) unless ``pooling``/``score`` say otherwise."""
+    embedder, similarity = bert_embedder(load_bert_weights(path), path, corpus, "doc_embedder", pooling, score)
+    return EmbedderSource(embedder, {"kind": "bert", "path": os.path.abspath(path), "pooling": similarity.pooling,
+                                     "update": 0, "score": similarity.score})
 
 
 def embed_blocks(

@@ -15,6 +15,7 @@ from omegaconf import II, MISSING
 
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.ict_dataset import IctDataset
+from realm_fairseq.models.realm import resolve_similarity
 
 
 @dataclass
@@ -60,6 +61,7 @@ class RealmIctTask(FairseqTask):
         )
 
     def build_model(self, cfg, from_checkpoint=False):
+        resolve_similarity(cfg)  # recorded in the checkpoint: the model and its index agree
         longest = self.corpus.block_size + 2
         if cfg.max_positions < longest:
             raise ValueError(

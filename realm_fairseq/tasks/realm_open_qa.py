@@ -20,13 +20,12 @@ from omegaconf import II, MISSING
 
 from realm_fairseq.data.answers import AnswerFinder
 from realm_fairseq.data.corpus import BlockCorpus
-from realm_fairseq.data.question_dataset import QuestionsDataset
+from realm_fairseq.data.question_dataset import MAX_QUESTION_LEN, QuestionsDataset
 from realm_fairseq.data.questions import ANSWER_TYPES, read_questions
 from realm_fairseq.models.open_qa import ReadBatch, retrieve_and_read
+from realm_fairseq.models.realm import resolve_similarity
 from realm_fairseq.retrieval.fixed_retriever import FixedIndexRetriever
 from realm_fairseq.retrieval.versions import check_serves
-
-RECALL_AT = (1, 5, 20, 100)
 
 
 @dataclass
@@ -48,7 +47,8 @@ class RealmOpenQAConfig(FairseqDataclass):
                                "(ORQA: 5000); at least --retrieval-topk"}
     )
     max_span_len: int = field(default=10, metadata={"help": "longest answer span in wordpieces (REALM: 10)"})
-    max_question_len: int = field(default=64, metadata={"help": "questions are cut to this many wordpieces"})
+    max_question_len: int = field(default=MAX_QUESTION_LEN,
+                                  metadata={"help": "questions are cut to this many wordpieces"})
     seed: int = II("common.seed")
 
 
@@ -85,6 +85,7 @@ class RealmOpenQATask(FairseqTask):
         self.datasets[split] = QuestionsDataset(questions, self.corpus, self.cfg.max_question_len, self.cfg.seed)
 
     def build_model(self, cfg, from_checkpoint=False):
+        resolve_similarity(cfg)  # recorded in the checkpoint: the model and its index agree
         model = super().build_model(cfg, from_checkpoint)
         check_serves(self.retriever.manifest, self.cfg.index, model.query_embedder)
         model.doc_embedder.requires_grad_(False)  # the index holds its embeddings; both stay fixed

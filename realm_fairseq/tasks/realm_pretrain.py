@@ -21,6 +21,7 @@ from omegaconf import II, MISSING
 
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.masking import MASKINGS, MaskedExamplesDataset
+from realm_fairseq.models.realm import resolve_similarity
 from realm_fairseq.retrieval.refresh import IndexRefresher, RefreshConfig, check_config, restore_version
 from realm_fairseq.retrieval.retriever import Retriever
 from realm_fairseq.retrieval.versions import IndexStore, check_serves
@@ -94,6 +95,7 @@ class RealmPretrainTask(FairseqTask):
         )
 
     def build_model(self, cfg, from_checkpoint=False):
+        resolve_similarity(cfg)  # recorded in the checkpoint: the model and its index agree
         model = super().build_model(cfg, from_checkpoint)
         if self.retriever.index is not None:
             check_serves(self.store.manifest(self.retriever.version), self.cfg.index, model.query_embedder)
