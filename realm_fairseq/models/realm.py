@@ -156,14 +156,29 @@ class RealmModel(BaseFairseqModel):
 
 
 def resolve_similarity(cfg) -> Similarity:
-    """Set the retriever pooling and score a ``realm`` model config leaves unset (None) to those recorded
-    with its ``--encoder-init`` weights, else REALM's (cls, dot). Tasks call this on the training config
-    before building the model, so that checkpoints record what the model uses."""
-    if cfg.retriever_pooling and cfg.retriever_score:
+    """Set the retriever pooling and score a ``realm`` model config leaves unset (None) to those of the
+    weights its towers start from: the ``--realm-init``/``--retriever-init`` checkpoint's, else those
+    recorded with the ``--encoder-init`` weights, else REALM's (cls, dot). A flag that contradicts the
+    checkpoint the retriever starts from is refused. Tasks call this on the training config before
+    building the model, so that checkpoints record what the model uses."""
+    init = cfg.realm_init or cfg.retriever_init
+    if cfg.retriever_pooling and cfg.retriever_score and not init:
         return Similarity(cfg.retriever_pooling, cfg.retriever_score)
-    recorded = weights_similarity(load_weights(cfg.encoder_init)) if cfg.encoder_init else None
+    recorded = checkpoint_similarity(init) if init else (
+        weights_similarity(load_weights(cfg.encoder_init)) if cfg.encoder_init else None)
+    for name, flag in (("pooling", cfg.retriever_pooling), ("score", cfg.retriever_score)):
+        if init and flag and flag != getattr(recorded, name):
+            raise ValueError(f"--retriever-{name} {flag}: the retriever starts from {init}, trained with "
+                             f"--retriever-{name} {getattr(recorded, name)}; leave --retriever-{name} unset to "
+                             f"keep it")
     with open_dict(cfg) if OmegaConf.is_config(cfg) else contextlib.nullcontext():
         return resolve_retriever_config(cfg, recorded)
+
+
+def checkpoint_similarity(path: str) -> Similarity:
+    """The retriever pooling and score a ``realm`` checkpoint was trained with."""
+    model = checkpoint_utils.load_checkpoint_to_cpu(path)["cfg"]["model"]
+    return Similarity(model.get("retriever_pooling") or "cls", model.get("retriever_score") or "dot")
 
 
 def _load_retriever(towers, path: str) -> None:

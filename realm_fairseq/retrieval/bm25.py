@@ -15,7 +15,6 @@ from tqdm import tqdm
 from realm_fairseq.data.corpus import BlockCorpus
 
 logger = logging.getLogger(__name__)
-logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every empty query at INFO
 
 K1, B = 0.9, 0.4  # DPR's BM25 parameters (Pyserini's defaults for its DPR indexes)
 STOPWORDS = "en"
@@ -29,6 +28,7 @@ def _require_bm25s():
     except ImportError as e:
         raise ImportError(f"BM25 needs the bm25 extra ({e.name} is missing): pip install 'realm-fairseq[bm25]'") \
             from None
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every empty query at INFO
     return bm25s, Stemmer.Stemmer(STEMMER)
 
 
