@@ -2,14 +2,17 @@
 
 For queries q (B, D) and blocks d (B, D), the score matrix is q d^T; query i's positive is block i and
 every other block in the batch is a negative. Under data-parallel training the blocks of all ranks are
-gathered, so each query is scored against world_size x B blocks (gradients flow through this rank's
-own blocks). Logs the loss and the in-batch top-1 and top-5 accuracy.
+gathered, so each query is scored against world_size x B blocks, and the gather passes gradients back: every
+block gets the gradient of every query it was scored against, on whichever rank the query is, so N ranks
+compute the loss and gradients of one process on their N batches together. Logs the loss and the in-batch
+top-1 and top-5 accuracy.
 """
 import math
 from typing import List
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as distributed_nn
 import torch.nn.functional as F
 from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
@@ -19,7 +22,8 @@ from fairseq.distributed import utils as distributed_utils
 
 def gather_blocks(blocks: torch.Tensor) -> (torch.Tensor, int):
     """(B, D) blocks of this rank -> (sum of B over ranks, D) blocks of all ranks, and where this
-    rank's rows start. Batch sizes may differ between ranks."""
+    rank's rows start. Batch sizes may differ between ranks. The result is differentiable: the gradient
+    of each rank's rows, summed over the ranks whose queries scored them, returns to its own rank."""
     world = distributed_utils.get_data_parallel_world_size()
     if world == 1:
         return blocks, 0
@@ -29,11 +33,8 @@ def gather_blocks(blocks: torch.Tensor) -> (torch.Tensor, int):
     sizes: List[torch.Tensor] = [torch.zeros_like(size) for _ in range(world)]
     dist.all_gather(sizes, size, group=group)
     sizes = [int(s) for s in sizes]
-    padded = blocks.new_zeros(max(sizes), blocks.shape[1])
-    padded[: blocks.shape[0]] = blocks.detach()
-    gathered = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(gathered, padded, group=group)
-    gathered[rank] = blocks  # keep the gradient for this rank's own blocks
+    padded = F.pad(blocks, (0, 0, 0, max(sizes) - blocks.shape[0]))  # (max B, D)
+    gathered = distributed_nn.all_gather(padded, group=group)  # world x (max B, D), with gradient
     return torch.cat([g[:n] for g, n in zip(gathered, sizes)]), sum(sizes[:rank])
 
 
