@@ -1,9 +1,7 @@
 """The retriever's towers: pooling and projection options, architectures, a swapped-in fairseq encoder,
 and HF BERT weights converted so that our encoder computes what transformers' BertModel computes."""
 import argparse
-import importlib.machinery
 import os
-import sys
 import types
 
 import pytest
@@ -17,7 +15,7 @@ from realm_fairseq.models.encoder import EncoderConfig
 from realm_fairseq.models.hf_convert import convert_hf_bert, dictionary_for, load_into_encoder, load_weights
 from realm_fairseq.models.realm import RealmConfig, RealmModel, realm_minilm, realm_tiny
 
-from conftest import SQUAD_DEV, VOCAB, WIKI, run
+from conftest import SQUAD_DEV, VOCAB, WIKI, hide_torchaudio, run
 
 TINY = dict(encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=2,
             dropout=0.0, attention_dropout=0.0)
@@ -120,14 +118,9 @@ def test_encoder_class_errors_are_clear(dictionary):
 # --------------------------------------------------------------------------- HF BERT weights
 
 
-def import_bert_model():
-    """transformers' BertModel. transformers imports torchaudio whenever it is installed, and the
-    torchaudio fairseq pulls in does not load against torch 2.13; BERT uses no audio, so an empty
-    stand-in module lets it import."""
-    if "torchaudio" not in sys.modules:
-        stub = types.ModuleType("torchaudio")
-        stub.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
-        sys.modules["torchaudio"] = stub
+def import_bert_model(monkeypatch):
+    """transformers' BertModel, imported with torchaudio hidden for the calling test only (BERT uses no audio)."""
+    hide_torchaudio(monkeypatch)
     transformers = pytest.importorskip("transformers", reason="transformers is a test-only dependency")
     return transformers.BertModel
 
@@ -147,8 +140,8 @@ def read_squad_questions():
             yield [qa for p in article["paragraphs"] for qa in p["qas"]]
 
 
-def test_converted_minilm_matches_transformers_bert(minilm_dir, minilm_weights, capsys):
-    BertModel = import_bert_model()
+def test_converted_minilm_matches_transformers_bert(minilm_dir, minilm_weights, capsys, monkeypatch):
+    BertModel = import_bert_model(monkeypatch)
     out = minilm_weights
     weights = load_weights(out)
     vocab = Vocab.load(os.path.join(minilm_dir, "vocab.txt"))
