@@ -10,7 +10,7 @@ weights (a fresh span head: speed does not depend on training). The questions ar
 Each way is timed ``--rounds`` times, alternating, and the fastest run counts.
 Besides the throughputs and their ratio it prints where the batched time goes: query embedding, MIPS
 search and reading (joining, the span reader and picking the best span), each timed alone on the same
-batches.
+batches. Goals: batching answers >= 2x as many questions a second as one at a time, with the same answers.
 """
 import argparse
 import gzip
@@ -20,6 +20,8 @@ import tempfile
 import time
 
 import torch
+
+from goals import goal_line, verdict  # bench/goals.py (this script's directory)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "examples", "realm", "data")
@@ -119,7 +121,8 @@ def main():
           f"{args.beam} retrieved, torch threads {torch.get_num_threads()}")
     print(f"batched ({args.batch_size} a batch)   {len(questions) / batched:8.2f} questions/s")
     print(f"one at a time          {len(questions) / single:8.2f} questions/s")
-    print(f"speed-up of batching   {single / batched:8.2f}x   (same answers: {same}/{len(questions)})")
+    print(goal_line("speed-up of batching", single / batched, ">=", 2))
+    print(f"same answers both ways: {same}/{len(questions)} (goal: all) {verdict(same / len(questions), '==', 1, 6)}")
     for name, seconds in parts.items():
         print(f"  {name:<20} {100 * seconds / total:5.1f}% of the batched time")
 

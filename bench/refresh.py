@@ -13,7 +13,8 @@ against ``realm-build-index`` alone on the same snapshot and corpus.
 
 On a GPU, ``--refresh-devices 0`` (the default with ``--device cuda``) puts the refresh on the
 trainer's GPU; ``--refresh-devices ''`` on the CPU cores, i.e. a device of its own, which leaves the
-trainer only the background load and the per-update all-reduce (goal: ratio <= 1.05).
+trainer only the background load and the per-update all-reduce. Goal: ratio <= 1.05 wherever the trainer
+runs on a GPU; a CPU trainer shares its cores with a CPU refresh, so there the ratio has no goal.
 """
 import argparse
 import os
@@ -26,6 +27,8 @@ import tempfile
 import time
 
 import torch
+
+from goals import goal_line, info_line  # bench/goals.py (this script's directory)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "examples", "realm", "data")
@@ -151,9 +154,12 @@ def main():
     print(f"| without refresh | {len(times['without'])} | {1000 * without:.1f} | |")
     print(f"| with refresh in the background | {len(times['with'])} | {1000 * with_:.1f} | "
           f"trainer {used['trainer'] / used['wall']:.2f}, refresh {used['refresh'] / used['wall']:.2f} |")
-    print(f"\nstep time with / without refresh: {with_ / without:.2f}")
-    print(f"refresh wall time (snapshot to committed version): {refresh_wall:.1f}s; realm-build-index alone on "
-          f"the same snapshot: {alone:.1f}s; ratio {refresh_wall / alone:.2f}")
+    ratio, shared_cores = "step time with / without refresh", args.device == "cpu" and not args.refresh_devices
+    print("\n" + (info_line(ratio, with_ / without, "the CPU trainer and the refresh share the same cores")
+                  if shared_cores else goal_line(ratio, with_ / without, "<=", 1.05)))
+    print(info_line(f"refresh wall time (snapshot to committed version) {refresh_wall:.1f}s / realm-build-index "
+                    f"alone on the same snapshot {alone:.1f}s", refresh_wall / alone,
+                    "the refresh shares the machine with training"))
 
 
 if __name__ == "__main__":
