@@ -38,6 +38,7 @@ from realm_fairseq.atomic_io import atomic_directory, check_writable_target, sha
 from realm_fairseq.data import corpus as files
 from realm_fairseq.data.blocking import BlockedChunk, TokenizedDocument, block_documents
 from realm_fairseq.data.documents import FORMATS, InputError, read_documents, resolve_formats
+from realm_fairseq.data.realm_blocks import FORMAT as REALM_BLOCKS, check_one_block_per_record
 from realm_fairseq.data.salient_spans import MODES, SalientSpanFinder, make_finder
 from realm_fairseq.data.sentences import SentenceRules
 from realm_fairseq.data.vocab import FAIRSEQ_NSPECIAL, Vocab
@@ -53,7 +54,8 @@ MANIFEST_VERSION = 1
 class CorpusConfig(FairseqDataclass):
     format: ChoiceEnum(["auto", *FORMATS]) = field(
         default="auto",
-        metadata={"help": "input format; auto detects from the file name, then the first line"},
+        metadata={"help": "input format; auto detects from the file name (.npy: realm-blocks, REALM's "
+                  "block_records.npy, one block per record), then the first line"},
     )
     block_size: int = field(
         default=288,
@@ -301,6 +303,9 @@ def prepare_corpus(inputs: List[str], vocab_path: str, out: str, cfg: CorpusConf
     check_writable_target(out, cfg.force)
     vocab = Vocab.load(vocab_path)
     formats = resolve_formats(inputs, cfg.format)
+    if REALM_BLOCKS in formats and len(inputs) > 1:
+        raise InputError(f"{', '.join(inputs)}: a {REALM_BLOCKS} corpus is built from one block_records.npy alone, "
+                         f"so that its blocks keep the records' order")
     finder = make_finder(cfg.salient_spans)
     if finder.mode == "regex" and cfg.salient_spans == "auto":
         logger.warning(
@@ -314,6 +319,9 @@ def prepare_corpus(inputs: List[str], vocab_path: str, out: str, cfg: CorpusConf
         writer, docs_per_input = _run(cfg, vocab, finder, inputs, formats, root)
         if writer.num_blocks == 0:
             raise InputError(f"{', '.join(inputs)}: no text found; expected documents with text")
+        if formats == [REALM_BLOCKS]:
+            check_one_block_per_record(_concat(writer.block_meta, (0, 4)), writer.num_docs,
+                                       np.concatenate(writer.blocks.sizes), cfg.block_size, inputs[0])
         manifest = _manifest(cfg, vocab, inputs, formats, docs_per_input, writer, finder.description)
         with open(os.path.join(root, files.MANIFEST), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2)

@@ -1,4 +1,5 @@
-"""Read the documents a corpus is built from: JSONL, DPR-style TSV and SQuAD JSON, plain or ``.gz``.
+"""Read the documents a corpus is built from: JSONL, DPR-style TSV and SQuAD JSON, plain or ``.gz``, and
+REALM's ``block_records.npy``.
 
 Every reader yields :class:`Document` objects in file order. Bad input raises :class:`InputError`,
 whose message names the file, the line (or the JSON path for SQuAD files) and what was expected.
@@ -7,6 +8,8 @@ whose message names the file, the line (or the JSON path for SQuAD files) and wh
   defaults to empty, ``id`` to ``<file name>:<line>``.
 - TSV (DPR's ``psgs_w100.tsv``): a header line ``id<TAB>text<TAB>title``, then one passage a line.
 - SQuAD JSON: every paragraph ``context`` is a document titled with its article's title.
+- ``realm-blocks``: REALM's released ``block_records.npy``; record i is a document with id ``"i"`` and no
+  title, streamed (:mod:`realm_fairseq.data.realm_blocks`).
 """
 import csv
 import gzip
@@ -15,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Tuple
 
-FORMATS = ("jsonl", "tsv", "squad")
+FORMATS = ("jsonl", "tsv", "squad", "realm-blocks")
 DPR_HEADER = ["id", "text", "title"]
 
 
@@ -151,15 +154,25 @@ def read_squad(path: str) -> Iterator[Document]:
             )
 
 
+def read_realm_block_records(path: str) -> Iterator[Document]:
+    from realm_fairseq.data.realm_blocks import read_realm_blocks  # it reads Documents: imported when used
+
+    return read_realm_blocks(path)
+
+
 READERS: Dict[str, Callable[[str], Iterator[Document]]] = {
     "jsonl": read_jsonl,
     "tsv": read_tsv,
     "squad": read_squad,
+    "realm-blocks": read_realm_block_records,
 }
 
 
 def detect_format(path: str) -> str:
-    """The format of ``path`` from its name (.jsonl, .tsv, .json, each optionally .gz), else its content."""
+    """The format of ``path`` from its name (.jsonl, .tsv, .json, each optionally .gz; .npy), else its
+    content."""
+    if path.endswith(".npy"):
+        return "realm-blocks"
     name = path[:-3] if path.endswith(".gz") else path
     for suffix, fmt in ((".jsonl", "jsonl"), (".tsv", "tsv"), (".json", "squad")):
         if name.endswith(suffix):

@@ -3,10 +3,11 @@
 REALM's query embedder, document embedder and knowledge-augmented encoder are all BERT-style
 Transformers (paper, section 3.2). We build each on a fairseq encoder chosen by name: ``transformer``
 is fairseq's ``TransformerEncoder`` set up as BERT (post-LayerNorm, learned positions, embedding
-LayerNorm, exact GELU, LayerNorm epsilon 1e-12); any other ``FairseqEncoder`` that takes
-``(args, dictionary, embed_tokens)`` and returns ``{"encoder_out": [T x B x C]}`` can be named as
-``package.module:Class``, its own options given as JSON (``encoder_options``) and the rest filled by a
-registered fairseq architecture (``encoder_arch``). Segment embeddings (``[CLS] x [SEP] z [SEP]`` in
+LayerNorm, exact GELU or, for Google's and REALM's weights, its tanh approximation ``gelu_accurate``,
+LayerNorm epsilon 1e-12); any other ``FairseqEncoder`` that takes ``(args, dictionary, embed_tokens)``
+and returns ``{"encoder_out": [T x B x C]}`` can be named as ``package.module:Class``, its own options
+given as JSON (``encoder_options``) and the rest filled by a registered fairseq architecture
+(``encoder_arch``). Segment embeddings (``[CLS] x [SEP] z [SEP]`` in
 the reader) are added to the token embeddings when the encoder accepts ``token_embeddings``, as
 fairseq's Transformer does.
 """
@@ -19,11 +20,13 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import ARCH_CONFIG_REGISTRY, FairseqEncoder
 from fairseq.models.transformer import TransformerEncoder
 
 ENCODER_CLASSES = {"transformer": TransformerEncoder}
+#: activations BERT checkpoints use, by fairseq's name: exact GELU, and its tanh approximation
+ACTIVATIONS = ("gelu", "gelu_accurate")
 
 
 @dataclass
@@ -55,6 +58,12 @@ class EncoderConfig(FairseqDataclass):
         default=2, metadata={"help": "segment (token type) embeddings, as BERT; 0 for none"}
     )
     layernorm_eps: float = field(default=1e-12, metadata={"help": "LayerNorm epsilon (BERT: 1e-12)"})
+    activation_fn: Optional[ChoiceEnum(list(ACTIVATIONS))] = field(
+        default=None,
+        metadata={"help": "feed-forward (and masked-LM head) activation: gelu (exact, HF BERT's 'gelu') or "
+                  "gelu_accurate (tanh approximation, Google BERT's and REALM's, HF 'gelu_new'); default: as "
+                  "recorded with the weights the model starts from, else gelu"},
+    )
 
 
 def resolve_encoder_class(name: str) -> type:
@@ -71,6 +80,11 @@ def resolve_encoder_class(name: str) -> type:
     return cls
 
 
+def activation(cfg) -> str:
+    """The activation an encoder config names (gelu when it names none)."""
+    return getattr(cfg, "activation_fn", None) or "gelu"
+
+
 def encoder_args(cfg: EncoderConfig) -> argparse.Namespace:
     """The legacy argparse options fairseq encoders are built from, BERT-style."""
     args = argparse.Namespace(
@@ -81,7 +95,7 @@ def encoder_args(cfg: EncoderConfig) -> argparse.Namespace:
         dropout=cfg.dropout,
         attention_dropout=cfg.attention_dropout,
         activation_dropout=cfg.activation_dropout,
-        activation_fn="gelu",
+        activation_fn=activation(cfg),
         encoder_normalize_before=False,
         encoder_learned_pos=True,
         layernorm_embedding=True,

@@ -2,14 +2,19 @@
 
 It reads the input x joined with one retrieved block z, ``[CLS] x [SEP] z [SEP]`` (segment 0 for x,
 segment 1 for z), and predicts the masked tokens of x with BERT's masked-LM head (fairseq's
-``RobertaLMHead``: dense, GELU, LayerNorm, output tied to the word embeddings). Every candidate block
-of an input gives one such sequence; the null document is an empty z.
+``RobertaLMHead``: dense, GELU, LayerNorm, output tied to the word embeddings, a bias per symbol). Every
+candidate block of an input gives one such sequence; the null document is an empty z.
+
+REALM starts this reader from BERT, masked-LM head included (section 3.4), so that it can fill in a mask
+before any retrieval-augmented training: weights converted from a BERT checkpoint with its head
+(``realm-convert-hf``, ``--encoder-init``) or from REALM's own knowledge-augmented encoder
+(:mod:`realm_fairseq.models.realm_hf`) give it that head.
 """
 import torch
 import torch.nn as nn
 from fairseq.models.roberta.model import RobertaLMHead
 
-from realm_fairseq.models.encoder import EncoderConfig, TextEncoder
+from realm_fairseq.models.encoder import EncoderConfig, TextEncoder, activation
 
 
 def join_query_and_blocks(
@@ -42,6 +47,14 @@ def join_query_and_blocks(
     return tokens, segments
 
 
+def build_lm_head(cfg: EncoderConfig, dictionary, weight: torch.Tensor) -> RobertaLMHead:
+    """BERT's masked-LM head for ``cfg``: dense, the encoder's activation, LayerNorm, output ``weight``
+    (the word embeddings, (V, C)) and a bias per symbol of ``dictionary``."""
+    head = RobertaLMHead(cfg.encoder_embed_dim, len(dictionary), activation(cfg), weight=weight)
+    head.layer_norm.eps = cfg.layernorm_eps
+    return head
+
+
 class Reader(nn.Module):
     """Joined sequences (N, T) with segments (N, T) -> masked-LM logits (N, T, V), or at ``masked``
     positions only (number of masked positions, V)."""
@@ -51,9 +64,7 @@ class Reader(nn.Module):
         if cfg.num_segments < 2:
             raise ValueError("the reader needs two segments (x and z); set num_segments to 2")
         self.encoder = TextEncoder(cfg, dictionary)
-        self.lm_head = RobertaLMHead(cfg.encoder_embed_dim, len(dictionary), "gelu",
-                                     weight=self.encoder.embed_tokens.weight)
-        self.lm_head.layer_norm.eps = cfg.layernorm_eps
+        self.lm_head = build_lm_head(cfg, dictionary, self.encoder.embed_tokens.weight)
 
     def forward(self, tokens: torch.Tensor, segments: torch.Tensor, masked: torch.Tensor = None) -> torch.Tensor:
         hidden, _ = self.encoder(tokens, segments)  # (N, T, C)

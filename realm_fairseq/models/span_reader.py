@@ -6,6 +6,11 @@ end, MLP([h_START(s); h_END(s)]). p(s | z, x) is the softmax over the spans that
 within its title or its body, and starting and ending at word boundaries. The first layer of the MLP
 is split into a start and an end projection, so the cost is one projection per position plus one
 addition per span. Its output layer starts at zero: before fine-tuning every allowed span is equally likely.
+
+Two heads (``span_head``): ``mlp`` is the MLP above (ReLU between the layers); ``orqa`` is the span head
+of ORQA and REALM's released open-QA readers, which adds a LayerNorm (epsilon 1e-3, Keras' default)
+after the ReLU. :func:`orqa_best_span` decodes as ORQA does: the span of highest retrieval score plus
+span score over every span of wordpieces inside z.
 """
 from typing import Tuple
 
@@ -15,17 +20,24 @@ import torch.nn as nn
 from realm_fairseq.models.encoder import EncoderConfig, TextEncoder
 
 
+SPAN_HEADS = ("mlp", "orqa")
+ORQA_LAYER_NORM_EPS = 1e-3  # tf.keras.layers.LayerNormalization's default, ORQA's span head
+
+
 class SpanReader(nn.Module):
     """Joined sequences (N, T) with segments (N, T) -> span scores (N, T, L): entry (n, t, l) scores the
     span of row n from position t to t + l."""
 
-    def __init__(self, cfg: EncoderConfig, dictionary, hidden_dim: int):
+    def __init__(self, cfg: EncoderConfig, dictionary, hidden_dim: int, head: str = "mlp"):
         super().__init__()
         if cfg.num_segments < 2:
             raise ValueError("the span reader needs two segments (x and z); set num_segments to 2")
+        if head not in SPAN_HEADS:
+            raise ValueError(f"span head {head!r}: expected one of {', '.join(SPAN_HEADS)}")
         self.encoder = TextEncoder(cfg, dictionary)
         self.start_proj = nn.Linear(cfg.encoder_embed_dim, hidden_dim)
         self.end_proj = nn.Linear(cfg.encoder_embed_dim, hidden_dim, bias=False)
+        self.span_norm = nn.LayerNorm(hidden_dim, eps=ORQA_LAYER_NORM_EPS) if head == "orqa" else None
         self.score = nn.Linear(hidden_dim, 1)
         nn.init.zeros_(self.score.weight)  # every span starts equally likely: no lucky guesses at the start
         nn.init.zeros_(self.score.bias)
@@ -34,7 +46,10 @@ class SpanReader(nn.Module):
         hidden, _ = self.encoder(tokens, segments)  # (N, T, C)
         starts = self.start_proj(hidden)  # (N, T, H)
         ends = shifted_windows(self.end_proj(hidden), max_span_len)  # (N, T, L, H): end state of t + l
-        return self.score(torch.relu(starts.unsqueeze(2) + ends)).squeeze(-1)  # (N, T, L)
+        spans = torch.relu(starts.unsqueeze(2) + ends)  # (N, T, L, H)
+        if self.span_norm is not None:
+            spans = self.span_norm(spans)
+        return self.score(spans).squeeze(-1)  # (N, T, L)
 
 
 def shifted_windows(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -64,3 +79,16 @@ def best_span(log_probs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torc
     top, where = log_probs.flatten(1).max(-1)
     width = log_probs.shape[2]
     return where // width, where % width, top
+
+
+def orqa_best_span(span_scores: torch.Tensor, retrieval_scores: torch.Tensor, in_block: torch.Tensor
+                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ORQA's prediction: span scores (B, K, T, L) of the K blocks read, their retrieval scores (B, K), and
+    which positions (B, K, T) are wordpieces of z -> the block (B,), start (B,) and length - 1 (B,) of the
+    span maximising retrieval score + span score among the spans inside z."""
+    batch, topk, width, span_len = span_scores.shape
+    inside = in_block.unsqueeze(-1) & shifted_windows(in_block.flatten(0, 1), span_len).view_as(span_scores)
+    total = span_scores.float() + retrieval_scores.float()[:, :, None, None]  # (B, K, T, L)
+    where = total.masked_fill(~inside, float("-inf")).flatten(1).argmax(-1)  # (B,)
+    block, rest = where // (width * span_len), where % (width * span_len)
+    return block, rest // span_len, rest % span_len
