@@ -338,6 +338,8 @@ def test_models_that_do_not_fit_the_weights_are_refused(hf, dictionary, tmp_path
         build(dictionary, retriever_init=path, encoder_embed_dim=16)
     with pytest.raises(ValueError, match="holds no knowledge-augmented encoder"):
         build(dictionary, needs_reader=True, realm_init=path)
+    with pytest.raises(InputError, match="holds REALM weights, which start a model with --retriever-init"):
+        build(dictionary, encoder_init=path)
     with pytest.raises(InputError, match="not built from block_records.npy"):
         from realm_fairseq.data.realm_blocks import check_corpus_for
 

@@ -170,8 +170,8 @@ def with_specials(rows: torch.Tensor, vocab: Vocab) -> torch.Tensor:
     return torch.cat([rows[[vocab.bert_id(s) for s in SPECIAL_ALIASES]], rows])
 
 
-def _hf_to_ours(hf: Dict[str, torch.Tensor], vocab: Vocab, num_layers: int, where: str = "HF checkpoint"
-                ) -> Dict[str, torch.Tensor]:
+def bert_encoder_to_ours(hf: Dict[str, torch.Tensor], vocab: Vocab, num_layers: int,
+                         where: str = "HF checkpoint") -> Dict[str, torch.Tensor]:
     """BERT encoder weights (HF names, without a model prefix) -> a :class:`TextEncoder` state dict."""
     def take(key: str) -> torch.Tensor:
         if key not in hf:
@@ -249,7 +249,7 @@ def convert_hf_bert(hf_dir: str) -> dict:
     check_uncased(vocab, hf_dir)
     cfg = encoder_config_from_hf(config)
     hf = _read_hf_weights(hf_dir)
-    state = _hf_to_ours(hf, vocab, cfg.encoder_layers, hf_dir)
+    state = bert_encoder_to_ours(hf, vocab, cfg.encoder_layers, hf_dir)
     check_shapes(state, TextEncoder(cfg, dictionary_for(vocab)).state_dict(), hf_dir)
     lm_head = lm_head_to_ours(hf, vocab, hf["embeddings.word_embeddings.weight"], hf_dir)
     if lm_head is not None:
@@ -278,8 +278,17 @@ def save_weights(weights: dict, path: str, force: bool = False) -> None:
         torch.save(weights, tmp)
 
 
+#: the format of REALM weights files (:mod:`realm_fairseq.models.realm_hf`), named here to tell them apart
+REALM_WEIGHTS_FORMAT = "realm-fairseq REALM weights"
+
+
 def load_weights(path: str) -> dict:
+    """Encoder weights converted from a BERT checkpoint (not REALM's: those load with ``--retriever-init`` or
+    ``--realm-init``)."""
     weights = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(weights, dict) and weights.get("format") == REALM_WEIGHTS_FORMAT:
+        raise InputError(f"{path}: holds REALM weights, which start a model with --retriever-init (embedders) or "
+                         f"--realm-init (every part); --encoder-init and --hf take weights converted from BERT")
     if not isinstance(weights, dict) or weights.get("format") != WEIGHTS_FORMAT:
         raise InputError(f"{path}: not a weights file from realm-convert-hf")
     if "retriever" not in weights:

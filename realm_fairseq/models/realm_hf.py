@@ -45,8 +45,9 @@ from realm_fairseq.data.vocab import Vocab
 from realm_fairseq.models.embedder import Embedder
 from realm_fairseq.models.encoder import EncoderConfig
 from realm_fairseq.models.hf_convert import (
-    LM_HEAD_PREFIX, _hf_to_ours, check_shapes, check_uncased, check_vocab, config_dict, dictionary_for,
-    encoder_config_from_hf, fit_rows, lm_head_to_ours, read_hf_config, read_hf_state_dict, rename_legacy,
+    LM_HEAD_PREFIX, REALM_WEIGHTS_FORMAT, bert_encoder_to_ours, check_shapes, check_uncased, check_vocab,
+    config_dict, dictionary_for, encoder_config_from_hf, fit_rows, lm_head_to_ours, read_hf_config,
+    read_hf_state_dict, rename_legacy,
 )
 from realm_fairseq.models.reader import Reader
 from realm_fairseq.models.similarity import REALM_SIMILARITY
@@ -54,7 +55,6 @@ from realm_fairseq.models.span_reader import ORQA_LAYER_NORM_EPS, SpanReader
 
 logger = logging.getLogger(__name__)
 
-REALM_WEIGHTS_FORMAT = "realm-fairseq REALM weights"
 #: md5 of BERT's uncased vocab.txt (bert-base-uncased, 30,522 wordpieces), the vocab of every REALM model
 BERT_UNCASED_VOCAB_MD5 = "64800d5d8528ce344256daf115d4965e"
 #: how a model that starts from REALM's weights computes (RealmConfig fields; see the module docstring)
@@ -113,7 +113,8 @@ class _Converter:
 
     def bert(self, hf: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
         """A TextEncoder state dict from the BERT under ``prefix`` (``realm.``)."""
-        return _hf_to_ours(_sub(hf, prefix), self.vocab, self.cfg.encoder_layers, f"{self.where} ({prefix}*)")
+        where = f"{self.where} ({prefix}*)"
+        return bert_encoder_to_ours(_sub(hf, prefix), self.vocab, self.cfg.encoder_layers, where)
 
     def embedder(self, hf: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
         """An Embedder state dict (head ``realm``) from the RealmEmbedder under ``prefix``."""
