@@ -22,17 +22,18 @@ import time
 from dataclasses import asdict
 from typing import Dict, Iterable, List, Optional, Tuple
 
+import numpy as np
 import torch
 from fairseq import checkpoint_utils
 
 from realm_fairseq.atomic_io import atomic_file
 from realm_fairseq.cli import log_to_stderr
-from realm_fairseq.data.answers import RECALL_AT, BlockHits, exact_match
+from realm_fairseq.data.answers import BlockHits, exact_match
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.documents import InputError
 from realm_fairseq.data.questions import ANSWER_TYPES, Question, read_questions
 from realm_fairseq.hub import Answer, RealmQA
-from realm_fairseq.retrieval.recall import evaluate_retrieval
+from realm_fairseq.retrieval.recall import evaluate_retrieval, recall_at
 
 logger = logging.getLogger("realm-evaluate")
 
@@ -63,21 +64,18 @@ def score(corpus: BlockCorpus, questions: List[Question], answers: Iterable[Answ
           ) -> Tuple[Dict[str, float], List[dict]]:
     """Metrics (questions, em and recall@k in percent) and one prediction record per question."""
     hits = BlockHits(corpus, answer_type)
-    records, correct, found, beam = [], 0, {k: 0 for k in RECALL_AT}, 0
+    records, first, beam = [], [], 0
     for question, answer in zip(questions, answers):
         holds = hits.holds(question.answers, answer.retrieved)
         beam = len(holds)
-        for k in RECALL_AT:
-            found[k] += any(holds[:k])
-        is_correct = exact_match(answer.text, question.answers, answer_type)
-        correct += is_correct
+        first.append(holds.index(True) if any(holds) else -1)
         evidence = [{**asdict(e), "has_answer": has} for e, has in zip(answer.evidence, holds)]
         records.append({"id": question.id, "question": question.question, "prediction": answer.text,
-                        "score": answer.score, "answers": question.answers, "correct": is_correct,
-                        "evidence": evidence})
-    n = max(len(records), 1)
-    metrics = {"questions": len(records), "em": round(100.0 * correct / n, 2)}
-    metrics.update({f"recall@{k}": round(100.0 * found[k] / n, 2) for k in RECALL_AT if k <= beam})
+                        "score": answer.score, "answers": question.answers,
+                        "correct": exact_match(answer.text, question.answers, answer_type), "evidence": evidence})
+    correct = sum(r["correct"] for r in records)
+    metrics = {"questions": len(records), "em": round(100.0 * correct / max(len(records), 1), 2)}
+    metrics.update(recall_at(np.array(first, dtype=np.int64), beam))
     return metrics, records
 
 

@@ -67,7 +67,8 @@ def gold_ranks(corpus: BlockCorpus, questions: Sequence[Question], ids: np.ndarr
     return ranks, known
 
 
-def _recall(ranks: np.ndarray, depth: int, prefix: str = "") -> Dict[str, float]:
+def recall_at(ranks: np.ndarray, depth: int, prefix: str = "") -> Dict[str, float]:
+    """``{prefix}recall@k`` in percent for every k up to ``depth``, from each question's first-hit rank (-1: none)."""
     n = max(len(ranks), 1)
     return {f"{prefix}recall@{k}": round(100.0 * float(((ranks >= 0) & (ranks < k)).sum()) / n, 2)
             for k in RECALL_AT if k <= depth}
@@ -83,12 +84,12 @@ def evaluate_retrieval(retriever, corpus: BlockCorpus, questions: Sequence[Quest
     ids, scores = retrieve(retriever, questions, depth, progress=progress)
     hits = BlockHits(corpus, answer_type)
     first = np.array([hits.first(q.answers, row) for q, row in zip(questions, ids)], dtype=np.int64)
-    metrics = {"questions": len(questions), "blocks": len(corpus), **_recall(first, depth)}
+    metrics = {"questions": len(questions), "blocks": len(corpus), **recall_at(first, depth)}
     gold, known = gold_ranks(corpus, questions, ids, source)
     with_doc_id = sum(q.doc_id is not None for q in questions)
     if with_doc_id:
         metrics.update({"gold_questions": int(known.sum()), "gold_missing": with_doc_id - int(known.sum()),
-                        **_recall(gold[known], depth, "gold_")})
+                        **recall_at(gold[known], depth, "gold_")})
     if not records:
         return metrics, []
     return metrics, [_record(corpus, hits, *row) for row in zip(questions, ids, scores, first, gold)]
