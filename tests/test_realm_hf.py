@@ -27,9 +27,10 @@ from realm_fairseq.models import realm_hf
 from realm_fairseq.models.hf_convert import dictionary_for
 from realm_fairseq.models.realm import RealmConfig, RealmModel, realm_base
 from realm_fairseq.models.span_reader import orqa_best_span
+from realm_fairseq.retrieval import dense
 from realm_fairseq.retrieval.versions import IndexStore
 
-from conftest import ROOT, VOCAB
+from conftest import ROOT, VOCAB, run
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "realm_hf")
 KINDS = ("embedder", "scorer", "encoder", "openqa")
@@ -162,6 +163,28 @@ def test_our_corpus_blocks_are_realms_and_embed_as_realm(hf, ref, dictionary, tm
     with torch.no_grad():
         docs = model.embed_blocks(with_cls_sep_batch(tokens, lengths, dictionary))
     assert np.abs(docs.numpy() - ref["block_emb"]).max() < TOL
+
+
+def test_realm_weights_build_an_index_and_retrieve_zero_shot(hf, ref, tmp_path):
+    """realm-build-index --hf and realm-evaluate --retrieval-only --hf take REALM's converted embedder as REALM
+    computes it: the index holds REALM's block embeddings, questions embed as REALM's and rank as its scores."""
+    blocks = json.load(open(os.path.join(FIXTURES, "blocks.json"), encoding="utf-8"))
+    with open(tmp_path / "docs.jsonl", "w", encoding="utf-8") as f:
+        for i, b in enumerate(blocks["blocks"]):
+            f.write(json.dumps({"id": str(i), "title": b["title"], "text": b["body"]}) + "\n")
+    corpus_dir, index = str(tmp_path / "corpus"), str(tmp_path / "index")
+    prepare_corpus([str(tmp_path / "docs.jsonl")], VOCAB, corpus_dir,
+                   CorpusConfig(workers=1, salient_spans="none", no_progress=True))
+    weights = convert(tmp_path, hf["embedder"])
+    run(["realm-build-index", "--corpus", corpus_dir, "--hf", weights, "--out", index, "--no-progress"])
+    store = IndexStore(index)
+    assert store.manifest()["encoder"]["score"] == "dot"
+    assert np.abs(store.embeddings().astype(np.float32) - ref["block_emb"]).max() < 5e-3  # stored as float16
+    retriever = dense.from_weights(weights, BlockCorpus(corpus_dir), index)
+    questions = [q["question"] for q in blocks["questions"]]
+    assert np.abs(retriever.embed(questions) - ref["query_emb"][: len(questions)]).max() < TOL
+    ids, _ = retriever.search(questions, 3)
+    assert ids.tolist() == np.argsort(-ref["relevance"][: len(questions)], axis=1)[:, :3].tolist()
 
 
 def test_untitled_blocks_read_as_realms_empty_title(hf, dictionary, tmp_path):

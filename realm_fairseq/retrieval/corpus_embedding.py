@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Optional, Tuple
 
 import numpy as np
@@ -25,11 +25,13 @@ from fairseq.data import data_utils
 from tqdm import tqdm
 
 from realm_fairseq.data.corpus import BlockCorpus, with_cls_sep_batch
+from realm_fairseq.data.documents import InputError
 from realm_fairseq.models.embedder import Embedder, retriever_tower, tower_norm
 from realm_fairseq.models.encoder import EncoderConfig
 from realm_fairseq.models.hf_convert import convert_hf_bert, load_into_encoder, load_weights, weights_similarity
 from realm_fairseq.models.realm import RealmConfig, resolve_similarity
-from realm_fairseq.models.similarity import Similarity
+from realm_fairseq.models import realm_hf
+from realm_fairseq.models.similarity import REALM_SIMILARITY, Similarity
 from realm_fairseq.retrieval.versions import IndexStore, shard_range
 
 logger = logging.getLogger(__name__)
@@ -81,10 +83,18 @@ def load_bert_weights(path: str) -> dict:
     return convert_hf_bert(path) if os.path.isdir(path) else load_weights(path)
 
 
-def bert_embedder(weights: dict, path: str, corpus: BlockCorpus, tower: str = "doc_embedder",
-                  pooling: Optional[str] = None, score: Optional[str] = None) -> Tuple[Embedder, Similarity]:
-    """An embedder of converted BERT ``weights`` (from ``path``) for ``tower``, pooled and scored as the
-    weights record unless ``pooling``/``score`` say otherwise; returns it with the similarity used."""
+def weights_embedder(path: str, corpus: BlockCorpus, tower: str = "doc_embedder", pooling: Optional[str] = None,
+                     score: Optional[str] = None) -> Tuple[Embedder, Similarity]:
+    """The ``tower`` embedder of converted weights and the similarity it scores with: REALM weights
+    (``realm-convert-hf`` of REALM's embedder or open-QA checkpoints) as REALM computes it; BERT or
+    sentence-transformers weights (a directory or a ``realm-convert-hf`` file) as one encoder for both
+    towers, pooled and scored as the weights record unless ``pooling``/``score`` say otherwise."""
+    if os.path.isfile(path) and realm_hf.is_realm_weights(path):
+        if (pooling or REALM_SIMILARITY.pooling, score or REALM_SIMILARITY.score) != astuple(REALM_SIMILARITY):
+            raise InputError(f"{path}: REALM weights pool and score as REALM does ([CLS], dot); drop the other "
+                             f"--pooling/--score")
+        return realm_hf.embedder_from_weights(path, corpus.dictionary, tower), REALM_SIMILARITY
+    weights = load_bert_weights(path)
     recorded = weights_similarity(weights)
     similarity = Similarity(pooling or recorded.pooling, score or recorded.score)
     embedder = Embedder(EncoderConfig(**weights["config"]), corpus.dictionary, similarity.pooling,
@@ -95,10 +105,9 @@ def bert_embedder(weights: dict, path: str, corpus: BlockCorpus, tower: str = "d
 
 def doc_embedder_from_bert(path: str, corpus: BlockCorpus, pooling: Optional[str] = None,
                            score: Optional[str] = None) -> EmbedderSource:
-    """A document embedder from BERT weights: a HF BERT or sentence-transformers directory, or a
-    ``realm-convert-hf`` weights file; pooled and scored as the weights record (mean and cosine for
-    MiniLM, cls and dot for BERT) unless ``pooling``/``score`` say otherwise."""
-    embedder, similarity = bert_embedder(load_bert_weights(path), path, corpus, "doc_embedder", pooling, score)
+    """A document embedder from converted weights (:func:`weights_embedder`): a HF BERT or sentence-transformers
+    directory, or a ``realm-convert-hf`` file of BERT or REALM weights."""
+    embedder, similarity = weights_embedder(path, corpus, "doc_embedder", pooling, score)
     return EmbedderSource(embedder, {"kind": "bert", "path": os.path.abspath(path), "pooling": similarity.pooling,
                                      "update": 0, "score": similarity.score})
 

@@ -17,7 +17,7 @@ from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.question_dataset import MAX_QUESTION_LEN, collate_questions, encode_question
 from realm_fairseq.models.embedder import Embedder
 from realm_fairseq.retrieval.corpus_embedding import (
-    EmbedderSource, bert_embedder, embed_blocks, embedder_from_state, load_bert_weights,
+    EmbedderSource, embed_blocks, embedder_from_state, weights_embedder,
 )
 from realm_fairseq.retrieval.mips import MipsIndex
 from realm_fairseq.retrieval.versions import IndexStore, check_serves
@@ -94,13 +94,12 @@ def from_checkpoint(state: dict, path: str, corpus: BlockCorpus, index_dir: Opti
 
 def from_weights(path: str, corpus: BlockCorpus, index_dir: Optional[str] = None, version: Optional[int] = None,
                  device: str = "cpu", embed_options: Optional[dict] = None) -> DenseRetriever:
-    """Converted BERT or sentence-transformers weights as both towers, pooled and scored as they record,
+    """Converted weights (BERT, sentence-transformers or REALM's; :func:`weights_embedder`) as both towers,
     over ``index_dir`` or the corpus embedded now."""
-    weights = load_bert_weights(path)
-    query, _ = bert_embedder(weights, path, corpus, "query_embedder")
+    query, _ = weights_embedder(path, corpus, "query_embedder")
     if index_dir is not None:
         return DenseRetriever(corpus, query, open_index(index_dir, version, corpus, query), device)
-    doc, similarity = bert_embedder(weights, path, corpus, "doc_embedder")
+    doc, similarity = weights_embedder(path, corpus, "doc_embedder")
     source = EmbedderSource(doc, {"kind": "bert", "path": path, **similarity.to_dict()})
     return DenseRetriever(corpus, query, index_now(source, corpus, {"device": device, **(embed_options or {})}),
                           device)
