@@ -9,7 +9,9 @@
 
 The checkpoint is a ``realm_open_qa`` one; the CORPUS and INDEX default to those it was trained with.
 Questions are answered in batches (:meth:`RealmQA.answer_all`): retrieve the top blocks from the index,
-read the best ``topk`` and take the span of highest p(s, z | x) (REALM, section 3.3).
+read the best ``topk`` and take the span of highest p(s, z | x) (REALM, section 3.3), by the checkpoint's
+span rule (``span_rule``): ours, or ORQA's for REALM's converted open-QA models
+(:mod:`realm_fairseq.models.open_qa`).
 """
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Iterator, List, Optional, Union
@@ -21,7 +23,7 @@ from fairseq import checkpoint_utils
 from tqdm import tqdm
 
 from realm_fairseq.data.question_dataset import collate_questions, encode_question
-from realm_fairseq.models.open_qa import predict
+from realm_fairseq.models.open_qa import SPAN_RULES, predict
 
 # weights a fine-tuned checkpoint already holds: loading it must not read the files it started from
 _NO_INIT = {"encoder_init": None, "retriever_init": None, "realm_init": None}
@@ -62,14 +64,19 @@ class RealmQA(nn.Module):
 
     @classmethod
     def from_pretrained(cls, checkpoint: str, index: Optional[str] = None, corpus: Optional[str] = None,
-                        device: Optional[str] = None, **overrides) -> "RealmQA":
-        """Load a checkpoint; ``index``/``corpus`` replace those it was trained with, ``overrides`` any
-        other task option (``retrieval_topk``, ``retriever_beam``, ``max_span_len``, ``answer_type``)."""
+                        device: Optional[str] = None, span_rule: Optional[str] = None, **overrides) -> "RealmQA":
+        """Load a checkpoint; ``index``/``corpus`` replace those it was trained with, ``span_rule``
+        (``marginal`` or ``orqa``) the rule it predicts by (default: as trained or converted), ``overrides``
+        any other task option (``retrieval_topk``, ``retriever_beam``, ``max_span_len``, ``answer_type``)."""
+        if span_rule is not None and span_rule not in SPAN_RULES:
+            raise ValueError(f"span rule {span_rule!r}: expected one of {', '.join(SPAN_RULES)}")
         overrides = {**_NO_INIT, **overrides}
         overrides.update({k: v for k, v in (("index", index), ("corpus", corpus)) if v is not None})
         models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
         if getattr(task, "finder", None) is None:
             raise ValueError(f"{checkpoint}: a checkpoint of task {cfg.task._name}; expected realm_open_qa")
+        if span_rule is not None:  # set here: an override would miss checkpoints saved before the option
+            task.cfg.span_rule = span_rule
         qa = cls(cfg, task, models[0])
         return qa.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 

@@ -254,29 +254,83 @@ def test_fine_tuning_from_cc_news_starts_the_span_reader_from_the_encoder(hf, di
 # --------------------------------------------------------------------------------------------- blocks
 
 
-def test_realm_blocks_become_a_corpus_and_an_index_without_reembedding(hf, ref, tmp_path):
-    records = os.path.join(hf["openqa"], "block_records.npy")
-    prepare_corpus([records], VOCAB, str(tmp_path / "corpus"),
+@pytest.fixture(scope="module")
+def converted_qa(hf, tmp_path_factory):
+    """The open-QA fixture's block_records.npy as a CORPUS, its block_emb as an INDEX and the model as a
+    realm_open_qa checkpoint, by realm-convert-hf --corpus --index --qa-checkpoint (run in this process)."""
+    root = tmp_path_factory.mktemp("converted_qa")
+    paths = {name: str(root / name) for name in ("corpus", "index", "qa.pt")}
+    prepare_corpus([os.path.join(hf["openqa"], "block_records.npy")], VOCAB, paths["corpus"],
                    CorpusConfig(workers=1, salient_spans="regex", no_progress=True))
-    corpus = BlockCorpus(str(tmp_path / "corpus"))
-    texts = [r.decode() for r in np.load(records, allow_pickle=True)]
+    convert_hf.cli_main([hf["openqa"], "--out", str(root / "orqa.pt"), "--corpus", paths["corpus"],
+                         "--index", paths["index"], "--qa-checkpoint", paths["qa.pt"], "--no-progress"])
+    return paths
+
+
+def fixture_questions():
+    """The fixture questions, as RealmForOpenQA answered them ({"question", "answers"})."""
+    return json.load(open(os.path.join(FIXTURES, "blocks.json"), encoding="utf-8"))["questions"]
+
+
+def test_realm_blocks_become_a_corpus_and_an_index_without_reembedding(hf, ref, converted_qa):
+    corpus = BlockCorpus(converted_qa["corpus"])
+    texts = [r.decode() for r in np.load(os.path.join(hf["openqa"], "block_records.npy"), allow_pickle=True)]
     assert [corpus.block(i).text for i in range(len(corpus))] == texts
-    convert_hf.cli_main([hf["openqa"], "--out", str(tmp_path / "orqa.pt"), "--corpus", str(tmp_path / "corpus"),
-                         "--index", str(tmp_path / "index"), "--qa-checkpoint", str(tmp_path / "qa.pt"),
-                         "--no-progress"])  # realm-convert-hf, in this process
-    store = IndexStore(str(tmp_path / "index"))
+    store = IndexStore(converted_qa["index"])
     np.testing.assert_array_equal(store.embeddings(1), ref["block_emb"].astype(np.float16))
     assert store.manifest(1)["encoder"]["kind"] == "realm-block-emb"
 
     from realm_fairseq.hub import RealmQA
 
-    qa = RealmQA.from_pretrained(str(tmp_path / "qa.pt"), device="cpu")
-    questions = json.load(open(os.path.join(FIXTURES, "blocks.json"), encoding="utf-8"))["questions"]
-    answers = qa.answer([q["question"] for q in questions])
+    qa = RealmQA.from_pretrained(converted_qa["qa.pt"], device="cpu")
+    answers = qa.answer([q["question"] for q in fixture_questions()])
     for q, answer in enumerate(answers):  # REALM's top 3 blocks, in its order, with its scores
         assert answer.retrieved[:3] == ref["qa_retrieved"][q].tolist()
         scores = [e.retrieval_score for e in answer.evidence[:3]]
         np.testing.assert_allclose(scores, ref["qa_retrieval_logits"][q], rtol=2e-3, atol=2e-3)
+
+
+def realm_prediction(ref, finder, q):
+    """RealmForOpenQA's answer to fixture question ``q``: the rank of its block, the span's text, and its
+    probability under ORQA's model (softmax of retrieval + span logit over every span inside the blocks)."""
+    rank, start, end = ref["qa_predicted"][q].tolist()  # start, end (inclusive) in [CLS] x [SEP] z [SEP]
+    z_start = int(ref["qa_inputs"][q, 3, rank].argmax())  # REALM's block mask: the first wordpiece of z
+    block = int(ref["qa_retrieved"][q, rank])
+    logits = ref["qa_retrieval_logits"][q][:, None] + ref["span_logits"][q]  # (R, C), nan outside the blocks
+    p = np.exp(np.nanmax(logits) - np.log(np.nansum(np.exp(logits))))
+    return rank, finder.block_text(block).span_text(start - z_start, end - z_start), p
+
+
+def test_converted_open_qa_checkpoint_predicts_as_realm(ref, converted_qa, tmp_path):
+    """realm-convert-hf --qa-checkpoint records ORQA's span rule, so realm-evaluate (and realm-answer, RealmQA)
+    predicts RealmForOpenQA's block and span with ORQA's p(s, z | x); --span-rule marginal, and our checkpoints
+    (trained with the default rule, or saved before the option), predict by p(z|x) p(s|z,x) as before. On
+    these fixtures both rules pick the same spans: the scores tell them apart."""
+    from realm_fairseq.cli import evaluate
+
+    questions = [q["question"] for q in fixture_questions()]
+
+    def answers(checkpoint, *flags):
+        args = evaluate.build_parser().parse_args(["--checkpoint", checkpoint, "--questions", "-", "--device",
+                                                   "cpu", *flags])
+        qa = evaluate.load_model(args)  # as realm-evaluate and realm-answer load it
+        return qa, qa.answer(questions, topk=3)  # RealmForOpenQA's reader_beam_size
+
+    qa, orqa = answers(converted_qa["qa.pt"])
+    assert qa.task.cfg.span_rule == "orqa"
+    for q, answer in enumerate(orqa):
+        rank, text, p = realm_prediction(ref, qa.task.finder, q)
+        assert (answer.block_rank, answer.text) == (rank, text)
+        assert answer.score == pytest.approx(p, rel=2e-3)  # retrieval scores from a float16 index
+
+    state = torch.load(converted_qa["qa.pt"], weights_only=False)
+    del state["cfg"]["task"]["span_rule"]  # a checkpoint saved before the option
+    torch.save(state, tmp_path / "ours.pt")
+    ours_qa, ours = answers(str(tmp_path / "ours.pt"))
+    _, marginal = answers(converted_qa["qa.pt"], "--span-rule", "marginal")
+    assert ours_qa.task.cfg.span_rule == "marginal"
+    assert [(a.block_rank, a.text, a.score) for a in ours] == [(a.block_rank, a.text, a.score) for a in marginal]
+    assert all(a.score != pytest.approx(b.score, rel=0.02) for a, b in zip(marginal, orqa))  # 6-8% apart
 
 
 def write_object_npy(path, records, protocol):

@@ -33,6 +33,7 @@ from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.documents import InputError
 from realm_fairseq.data.questions import ANSWER_TYPES, Question, read_questions
 from realm_fairseq.hub import Answer, RealmQA
+from realm_fairseq.models.open_qa import SPAN_RULES
 from realm_fairseq.retrieval.recall import evaluate_retrieval, recall_at
 
 logger = logging.getLogger("realm-evaluate")
@@ -49,6 +50,11 @@ def add_model_args(parser: argparse.ArgumentParser, checkpoint_required: bool = 
     parser.add_argument("--corpus", help="CORPUS directory (default: the one the checkpoint was trained with)")
     parser.add_argument("--topk", type=int, default=None, help="blocks read per question (default: as trained)")
     parser.add_argument("--beam", type=int, default=None, help="blocks retrieved per question (default: as trained)")
+    parser.add_argument("--span-rule", choices=SPAN_RULES, default=None,
+                        help="how the answer span is picked: marginal (highest p(z|x) p(s|z,x), spans on word "
+                             "boundaries) or orqa (ORQA's and REALM's: highest retrieval + span score over every "
+                             "wordpiece span of the blocks read); default: as the checkpoint was trained or "
+                             "converted (realm-convert-hf --qa-checkpoint: orqa)")
     parser.add_argument("--batch-size", type=int, default=16, help="questions answered at a time")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
 
@@ -57,7 +63,7 @@ def load_model(args: argparse.Namespace, **overrides) -> RealmQA:
     if args.index_version is not None:
         overrides["index_version"] = args.index_version
     return RealmQA.from_pretrained(args.checkpoint, index=args.index, corpus=args.corpus, device=args.device,
-                                   **overrides)
+                                   span_rule=args.span_rule, **overrides)
 
 
 def score(corpus: BlockCorpus, questions: List[Question], answers: Iterable[Answer], answer_type: str = "text"

@@ -9,6 +9,9 @@ scores f(x, z), and read the first ``topk`` of them as ``[CLS] x [SEP] z [SEP]``
 
 The loss (criterion ``realm_qa``) marginalises p(s, z | x) over the gold spans S(z, y) of the top k and
 p(z | x) over the answer-holding blocks of the beam; the prediction is the span of highest p(s, z | x).
+That is the span rule ``marginal``; the rule ``orqa`` predicts as ORQA and REALM's released open-QA models
+do: the span of highest retrieval score + span score over every span of wordpieces inside the blocks read
+(:func:`~realm_fairseq.models.span_reader.orqa_log_probs`). The loss is the same under either rule.
 """
 from dataclasses import dataclass
 from typing import List, Sequence
@@ -19,10 +22,11 @@ import torch.nn.functional as F
 
 from realm_fairseq.data.answers import AnswerFinder, Targets
 from realm_fairseq.models.reader import join_query_and_blocks
-from realm_fairseq.models.span_reader import allowed_spans, best_span, span_log_probs
+from realm_fairseq.models.span_reader import allowed_spans, best_span, orqa_log_probs, span_log_probs
 from realm_fairseq.retrieval.fixed_retriever import FixedIndexRetriever
 
 READ_TOKENS = 4096  # wordpieces the span reader reads at a time (rows of similar length together)
+SPAN_RULES = ("marginal", "orqa")  # how predict picks the answer span (see the module's docstring)
 
 
 @dataclass
@@ -30,8 +34,10 @@ class ReadBatch:
     block_ids: np.ndarray  # (B, beam) retrieved blocks, best first
     retrieval_scores: torch.Tensor  # (B, beam) f(x, z)
     span_log_probs: torch.Tensor  # (B, K, T, L) log p(s | z, x) of the K blocks read
+    span_scores: torch.Tensor  # (B, K, T, L) the span reader's raw scores, for ORQA's rule
     z_start: np.ndarray  # (B, K) position of z's first wordpiece in the joined sequence
     z_len: np.ndarray  # (B, K) wordpieces of z that were read (blocks are cut to fit max_positions)
+    span_rule: str = "marginal"  # the rule predict follows, one of SPAN_RULES
 
     @property
     def topk(self) -> int:
@@ -42,11 +48,25 @@ class ReadBatch:
         log_p_z = torch.log_softmax(self.retrieval_scores[:, : self.topk].float(), dim=-1)  # (B, K)
         return log_p_z[:, :, None, None] + self.span_log_probs
 
+    def in_block(self) -> torch.Tensor:
+        """(B, K, T) bool: which positions of the joined sequences are wordpieces of z."""
+        positions = torch.arange(self.span_scores.shape[2])  # (T,)
+        z_start, z_end = torch.from_numpy(self.z_start), torch.from_numpy(self.z_start + self.z_len)  # (B, K)
+        inside = (positions >= z_start[..., None]) & (positions < z_end[..., None])  # (B, K, T)
+        return inside.to(self.span_scores.device)
+
+    def prediction_log_probs(self) -> torch.Tensor:
+        """log p(s, z | x) (B, K, T, L) as the span rule defines it: :meth:`joint_log_probs` (``marginal``)
+        or ORQA's softmax of retrieval + span score over the spans inside z (``orqa``)."""
+        if self.span_rule == "orqa":
+            return orqa_log_probs(self.span_scores, self.retrieval_scores[:, : self.topk], self.in_block())
+        return self.joint_log_probs()
+
 
 @dataclass
 class Prediction:
     text: str
-    score: float  # p(s, z | x) of the predicted span
+    score: float  # p(s, z | x) of the predicted span, as its span rule defines it
     rank: int  # of its block among those read
     block: int
     start: int  # wordpieces of the block (title [SEP] body), inclusive
@@ -54,9 +74,9 @@ class Prediction:
 
 
 def retrieve_and_read(model, retriever: FixedIndexRetriever, finder: AnswerFinder, src_tokens: torch.Tensor,
-                      topk: int, beam: int, max_span_len: int) -> ReadBatch:
+                      topk: int, beam: int, max_span_len: int, span_rule: str = "marginal") -> ReadBatch:
     """Retrieve ``beam`` blocks per question of ``src_tokens`` (B, T) ``[CLS] x [SEP]`` and read the best
-    ``topk`` (beam >= topk)."""
+    ``topk`` (beam >= topk); their answer spans are to be predicted by ``span_rule``."""
     d = model.dictionary
     queries = model.embed_queries(src_tokens)  # (B, D)
     block_ids, scores = retriever.search(queries, max(beam, topk))  # (B, beam) each
@@ -72,7 +92,8 @@ def retrieve_and_read(model, retriever: FixedIndexRetriever, finder: AnswerFinde
     allowed = allowed_spans(starts_word, ends_word, part, max_span_len).to(src_tokens.device)  # (B * K, Tj, L)
     span_scores = read_by_length(model.span_reader, joined, segments, max_span_len, d.pad())  # (B * K, Tj, L)
     log_probs = span_log_probs(span_scores, allowed)
-    return ReadBatch(block_ids, scores, log_probs.view(len(lengths), topk, *log_probs.shape[1:]), z_start, z_len)
+    shape = (len(lengths), topk, *span_scores.shape[1:])  # (B, K, Tj, L)
+    return ReadBatch(block_ids, scores, log_probs.view(shape), span_scores.view(shape), z_start, z_len, span_rule)
 
 
 def read_by_length(span_reader, tokens: torch.Tensor, segments: torch.Tensor, max_span_len: int, pad: int,
@@ -124,8 +145,8 @@ def answer_in_blocks(read: ReadBatch, finder: AnswerFinder, targets: Sequence[Ta
 
 
 def predict(read: ReadBatch, finder: AnswerFinder) -> List[Prediction]:
-    """The span of highest p(s, z | x) for each question, as the text of its block."""
-    joint = read.joint_log_probs().detach()  # (B, K, T, L)
+    """The span of highest p(s, z | x) (by ``read.span_rule``) for each question, as the text of its block."""
+    joint = read.prediction_log_probs().detach()  # (B, K, T, L)
     batch, topk, width, _ = joint.shape
     position, length, score = best_span(joint.reshape(batch, topk * width, -1))  # (B,) each
     predictions = []

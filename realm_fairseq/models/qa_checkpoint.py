@@ -5,7 +5,8 @@ the ``realm_open_qa`` task (paper, section 3.3: a fixed index, a query embedder 
 evaluate one of REALM's fine-tuned models (``realm-orqa-nq-openqa``, ``-wq-openqa``) as released, this
 builds that task's model exactly as ``realm-train --task realm_open_qa --realm-init WEIGHTS.pt`` would
 (fairseq's own parser and task, sizes from the weights) and saves it as fairseq saves a checkpoint,
-``--realm-init`` removed (the weights are inside), the architecture REALM's (the ``realm_hf`` form).
+``--realm-init`` removed (the weights are inside), the architecture REALM's (the ``realm_hf`` form), and
+``--span-rule orqa``: answers are predicted as REALM predicts them.
 """
 from typing import List, Optional
 
@@ -53,6 +54,7 @@ def write_open_qa_checkpoint(weights_path: str, corpus: str, index: str, out: st
     hide_fairseq_internal_warnings()
 
     parser = options.get_training_parser()
+    extra = ["--span-rule", "orqa", *(extra or [])]  # REALM's released readers were trained to ORQA's rule
     args = options.parse_args_and_arch(parser, training_args(weights_path, corpus, index, extra=extra))
     cfg = convert_namespace_to_omegaconf(args)
     task = tasks.setup_task(cfg.task)

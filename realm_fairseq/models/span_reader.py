@@ -10,7 +10,8 @@ addition per span. Its output layer starts at zero: before fine-tuning every all
 Two heads (``span_head``): ``mlp`` is the MLP above (ReLU between the layers); ``orqa`` is the span head
 of ORQA and REALM's released open-QA readers, which adds a LayerNorm (epsilon 1e-3, Keras' default)
 after the ReLU. :func:`orqa_best_span` decodes as ORQA does: the span of highest retrieval score plus
-span score over every span of wordpieces inside z.
+span score over every span of wordpieces inside z (:func:`orqa_log_probs`, the softmax of that sum over
+those spans, is ORQA's p(s, z | x)).
 """
 from typing import Tuple
 
@@ -81,14 +82,23 @@ def best_span(log_probs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torc
     return where // width, where % width, top
 
 
-def orqa_best_span(span_scores: torch.Tensor, retrieval_scores: torch.Tensor, in_block: torch.Tensor
-                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ORQA's prediction: span scores (B, K, T, L) of the K blocks read, their retrieval scores (B, K), and
-    which positions (B, K, T) are wordpieces of z -> the block (B,), start (B,) and length - 1 (B,) of the
-    span maximising retrieval score + span score among the spans inside z."""
-    batch, topk, width, span_len = span_scores.shape
+def orqa_log_probs(span_scores: torch.Tensor, retrieval_scores: torch.Tensor, in_block: torch.Tensor
+                   ) -> torch.Tensor:
+    """ORQA's log p(s, z | x) (B, K, T, L): the log-softmax of retrieval score + span score over every span of
+    the K blocks read that lies inside z, from span scores (B, K, T, L), retrieval scores (B, K) and which
+    positions (B, K, T) are wordpieces of z; a very negative number elsewhere."""
+    batch, span_len = span_scores.shape[0], span_scores.shape[3]
     inside = in_block.unsqueeze(-1) & shifted_windows(in_block.flatten(0, 1), span_len).view_as(span_scores)
     total = span_scores.float() + retrieval_scores.float()[:, :, None, None]  # (B, K, T, L)
-    where = total.masked_fill(~inside, float("-inf")).flatten(1).argmax(-1)  # (B,)
-    block, rest = where // (width * span_len), where % (width * span_len)
-    return block, rest // span_len, rest % span_len
+    masked = total.masked_fill(~inside, torch.finfo(torch.float32).min / 4)  # as span_log_probs: never nan
+    flat = torch.log_softmax(masked.view(batch, -1), dim=-1)  # (B, K * T * L)
+    return flat.view_as(span_scores)
+
+
+def orqa_best_span(span_scores: torch.Tensor, retrieval_scores: torch.Tensor, in_block: torch.Tensor
+                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ORQA's prediction (arguments as :func:`orqa_log_probs`): the block (B,), start (B,) and length - 1 (B,)
+    of the span maximising retrieval score + span score among the spans inside z."""
+    joint = orqa_log_probs(span_scores, retrieval_scores, in_block)  # (B, K, T, L)
+    where, length, _ = best_span(joint.flatten(1, 2))  # (B,) each: where = block * T + start
+    return where // joint.shape[2], where % joint.shape[2], length

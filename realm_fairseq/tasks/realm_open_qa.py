@@ -22,7 +22,7 @@ from realm_fairseq.data.answers import AnswerFinder
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.question_dataset import MAX_QUESTION_LEN, QuestionsDataset
 from realm_fairseq.data.questions import ANSWER_TYPES, read_questions
-from realm_fairseq.models.open_qa import ReadBatch, retrieve_and_read
+from realm_fairseq.models.open_qa import SPAN_RULES, ReadBatch, retrieve_and_read
 from realm_fairseq.models.realm import resolve_similarity
 from realm_fairseq.retrieval.fixed_retriever import FixedIndexRetriever
 from realm_fairseq.retrieval.versions import check_serves
@@ -47,6 +47,13 @@ class RealmOpenQAConfig(FairseqDataclass):
                                "(ORQA: 5000); at least --retrieval-topk"}
     )
     max_span_len: int = field(default=10, metadata={"help": "longest answer span in wordpieces (REALM: 10)"})
+    span_rule: ChoiceEnum(list(SPAN_RULES)) = field(
+        default="marginal", metadata={"help": "how the answer is predicted (EM, realm-evaluate, realm-answer; the "
+                                      "loss is the same): marginal, the span of highest p(z|x) p(s|z,x) on word "
+                                      "boundaries; orqa, ORQA's and REALM's rule, the highest retrieval + span "
+                                      "score over every wordpiece span in the blocks read (what realm-convert-hf "
+                                      "--qa-checkpoint records for REALM's open-QA models)"}
+    )
     max_question_len: int = field(default=MAX_QUESTION_LEN,
                                   metadata={"help": "questions are cut to this many wordpieces"})
     seed: int = II("common.seed")
@@ -95,7 +102,7 @@ class RealmOpenQATask(FairseqTask):
         """Retrieve and read for a batch of ``[CLS] x [SEP]`` questions (B, T) with this task's settings."""
         return retrieve_and_read(model, self.retriever, self.finder, src_tokens,
                                  topk or self.cfg.retrieval_topk, beam or self.cfg.retriever_beam,
-                                 self.cfg.max_span_len)
+                                 self.cfg.max_span_len, str(self.cfg.span_rule))
 
     @property
     def source_dictionary(self):
