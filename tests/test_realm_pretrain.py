@@ -18,8 +18,9 @@ from realm_fairseq.criterions.marginal_likelihood import marginal_log_likelihood
 from realm_fairseq.criterions.realm_mlm import RealmMlmCriterion
 from realm_fairseq.data import BlockCorpus
 from realm_fairseq.data.masking import MaskedExamplesDataset
-from realm_fairseq.models.realm import RealmConfig, RealmModel, realm_tiny
 from realm_fairseq.models.reader import join_query_and_blocks
+from realm_fairseq.models.realm import RealmConfig, RealmModel, realm_tiny, resolve_similarity
+from realm_fairseq.models.similarity import Similarity
 from realm_fairseq.retrieval.corpus_embedding import EmbedderSource, embed_blocks
 from realm_fairseq.retrieval.mips import MipsIndex
 from realm_fairseq.retrieval.retriever import Retriever
@@ -282,5 +283,5 @@ def test_paper_config_has_the_paper_settings(tmp_path):
     assert cfg["criterion"] == {"_name": "realm_mlm", "retriever_warmup_updates": 0}  # the reader starts from BERT
     defaults = RealmConfig()  # what model: {_name: realm} builds: BERT-base towers as REALM
     assert (defaults.encoder_layers, defaults.encoder_embed_dim, defaults.encoder_attention_heads,
-            defaults.encoder_ffn_embed_dim, defaults.retriever_pooling, defaults.retriever_projection_dim) == (
-        12, 768, 12, 3072, "cls", 128)
+            defaults.encoder_ffn_embed_dim, defaults.retriever_projection_dim) == (12, 768, 12, 3072, 128)
+    assert resolve_similarity(defaults) == Similarity("cls", "dot")  # REALM's, as BERT weights record
