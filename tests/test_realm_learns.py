@@ -20,6 +20,7 @@ reader has learned to read, and the learning rate then drops for the joint phase
 names.
 """
 import json
+import math
 import os
 import random
 import re
@@ -33,6 +34,7 @@ from realm_fairseq.data import BlockCorpus
 from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
 from realm_fairseq.data.masking import MaskedExamplesDataset
 from realm_fairseq.retrieval.corpus_embedding import doc_embedder_from_checkpoint, embed_blocks
+from realm_fairseq.tasks.realm_ict import split_blocks
 
 from conftest import BIN, VOCAB, run
 
@@ -41,11 +43,19 @@ TINY = ["--arch", "realm_tiny", "--retriever-pooling", "mean", "--retriever-scor
         "--attention-dropout", "0", "--optimizer", "adam", "--cpu", "--num-workers", "0", "--no-progress-bar",
         "--log-format", "simple", "--required-batch-size-multiple", "1", "--seed", "1", "--no-epoch-checkpoints",
         "--no-save-optimizer-state"]
-WARMUP, UPDATES = 600, 800
-PRETRAIN = ["--task", "realm_pretrain", "--criterion", "realm_mlm", "--batch-size", "32", "--valid-percent", "10",
+WARMUP, UPDATES, VALID_PERCENT = 600, 800, 10
+HELD_OUT = ["--valid-percent", str(VALID_PERCENT)]  # the same blocks, and so examples, for ICT and REALM
+PRETRAIN = ["--task", "realm_pretrain", "--criterion", "realm_mlm", "--batch-size", "32", *HELD_OUT,
             "--retrieval-topk", "2", "--retriever-warmup-updates", str(WARMUP), "--lr", "1e-3",
             "--lr-scheduler", "step", "--lr-deacy-period", str(WARMUP), "--lr-decay", "0.1",
             "--max-update", str(UPDATES), "--validate-interval", "1000", "--log-interval", "100"]
+
+
+def year_pool() -> list:
+    """The years a place may have: those of 1800-1899 that are one wordpiece (all 100)."""
+    with open(VOCAB, encoding="utf-8") as f:
+        vocab = {line.rstrip("\n") for line in f}
+    return [str(y) for y in range(1800, 1900) if str(y) in vocab]
 
 
 def write_places(path: str, places: int = PLACES, seed: int = 0) -> None:
@@ -56,7 +66,7 @@ def write_places(path: str, places: int = PLACES, seed: int = 0) -> None:
     words = [w for w in vocab if w.isascii() and w.isalpha() and 5 <= len(w) <= 8]
     rng.shuffle(words)
     name_words, other_words = words[:POOL], words[POOL:2 * POOL]
-    years = [str(y) for y in range(1800, 1900) if str(y) in set(vocab)]
+    years = year_pool()
     names = set()
     while len(names) < places:
         names.add(" ".join(w.capitalize() for w in rng.sample(name_words, 3)))
@@ -69,18 +79,24 @@ def write_places(path: str, places: int = PLACES, seed: int = 0) -> None:
                 f.write(json.dumps({"id": f"{i}-{k}", "title": name, "text": text}) + "\n")
 
 
-def masked_examples(corpus: BlockCorpus) -> MaskedExamplesDataset:
-    """The sentences with a salient span (one per place), the year masked."""
-    return MaskedExamplesDataset(corpus.examples, np.arange(len(corpus.examples)), corpus.dictionary)
+def masked_examples(corpus: BlockCorpus, example_ids: np.ndarray = None) -> MaskedExamplesDataset:
+    """The sentences with a salient span (one per place; default all of them), the year masked."""
+    example_ids = np.arange(len(corpus.examples)) if example_ids is None else example_ids
+    return MaskedExamplesDataset(corpus.examples, example_ids, corpus.dictionary)
+
+
+def held_out_examples(corpus: BlockCorpus) -> np.ndarray:
+    """The examples neither ICT nor REALM trains on: those of the valid split's blocks."""
+    return np.flatnonzero(np.isin(corpus.examples.source_block, split_blocks(len(corpus), VALID_PERCENT)["valid"]))
 
 
 def evidence_top1(checkpoint: str, corpus: BlockCorpus) -> float:
     """How often the retriever of ``checkpoint``, searching all blocks but the example's own, ranks the
-    evidence block (the block after the example's, by construction) first."""
+    evidence block (the block after the example's, by construction) first, over the held-out examples."""
     blocks = torch.from_numpy(embed_blocks(doc_embedder_from_checkpoint(checkpoint, corpus), corpus,
                                            progress=False).astype(np.float32))  # (N, D)
     query = doc_embedder_from_checkpoint(checkpoint, corpus, tower="query_embedder").embedder.eval()
-    examples = masked_examples(corpus)
+    examples = masked_examples(corpus, held_out_examples(corpus))
     hits = []
     with torch.inference_mode():
         for start in range(0, len(examples), 256):
@@ -118,7 +134,7 @@ def test_realm_learns_to_retrieve_the_evidence_and_beats_the_reader_alone(places
          "--save-dir", str(places / "alone")], cwd=places, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
     run(["realm-train", corpus_dir, *TINY, "--task", "realm_ict", "--criterion", "realm_ict", "--lr", "1e-3",
-         "--batch-size", "32", "--query-max-len", "32", "--max-update", "1000", "--disable-validation",
+         "--batch-size", "32", "--query-max-len", "32", "--max-update", "1000", "--disable-validation", *HELD_OUT,
          "--save-dir", str(places / "ict")], cwd=places, env=env)
     alone_log = alone.communicate(timeout=600)[0]
     assert alone.returncode == 0, alone_log[-3000:]
@@ -132,8 +148,11 @@ def test_realm_learns_to_retrieve_the_evidence_and_beats_the_reader_alone(places
     before, after = evidence_top1(ict, corpus), evidence_top1(str(places / "realm" / "checkpoint_last.pt"), corpus)
     realm_loss, alone_loss = final_valid_loss(realm_log), final_valid_loss(alone_log)
     with capsys.disabled():
-        print(f"\nREALM learns ({UPDATES} updates, retriever frozen for the first {WARMUP}): evidence block "
-              f"ranked first {before:.3f} -> {after:.3f}; held-out masked-LM loss {realm_loss:.3f} bits "
-              f"with retrieval, {alone_loss:.3f} bits for the reader alone")
-    assert after >= before + 0.3 and after >= 2 * before, (before, after)
-    assert realm_loss < alone_loss - 2.0, (realm_loss, alone_loss)
+        print(f"\nREALM learns ({UPDATES} updates, retriever frozen for the first {WARMUP}): on held-out "
+              f"examples the evidence block is ranked first {before:.3f} -> {after:.3f}; masked-LM loss "
+              f"{realm_loss:.3f} bits with retrieval, {alone_loss:.3f} bits for the reader alone")
+    # measured (seed 1, 398 held-out examples): evidence first 0.221 -> 0.960; loss 0.45 bits, alone 7.665
+    assert 0.15 <= before <= 0.30 and 0.88 <= after and after >= before + 0.6, (before, after)
+    assert 0.2 <= realm_loss <= 1.0 and realm_loss < alone_loss - 5, (realm_loss, alone_loss)
+    # the reader alone cannot know a held-out year: it does no better than guessing among the years
+    assert math.log2(len(year_pool())) - 0.25 <= alone_loss <= 8.3, alone_loss
