@@ -104,7 +104,12 @@ def test_fine_tuning_raises_exact_match_and_recall(qa, fine_tuned, tmp_path, cap
         print(f"\nvalid ({VALID_QUESTIONS} held-out questions) before -> after 20 updates: "
               + ", ".join(f"{k} {start[k]} -> {end[k]}" for k in ("em", "recall@1", "recall@5")))
     assert end["questions"] == VALID_QUESTIONS and float(valid_em) == end["em"]
-    assert end["em"] > start["em"] and end["recall@1"] > start["recall@1"] and end["recall@5"] >= start["recall@5"]
+    before, after = ({k: round(m[k] * VALID_QUESTIONS / 100) for k in ("em", "recall@1", "recall@5")}
+                     for m in (start, end))  # percent -> questions of the 64
+    # measured (seed 1): exact match 0 -> 6 questions, recall@1 42 -> 45, recall@5 56 -> 56
+    assert 3 <= after["em"] <= 10 and after["em"] > before["em"]
+    assert 40 <= after["recall@1"] <= 50 and after["recall@1"] > before["recall@1"]
+    assert 52 <= after["recall@5"] <= 60 and after["recall@5"] >= before["recall@5"]
 
     records = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert len(records) == VALID_QUESTIONS
