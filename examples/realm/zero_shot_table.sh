@@ -6,7 +6,7 @@
 #
 #   --out DIR          the output of a full `bash examples/realm/demo.sh --out DIR` (default: demo-output);
 #                      results go to DIR/zero-shot
-#   --ict-updates N    ICT updates of 16 from MiniLM for the ICT row (default: 100)
+#   --ict-updates N    ICT updates of 16 from MiniLM for the ICT row (default: 40)
 #
 # Question sets: the demo's SQuAD v1.1 dev test split (articles no fine-tuning saw), and the questions of a
 # fifth of the SQuADShifts new-wiki articles (out of domain: newer articles, other annotators), both answered
@@ -17,7 +17,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 data="$here/data"
 out=demo-output
-ict_updates=100
+ict_updates=40
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift ;;
@@ -60,8 +60,14 @@ measure() {  # NAME OPTIONS...: one retriever on both question sets
 }
 measure bm25 --bm25
 measure minilm --hf "$out/minilm.pt" --index "$out/index" --index-version 1
-measure ict --checkpoint "$z/ict/checkpoint_last.pt"
-measure realm --checkpoint "$out/pretrain/checkpoint_last.pt"
+for name in ict realm; do  # each checkpoint's own document embedder over the whole corpus, once for both sets
+  checkpoint=$z/ict/checkpoint_last.pt
+  [ "$name" = realm ] && checkpoint=$out/pretrain/checkpoint_last.pt
+  step "embed the corpus with the $name checkpoint -> $z/$name-index"
+  rm -rf "$z/$name-index"
+  realm-build-index --corpus "$out/corpus" --checkpoint "$checkpoint" --out "$z/$name-index" --no-progress
+  measure "$name" --checkpoint "$checkpoint" --index "$z/$name-index"
+done
 
 step "results"
 python - "$z" <<'PY'
