@@ -23,10 +23,9 @@ from fairseq import checkpoint_utils
 from tqdm import tqdm
 
 from realm_fairseq.data.question_dataset import collate_questions, encode_question
+from realm_fairseq.models.realm import NO_INIT
 from realm_fairseq.models.open_qa import SPAN_RULES, predict
 
-# weights a fine-tuned checkpoint already holds: loading it must not read the files it started from
-_NO_INIT = {"encoder_init": None, "retriever_init": None, "realm_init": None}
 
 
 @dataclass
@@ -70,7 +69,7 @@ class RealmQA(nn.Module):
         any other task option (``retrieval_topk``, ``retriever_beam``, ``max_span_len``, ``answer_type``)."""
         if span_rule is not None and span_rule not in SPAN_RULES:
             raise ValueError(f"span rule {span_rule!r}: expected one of {', '.join(SPAN_RULES)}")
-        overrides = {**_NO_INIT, **overrides}
+        overrides = {**NO_INIT, **overrides}  # its weights are its own: never read what it started from
         overrides.update({k: v for k, v in (("index", index), ("corpus", corpus)) if v is not None})
         models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
         if getattr(task, "finder", None) is None:

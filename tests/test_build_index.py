@@ -1,11 +1,13 @@
 """realm-build-index: corpus embedding from a realm checkpoint, sharded builds, and the score an index is
 built for. MiniLM's retrieval through the index is checked against its own library in
 test_retrieval_quality.py."""
+import shutil
 
 import numpy as np
 import pytest
 
 from realm_fairseq.data import BlockCorpus
+from realm_fairseq.retrieval.corpus_embedding import doc_embedder_from_checkpoint
 from realm_fairseq.retrieval.versions import IndexStore
 
 from conftest import run
@@ -64,3 +66,19 @@ def test_a_cosine_index_is_normalised_and_refused_by_a_dot_model(wiki_corpus, ic
     assert proc.returncode != 0
     assert f"the index {index} holds embeddings for --retriever-score cosine" in proc.stderr
     assert "realm-build-index --score dot" in proc.stderr
+
+
+def test_a_checkpoint_embeds_without_the_files_it_started_from(wiki_corpus, ict_checkpoint, tmp_path):
+    """A checkpoint's towers are its own weights: realm-build-index --checkpoint (and every index refresh,
+    which runs it on a snapshot) reads neither the --retriever-init file (it may be gone) nor its score,
+    and --score may differ from the score of the checkpoint the model started from."""
+    start = tmp_path / "ict.pt"
+    shutil.copy(ict_checkpoint, start)  # scores with dot
+    run(["realm-train", wiki_corpus, *ICT_SHORT, "--retriever-init", str(start),
+         "--save-dir", str(tmp_path / "ck")], cwd=tmp_path)
+    start.unlink()
+    corpus = BlockCorpus(wiki_corpus)
+    checkpoint = str(tmp_path / "ck" / "checkpoint_last.pt")
+    assert doc_embedder_from_checkpoint(checkpoint, corpus).info["score"] == "dot"
+    cosine = doc_embedder_from_checkpoint(checkpoint, corpus, score="cosine")
+    assert cosine.info["score"] == "cosine" and cosine.embedder.norm == 1.0

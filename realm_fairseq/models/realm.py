@@ -50,6 +50,9 @@ from realm_fairseq.models.span_reader import SPAN_HEADS, SpanReader
 from realm_fairseq.retrieval.retriever import Retriever
 
 logger = logging.getLogger(__name__)
+#: the options that start a model from other weights; a checkpoint's own config drops them when the model is
+#: rebuilt from the checkpoint's weights (its resolved fields already say how its towers compute)
+NO_INIT = {"encoder_init": None, "retriever_init": None, "realm_init": None}
 #: how the towers compute (see the module docstring), each field's value when no weights say otherwise
 FORM_DEFAULTS = {"retriever_head": "linear", "doc_segments": "none", "span_head": "mlp", "activation_fn": "gelu"}
 

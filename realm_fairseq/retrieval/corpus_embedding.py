@@ -29,7 +29,7 @@ from realm_fairseq.data.documents import InputError
 from realm_fairseq.models.embedder import Embedder, retriever_tower, tower_norm
 from realm_fairseq.models.encoder import EncoderConfig
 from realm_fairseq.models.hf_convert import convert_hf_bert, load_into_encoder, load_weights, weights_similarity
-from realm_fairseq.models.realm import RealmConfig, resolve_similarity
+from realm_fairseq.models.realm import NO_INIT, RealmConfig, resolve_similarity
 from realm_fairseq.models import realm_hf
 from realm_fairseq.models.similarity import REALM_SIMILARITY, Similarity
 from realm_fairseq.retrieval.versions import IndexStore, shard_range
@@ -63,8 +63,9 @@ def doc_embedder_from_checkpoint(path: str, corpus: BlockCorpus, tower: str = "d
 
 def embedder_from_state(state: dict, path: str, corpus: BlockCorpus, tower: str = "doc_embedder",
                         score: Optional[str] = None) -> EmbedderSource:
-    """:func:`doc_embedder_from_checkpoint` for a checkpoint already loaded (``state``) from ``path``."""
-    cfg = _realm_cfg(state["cfg"]["model"])
+    """:func:`doc_embedder_from_checkpoint` for a checkpoint already loaded (``state``) from ``path``. The
+    towers' weights are the checkpoint's own: the files it was started from are neither read nor needed."""
+    cfg = _realm_cfg({**state["cfg"]["model"], **NO_INIT})
     cfg.retriever_score = score or cfg.retriever_score
     resolve_similarity(cfg)
     embedder = retriever_tower(cfg, corpus.dictionary, tower)
