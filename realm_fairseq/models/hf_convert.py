@@ -284,8 +284,9 @@ REALM_WEIGHTS_FORMAT = "realm-fairseq REALM weights"
 
 def load_weights(path: str) -> dict:
     """Encoder weights converted from a BERT checkpoint (not REALM's: those load with ``--retriever-init`` or
-    ``--realm-init``)."""
-    weights = torch.load(path, map_location="cpu", weights_only=True)
+    ``--realm-init``). Memory-mapped: reading the recorded config and similarity, as resolving a model's
+    options does before its weights are loaded, costs no tensor reads."""
+    weights = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     if isinstance(weights, dict) and weights.get("format") == REALM_WEIGHTS_FORMAT:
         raise InputError(f"{path}: holds REALM weights, which start a model with --retriever-init (embedders) or "
                          f"--realm-init (every part); --encoder-init and --hf take weights converted from BERT")

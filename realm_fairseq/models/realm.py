@@ -28,7 +28,9 @@ they hold (embedders, the knowledge-augmented encoder with its masked-LM head, a
 span head).
 """
 import contextlib
+import functools
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -215,7 +217,7 @@ def checkpoint_similarity(path: str) -> Similarity:
     """The retriever pooling and score a ``realm`` checkpoint (or REALM weights file) was trained with."""
     if realm_hf.is_realm_weights(path):
         return Similarity(**realm_hf.load_realm_weights(path)["retriever"])
-    model = checkpoint_utils.load_checkpoint_to_cpu(path)["cfg"]["model"]
+    model = checkpoint_model_cfg(path)
     return Similarity(model.get("retriever_pooling") or "cls", model.get("retriever_score") or "dot")
 
 
@@ -224,8 +226,21 @@ def checkpoint_form(path: str) -> dict:
     :data:`FORM_DEFAULTS` fields."""
     if realm_hf.is_realm_weights(path):
         return dict(realm_hf.load_realm_weights(path)["form"])
-    model = checkpoint_utils.load_checkpoint_to_cpu(path)["cfg"]["model"]
+    model = checkpoint_model_cfg(path)
     return {name: model.get(name) or default for name, default in FORM_DEFAULTS.items()}
+
+
+def checkpoint_model_cfg(path: str) -> dict:
+    """The model config of a ``realm`` checkpoint. Building a model consults it several times (similarity,
+    form, once for the task's config and once for the model's), so it is read once per version of the file."""
+    stat = os.stat(path)
+    return _checkpoint_model_cfg(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _checkpoint_model_cfg(path: str, mtime_ns: int, size: int) -> dict:
+    model = checkpoint_utils.load_checkpoint_to_cpu(path)["cfg"]["model"]
+    return OmegaConf.to_container(model) if OmegaConf.is_config(model) else dict(model)
 
 
 def resolve_form(cfg) -> None:
