@@ -148,10 +148,6 @@ class BlockCorpus:
         with open(os.path.join(self.path, DOCUMENTS), encoding="utf-8") as f:
             return [json.loads(line)["id"] for line in f]
 
-    def doc_index(self, i: int) -> int:
-        """The document block ``i`` comes from (its position in ``document_ids``)."""
-        return int(self.meta[i, 0])
-
     def statistics(self) -> dict:
         """Counts and length statistics of the blocks, examples and salient spans."""
         ex = self.examples

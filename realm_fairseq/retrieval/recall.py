@@ -49,7 +49,7 @@ def gold_ranks(corpus: BlockCorpus, questions: Sequence[Question], ids: np.ndarr
     documents = defaultdict(list)
     for index, doc_id in enumerate(corpus.document_ids):
         documents[doc_id].append(index)
-    block_docs = corpus.meta[:, 0]
+    block_docs = corpus.meta[:, 0]  # (blocks,) the document each block comes from
     ranks, known, missing = np.full(len(questions), -1), np.zeros(len(questions), dtype=bool), []
     for q, question in enumerate(questions):
         if question.doc_id is None:
