@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from dataclasses import astuple, dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -84,33 +84,41 @@ def load_bert_weights(path: str) -> dict:
     return convert_hf_bert(path) if os.path.isdir(path) else load_weights(path)
 
 
-def weights_embedder(path: str, corpus: BlockCorpus, tower: str = "doc_embedder", pooling: Optional[str] = None,
-                     score: Optional[str] = None) -> Tuple[Embedder, Similarity]:
-    """The ``tower`` embedder of converted weights and the similarity it scores with: REALM weights
-    (``realm-convert-hf`` of REALM's embedder or open-QA checkpoints) as REALM computes it; BERT or
-    sentence-transformers weights (a directory or a ``realm-convert-hf`` file) as one encoder for both
-    towers, pooled and scored as the weights record unless ``pooling``/``score`` say otherwise."""
+def weights_embedders(path: str, corpus: BlockCorpus, towers: Sequence[str] = ("doc_embedder",),
+                      pooling: Optional[str] = None, score: Optional[str] = None) -> Tuple[List[Embedder], Similarity]:
+    """The embedders of ``towers`` from converted weights, read once, and the similarity they score with:
+    REALM weights (``realm-convert-hf`` of REALM's embedder or open-QA checkpoints) as REALM computes them;
+    BERT or sentence-transformers weights (a directory or a ``realm-convert-hf`` file) as one encoder for
+    every tower, pooled and scored as the weights record unless ``pooling``/``score`` say otherwise."""
     if os.path.isfile(path) and realm_hf.is_realm_weights(path):
         if (pooling or REALM_SIMILARITY.pooling, score or REALM_SIMILARITY.score) != astuple(REALM_SIMILARITY):
             raise InputError(f"{path}: REALM weights pool and score as REALM does ([CLS], dot); drop the other "
                              f"--pooling/--score")
-        return realm_hf.embedder_from_weights(path, corpus.dictionary, tower), REALM_SIMILARITY
+        return [realm_hf.embedder_from_weights(path, corpus.dictionary, t) for t in towers], REALM_SIMILARITY
     weights = load_bert_weights(path)
     recorded = weights_similarity(weights)
     similarity = Similarity(pooling or recorded.pooling, score or recorded.score)
-    embedder = Embedder(EncoderConfig(**weights["config"]), corpus.dictionary, similarity.pooling,
-                        projection_dim=0, norm=tower_norm(similarity.score, 1.0, tower))
-    load_into_encoder(embedder.encoder, weights, corpus.dictionary, path)
-    return embedder, similarity
+    embedders = []
+    for tower in towers:
+        embedder = Embedder(EncoderConfig(**weights["config"]), corpus.dictionary, similarity.pooling,
+                            projection_dim=0, norm=tower_norm(similarity.score, 1.0, tower))
+        load_into_encoder(embedder.encoder, weights, corpus.dictionary, path)
+        embedders.append(embedder)
+    return embedders, similarity
+
+
+def weights_source(embedder: Embedder, path: str, similarity: Similarity) -> EmbedderSource:
+    """A document embedder of converted weights, with what an index manifest records about it."""
+    return EmbedderSource(embedder, {"kind": "bert", "path": os.path.abspath(path), "pooling": similarity.pooling,
+                                     "update": 0, "score": similarity.score})
 
 
 def doc_embedder_from_bert(path: str, corpus: BlockCorpus, pooling: Optional[str] = None,
                            score: Optional[str] = None) -> EmbedderSource:
-    """A document embedder from converted weights (:func:`weights_embedder`): a HF BERT or sentence-transformers
-    directory, or a ``realm-convert-hf`` file of BERT or REALM weights."""
-    embedder, similarity = weights_embedder(path, corpus, "doc_embedder", pooling, score)
-    return EmbedderSource(embedder, {"kind": "bert", "path": os.path.abspath(path), "pooling": similarity.pooling,
-                                     "update": 0, "score": similarity.score})
+    """A document embedder from converted weights (:func:`weights_embedders`): a HF BERT or
+    sentence-transformers directory, or a ``realm-convert-hf`` file of BERT or REALM weights."""
+    (embedder,), similarity = weights_embedders(path, corpus, ("doc_embedder",), pooling, score)
+    return weights_source(embedder, path, similarity)
 
 
 def embed_blocks(

@@ -17,7 +17,7 @@ from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.question_dataset import MAX_QUESTION_LEN, collate_questions, encode_question
 from realm_fairseq.models.embedder import Embedder
 from realm_fairseq.retrieval.corpus_embedding import (
-    EmbedderSource, embed_blocks, embedder_from_state, weights_embedder,
+    EmbedderSource, embed_blocks, embedder_from_state, weights_embedders, weights_source,
 )
 from realm_fairseq.retrieval.mips import MipsIndex
 from realm_fairseq.retrieval.versions import IndexStore, check_serves
@@ -94,12 +94,11 @@ def from_checkpoint(state: dict, path: str, corpus: BlockCorpus, index_dir: Opti
 
 def from_weights(path: str, corpus: BlockCorpus, index_dir: Optional[str] = None, version: Optional[int] = None,
                  device: str = "cpu", embed_options: Optional[dict] = None) -> DenseRetriever:
-    """Converted weights (BERT, sentence-transformers or REALM's; :func:`weights_embedder`) as both towers,
+    """Converted weights (BERT, sentence-transformers or REALM's; :func:`weights_embedders`) as both towers,
     over ``index_dir`` or the corpus embedded now."""
-    query, _ = weights_embedder(path, corpus, "query_embedder")
     if index_dir is not None:
+        (query,), _ = weights_embedders(path, corpus, ("query_embedder",))
         return DenseRetriever(corpus, query, open_index(index_dir, version, corpus, query), device)
-    doc, similarity = weights_embedder(path, corpus, "doc_embedder")
-    source = EmbedderSource(doc, {"kind": "bert", "path": path, **similarity.to_dict()})
-    return DenseRetriever(corpus, query, index_now(source, corpus, {"device": device, **(embed_options or {})}),
-                          device)
+    (query, doc), similarity = weights_embedders(path, corpus, ("query_embedder", "doc_embedder"))
+    index = index_now(weights_source(doc, path, similarity), corpus, {"device": device, **(embed_options or {})})
+    return DenseRetriever(corpus, query, index, device)
