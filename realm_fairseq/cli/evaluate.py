@@ -9,7 +9,7 @@ a gold answer). Exact match is SQuAD's; a block holds an answer by DPR's rule
 
 ``--retrieval-only`` measures a retriever alone, zero-shot, as REALM's Table 2 does
 (:mod:`realm_fairseq.retrieval.recall`): the query embedder of any of our checkpoints (``--checkpoint``),
-converted BERT or sentence-transformers weights as both towers (``--hf``), or BM25 (``--bm25``), over
+converted BERT, sentence-transformers or REALM weights as both towers (``--hf``), or BM25 (``--bm25``), over
 ``--index`` or, without one, the corpus embedded now; it prints ``recall@k`` (and ``gold_recall@k`` for
 questions with a ``doc_id``).
 """
@@ -105,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="measure the retriever alone: recall@1/5/20/100 (and gold_recall@k where question "
                                 "lines carry a \"doc_id\"); no reading")
     source = zero_shot.add_mutually_exclusive_group()
-    source.add_argument("--hf", help="converted BERT or sentence-transformers weights (realm-convert-hf file or a "
-                                     "directory) as both towers, pooled and scored as they were trained")
+    source.add_argument("--hf", help="converted BERT, sentence-transformers or REALM weights (realm-convert-hf file, "
+                                     "or a BERT or sentence-transformers directory) as both towers, pooled and "
+                                     "scored as they were trained")
     source.add_argument("--bm25", action="store_true", help="rank blocks by BM25 (bm25s, k1=0.9, b=0.4; the bm25 "
                                                             "extra), no index needed")
     zero_shot.add_argument("--max-tokens", type=int, default=16384,
