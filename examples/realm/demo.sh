@@ -41,7 +41,7 @@ while [ $# -gt 0 ]; do
              pretrain_updates=4; pretrain_batch=2; pretrain_topk=2; pretrain_valid_steps=2; refresh_every=3
              qa_subset=(--max-articles 3); qa_updates=2; qa_batch=4; qa_valid_steps=2; qa_test=8 ;;
     --out) out=$2; shift ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set /p' "$0" | sed -n 's/^# \{0,1\}//p'; exit 0 ;;
     *) echo "demo.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
   shift

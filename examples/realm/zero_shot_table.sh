@@ -10,8 +10,9 @@
 #
 # Question sets: the demo's SQuAD v1.1 dev test split (articles no fine-tuning saw), and the questions of a
 # fifth of the SQuADShifts new-wiki articles (out of domain: newer articles, other annotators), both answered
-# from DIR/corpus (106 Wikipedia articles, the SQuAD dev and the SQuADShifts paragraphs). The ICT and pre-trained checkpoints are measured over the corpus embedded by their
-# own document embedder (exact), MiniLM over the demo's index v1.
+# from DIR/corpus (106 Wikipedia articles, the SQuAD dev and the SQuADShifts paragraphs). The ICT and the
+# pre-trained checkpoints are measured over the corpus embedded by their own final document embedder, MiniLM
+# over the demo's index v1.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -22,7 +23,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift ;;
     --ict-updates) ict_updates=$2; shift ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set /p' "$0" | sed -n 's/^# \{0,1\}//p'; exit 0 ;;
     *) echo "zero_shot_table.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
