@@ -3,13 +3,14 @@
 Used for every directory a command produces (a CORPUS, an index version): a reader either sees the
 complete result or nothing at all, and an interrupted run never damages what was there before.
 """
+import errno
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def atomic_directory(path: str, force: bool = False) -> Iterator[str]:
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-    _make_public(tmp, 0o777)  # mkdtemp makes it private; the result should not be
+    make_public(tmp, 0o777)  # mkdtemp makes it private; the result should not be
     logger.info("writing to %s (renamed to %s when complete)", tmp, path)
     try:
         yield tmp
@@ -62,11 +63,11 @@ def atomic_file(path: str, force: bool = False) -> Iterator[str]:
     except BaseException:
         os.unlink(tmp)
         raise
-    _make_public(tmp, 0o666)
+    make_public(tmp, 0o666)
     os.replace(tmp, path)
 
 
-def _make_public(path: str, mode: int) -> None:
+def make_public(path: str, mode: int) -> None:
     """Give ``path`` the permissions a normally created file or directory would have (``mode`` & ~umask)."""
     umask = os.umask(0)
     os.umask(umask)
@@ -81,3 +82,47 @@ def sha256_files(*paths: str) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+# what a failed write is called in the messages of commands and of the index refresher
+FAULTS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EACCES: "permission denied",
+          errno.EPERM: "permission denied", errno.EROFS: "read-only file system"}
+
+
+def os_error_in(error: BaseException) -> Optional[OSError]:
+    """The OSError behind ``error``: itself, or one it was raised from or while handling (torch and faiss
+    wrap a failed write in a RuntimeError), or one a library's message names by its ``strerror``."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    for code in FAULTS:
+        if f"({os.strerror(code)})" in str(error) or str(error).endswith(os.strerror(code)):
+            return OSError(code, os.strerror(code))
+    return None
+
+
+def describe_fault(error: BaseException) -> str:
+    """One line naming what went wrong: ``disk full (No space left on device): PATH`` for a failed write,
+    else the exception's type and message."""
+    os_error = os_error_in(error)
+    if os_error is None:
+        return f"{type(error).__name__}: {error}"
+    words = FAULTS.get(os_error.errno, os_error.strerror)
+    detail = f" ({os_error.strerror})" if words != os_error.strerror else ""
+    where = f": {os_error.filename}" if os_error.filename else ""
+    return f"{words}{detail}{where}"
+
+
+@contextmanager
+def write_faults_named(path: str) -> Iterator[None]:
+    """Re-raise a write that fails inside the block as an OSError naming ``path`` (torch and faiss report a
+    full disk as a RuntimeError such as ``unexpected pos 64 vs 0``, and Python's own writes name no file)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        os_error = os_error_in(e)
+        if os_error is None or (isinstance(e, OSError) and e.filename):
+            raise
+        raise OSError(os_error.errno, os_error.strerror, path) from e

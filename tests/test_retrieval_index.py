@@ -295,7 +295,7 @@ def test_commit_list_and_load_versions(tmp_path):
     assert store.commit(emb1, "sum-a", {"checkpoint": "ckpt/a.pt", "update": 100}) == 1
     assert store.commit(emb2, "sum-a", {"checkpoint": "ckpt/b.pt", "update": 200}, "ivf_flat", nprobe=2) == 2
     assert store.versions() == [1, 2] and store.latest() == 2
-    assert sorted(os.listdir(store.root)) == ["v1", "v2"]
+    assert sorted(os.listdir(store.root)) == [".lock", "v1", "v2"]
     assert sorted(os.listdir(store.version_dir(2))) == ["embeddings.npy", "index.faiss", "manifest.json"]
 
     index, manifest = store.load()  # the newest
@@ -388,11 +388,21 @@ def test_damaged_versions_give_clear_errors(tmp_path):
     os.remove(embeddings_path)
     with pytest.raises(FileNotFoundError, match=r"v1/embeddings.npy: missing"):
         store.load()
-    np.save(embeddings_path, np.zeros((500, 16), np.float16))
+    np.save(embeddings_path, np.zeros((500, 16), np.float16))  # other values, same shape and size
+    with pytest.raises(ValueError, match=r"v1/embeddings.npy: its sha256 is not the one \S+/v1/manifest.json "
+                                         r"records; the file was replaced or damaged after the build"):
+        store.load()
+    with open(embeddings_path, "wb") as f:
+        f.write(data)
 
     index_path = os.path.join(vdir, "index.faiss")
     with open(index_path, "r+b") as f:
         f.truncate(100)
+    with pytest.raises(ValueError, match=r"v1/index.faiss: 100 bytes, but \S+/v1/manifest.json records \d+"):
+        store.load()
+    legacy = {k: v for k, v in json.loads(good).items() if k != "files"}  # built before checksums
+    with open(manifest_path, "w") as f:
+        json.dump(legacy, f)
     with pytest.raises(ValueError, match=r"v1/index.faiss: not a readable faiss index"):
         store.load()
     os.remove(index_path)
@@ -440,7 +450,7 @@ def test_prune_keeps_newest_and_in_use(tmp_path):
     assert store.prune(keep=2, in_use=2) == [1, 3]
     assert store.versions() == [2, 4, 5]
     assert store.prune(keep=1, in_use=[4]) == [2]
-    assert store.versions() == [4, 5] and sorted(os.listdir(store.root)) == ["v4", "v5"]
+    assert store.versions() == [4, 5] and sorted(os.listdir(store.root)) == [".lock", "v4", "v5"]
     assert store.prune(keep=3) == []
     assert store.load()[1]["version"] == 5
     assert store.commit(random_unit(20, 4, seed=9), "sum", {}) == 6
@@ -457,7 +467,7 @@ def test_failure_while_writing_leaves_no_version(tmp_path, monkeypatch):
     monkeypatch.setattr(MipsIndex, "save", fail)
     with pytest.raises(OSError, match="disk full"):
         store.commit(random_unit(30, 8, seed=1), "sum", {})
-    assert store.versions() == [1] and sorted(os.listdir(store.root)) == ["v1"]
+    assert store.versions() == [1] and sorted(os.listdir(store.root)) == [".lock", "v1"]
 
 
 KILLED_BUILD = textwrap.dedent("""
@@ -493,9 +503,10 @@ def test_killed_build_leaves_no_version(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert sorted(os.listdir(store.root)) == ["v1", "v2.tmp"]  # the partial build, beside v1
-    assert os.path.getsize(os.path.join(store.root, "v2.tmp", "embeddings.npy")) > 50_000_000
+    lock, partial, v1 = sorted(os.listdir(store.root))  # the partial build, beside v1
+    assert (lock, v1) == (".lock", "v1") and partial.startswith(".tmp-")
+    assert os.path.getsize(os.path.join(store.root, partial, "embeddings.npy")) > 50_000_000
     assert store.versions() == [1]
     assert store.load()[1]["encoder"] == {"update": 1}
     assert store.commit(random_unit(30, 8, seed=1), "sum", {"update": 3}) == 2
-    assert sorted(os.listdir(store.root)) == ["v1", "v2"]
+    assert sorted(os.listdir(store.root)) == [".lock", "v1", "v2"]

@@ -40,6 +40,8 @@ from typing import List, Optional, Sequence, Tuple
 import faiss
 import numpy as np
 
+from realm_fairseq.atomic_io import write_faults_named
+
 logger = logging.getLogger(__name__)
 
 INDEX_TYPES = ("flat", "ivf_flat", "ivf_pq", "hnsw", "sq8")
@@ -99,7 +101,8 @@ def _check_index_type(index_type: str) -> None:
         raise ValueError(f"unknown index type {index_type!r}; expected one of {', '.join(INDEX_TYPES)}")
 
 
-def _check_options(index_type: str, options: dict) -> None:
+def check_options(index_type: str, options: dict) -> None:
+    """Raise a ValueError unless ``options`` are positive integers (or None) that ``index_type`` takes."""
     _check_index_type(index_type)
     for name, value in options.items():
         if name not in OPTION_HELP:
@@ -109,7 +112,7 @@ def _check_options(index_type: str, options: dict) -> None:
             raise ValueError(
                 f"option {name!r} does not apply to index type {index_type!r} (it takes {takes})"
             )
-        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
             raise ValueError(f"option {name}={value!r}: expected a positive integer")
 
 
@@ -128,7 +131,7 @@ def resolve_options(index_type: str, n: int, d: int, **options) -> dict:
 
     Raises ``ValueError`` for an option the type does not take, or a setting ``n``/``d`` cannot satisfy.
     """
-    _check_options(index_type, options)
+    check_options(index_type, options)
     given = {k: v for k, v in options.items() if v is not None}
     opts = {**asdict(IndexOptions()), **given}
     if index_type in ("ivf_flat", "ivf_pq"):
@@ -356,7 +359,7 @@ class MipsIndex:
     def set_search_options(self, nprobe: Optional[int] = None, ef_search: Optional[int] = None) -> None:
         """Change the search-time settings (see :class:`IndexOptions`); others are fixed at build."""
         given = {k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None}
-        _check_options(self.index_type, given)
+        check_options(self.index_type, given)
         if "nprobe" in given:
             given["nprobe"] = min(int(given["nprobe"]), self.options["nlist"])
         self.options.update(given)
@@ -437,7 +440,8 @@ class MipsIndex:
         """Write the (CPU) index to ``path`` through a temporary file, so ``path`` is never half-written."""
         tmp = f"{path}.tmp-{os.getpid()}"
         try:
-            faiss.write_index(self._cpu, tmp)
+            with write_faults_named(path):  # faiss reports a full disk as a RuntimeError
+                faiss.write_index(self._cpu, tmp)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -450,7 +454,7 @@ class MipsIndex:
         ``options`` may set the search-time settings (``nprobe``, ``ef_search``); build-time settings
         given here (e.g. from a manifest) must agree with the file.
         """
-        _check_options(index_type, options)
+        check_options(index_type, options)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such faiss index file")
         try:

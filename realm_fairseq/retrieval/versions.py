@@ -7,28 +7,49 @@ refresh"). An INDEX directory holds those versions side by side:
     INDEX/v1/  embeddings.npy   float16 (count, dim): row i embeds block i of the corpus
                index.faiss      the MipsIndex over those rows (realm_fairseq.retrieval.mips)
                manifest.json    version, corpus_checksum, count, dim, index_type, index_options,
-                                encoder (who embedded: e.g. checkpoint path and update number), created
+                                encoder (who embedded: e.g. checkpoint path and update number), created,
+                                files (bytes and sha256 of embeddings.npy and index.faiss)
     INDEX/v2/  ...
+    INDEX/.lock                  held (flock) while a writer claims a version number
+    INDEX/.tmp-XXXX/             a version being written
     INDEX/shards/<tag>/shard-<i>-of-<n>.npy   embeddings of one job of a sharded build, before merging
 
-A version is written into ``INDEX/vN.tmp/`` and renamed to ``INDEX/vN/`` when complete, so a reader sees
-a whole version or none: a ``vN.tmp`` left by a killed build is never listed or loaded, and the next
-write of version N removes it. Shards are written to a temporary file and renamed the same way, so a
-rerun of a job array skips the shards that exist (:meth:`IndexStore.has_shard`). One writer at a time
-is assumed (the process that refreshes the index); any number of readers may load meanwhile.
+A version is written into a directory of its own, ``INDEX/.tmp-XXXX/``, and renamed to ``INDEX/vN/`` when
+complete, so a reader sees a whole version or none. Any number of writers (hand-run builds, a training
+run's refresher) may commit into one INDEX at once: each writes its own temporary directory and claims
+the next free number only at the rename, holding ``INDEX/.lock`` (``flock``) for that moment, so each
+commits a whole, distinct version. A writer also holds a lock on ``owner`` inside its temporary
+directory until it commits; a temporary directory whose lock nobody holds (its writer was killed) is
+removed by the next commit, never one still being written. On a file system without ``flock`` the
+claim still cannot collide (a rename never replaces a committed version) and a temporary directory
+is removed only when its writer's process, on this host, is gone.
+
+Each manifest records the size and sha256 of ``embeddings.npy`` and ``index.faiss`` (field ``files``):
+loading a version checks both, so a file replaced or damaged after the build is refused with its
+name. The hash reads each file once per process (about 0.6 s a GB at 1.6 GB/s, plus reading the file:
+at paper scale, 13M blocks of 128 dimensions, ~3.3 GB of embeddings and a ~6.7 GB flat index, some
+6 s, which the refresher spends in its background loading thread). Versions written before checksums
+were recorded load with a warning. Shards are written to a temporary file and renamed the same way,
+so a rerun of a job array skips the shards that exist (:meth:`IndexStore.has_shard`).
 """
+import contextlib
 import datetime
+import errno
+import fcntl
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-from typing import Iterable, List, Optional, Tuple, Union
+import socket
+import tempfile
+from typing import Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from realm_fairseq.atomic_io import atomic_file
-from realm_fairseq.retrieval.mips import MipsIndex
+from realm_fairseq.atomic_io import make_public, atomic_file, sha256_files, write_faults_named
+from realm_fairseq.retrieval.mips import MipsIndex, check_options
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +59,18 @@ MANIFEST = "manifest.json"
 SHARDS = "shards"
 MANIFEST_FIELDS = ("version", "corpus_checksum", "count", "dim", "index_type", "index_options", "encoder",
                    "created")
+FILES = "files"  # manifest field: {file name: {"bytes": size, "sha256": hex digest}}
+CHECKED_FILES = (EMBEDDINGS, INDEX)
+LOCK = ".lock"
+TMP_PREFIX = ".tmp-"
+OWNER = "owner"  # inside a version being written: locked by its writer, names its host and pid
 _VERSION_DIR = re.compile(r"^v([1-9][0-9]*)$")
+_LEGACY_TMP = re.compile(r"^v[1-9][0-9]*\.tmp$")  # what builds before unique temporary names left
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)  # flock on a file system without it
 _TAG = re.compile(r"^[A-Za-z0-9_.-]+$")
 BUILD_HINT = "build one with realm-build-index"
+REBUILD = "rebuild the version with realm-build-index"
 
 
 def check_serves(manifest: dict, index_dir: str, query_embedder) -> None:
@@ -74,9 +104,106 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def _save_npy(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as f:  # a file object, so numpy does not append ".npy" to a temporary name
-        np.save(f, array)
+class _HashingFile:
+    """A binary file that hashes what is written to it, so a file is read once to write and hash it."""
+
+    def __init__(self, f):
+        self.f, self.digest, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+
+def _save_npy(path: str, array: np.ndarray) -> dict:
+    """Write ``array`` as a .npy file, flushed to disk; returns its ``files`` record (bytes, sha256)."""
+    with write_faults_named(path), open(path, "wb") as f:
+        hashing = _HashingFile(f)  # not a real file, so numpy writes it in chunks, and adds no ".npy"
+        np.save(hashing, array)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"bytes": hashing.size, "sha256": hashing.digest.hexdigest()}
+
+
+def _file_record(path: str) -> dict:
+    return {"bytes": os.path.getsize(path), "sha256": sha256_files(path)}
+
+
+# ---------------------------------------------------------------- writers of one INDEX
+def _flock(fd: int, blocking: bool = True) -> Optional[bool]:
+    """Lock ``fd`` exclusively: True if taken, False if another holds it (``blocking=False``), None if the
+    file system has no ``flock``."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as e:
+        if e.errno in NO_LOCKS:
+            return None
+        raise
+
+
+@contextlib.contextmanager
+def _index_lock(root: str) -> Iterator[None]:
+    """Hold ``INDEX/.lock`` in the block: writers claim version numbers, prune and tidy one at a time."""
+    fd = os.open(os.path.join(root, LOCK), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if _flock(fd) is None:
+            logger.warning("%s: the file system does not lock files (flock); writers of this INDEX are kept "
+                           "apart by renames alone", root)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _owner_gone(tmp: str) -> bool:
+    """Whether nobody writes the version being written in ``tmp`` any more (its writer was killed)."""
+    path = os.path.join(tmp, OWNER)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # created with its owner file under the INDEX lock: killed in between
+        return True
+    try:
+        free = _flock(fd, blocking=False)
+        if free is not None:
+            return free
+        with open(path, encoding="utf-8") as f:
+            host, pid = (f.read().split() + ["", ""])[:2]
+    finally:
+        os.close(fd)
+    return host == socket.gethostname() and pid.isdigit() and not os.path.exists(f"/proc/{pid}")
+
+
+def _remove_abandoned(root: str) -> None:
+    """Remove versions being written whose writer has gone (call with the INDEX lock held)."""
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        abandoned = _LEGACY_TMP.match(name) or (name.startswith(TMP_PREFIX) and _owner_gone(path))
+        if abandoned and os.path.isdir(path):
+            logger.info("removing %s, left by a build that was killed", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _begin_version(root: str) -> Tuple[str, int]:
+    """A new temporary directory for a version in ``root`` and the descriptor of its locked owner file."""
+    os.makedirs(root, exist_ok=True)
+    with _index_lock(root):
+        _remove_abandoned(root)
+        tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root)
+        make_public(tmp, 0o777)  # mkdtemp makes it private; a version should not be
+        fd = os.open(os.path.join(tmp, OWNER), os.O_RDWR | os.O_CREAT, 0o644)
+        _flock(fd, blocking=False)
+        os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+    return tmp, fd
+
+
+def _write_manifest(directory: str, manifest: dict) -> None:
+    path = os.path.join(directory, MANIFEST)
+    with write_faults_named(path), open(path, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+        f.write("\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -88,6 +215,58 @@ def _load_npy(path: str, what: str) -> np.ndarray:
         return np.load(path, mmap_mode="r")
     except (ValueError, OSError, EOFError) as e:  # truncated, or not a .npy file
         raise ValueError(f"{path}: not a readable .npy file of {what} ({e})") from e
+
+
+def _check_index_fields(manifest: dict, path: str) -> None:
+    """``index_type`` and ``index_options`` name a known type and options it takes (they become refresher
+    command-line flags)."""
+    options = manifest["index_options"]
+    if not isinstance(options, dict):
+        raise ValueError(f"{path}: field index_options is {options!r}, expected an object of index options")
+    try:
+        check_options(manifest["index_type"], options)
+    except ValueError as e:
+        raise ValueError(f"{path}: field index_type/index_options: {e}") from None
+
+
+def _check_files_field(manifest: dict, path: str) -> None:
+    """``files`` records bytes and sha256 of each checked file (absent in versions built before it was)."""
+    files = manifest.get(FILES)
+    if files is None:
+        return
+    for name in CHECKED_FILES:
+        record = files.get(name) if isinstance(files, dict) else None
+        if not (isinstance(record, dict) and isinstance(record.get("bytes"), int)
+                and isinstance(record.get("sha256"), str) and _SHA256.match(record["sha256"])):
+            raise ValueError(f"{path}: field {FILES}.{name} is {record!r}, expected "
+                             '{"bytes": size, "sha256": 64 hex digits}')
+
+
+_VERIFIED = set()  # (path, size, mtime, inode) of files whose sha256 this process has checked
+_UNCHECKED = set()  # versions without checksums, warned about once
+
+
+def verify_file(path: str, manifest: dict, manifest_path: str) -> None:
+    """Raise a ValueError naming ``path`` unless its size and sha256 are those the manifest records;
+    the hash is computed once per process for a file left unchanged."""
+    record = manifest.get(FILES, {}).get(os.path.basename(path))
+    if record is None:
+        if manifest_path not in _UNCHECKED:
+            _UNCHECKED.add(manifest_path)
+            logger.warning("%s records no checksums (built before they were): its files are not verified; "
+                           "rebuild the version to have them checked", manifest_path)
+        return
+    stat = os.stat(path)
+    if stat.st_size != record["bytes"]:
+        raise ValueError(f"{path}: {stat.st_size} bytes, but {manifest_path} records {record['bytes']}; the "
+                         f"file was replaced or damaged after the build ({REBUILD})")
+    key = (path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key in _VERIFIED:
+        return
+    if sha256_files(path) != record["sha256"]:
+        raise ValueError(f"{path}: its sha256 is not the one {manifest_path} records; the file was replaced or "
+                         f"damaged after the build ({REBUILD})")
+    _VERIFIED.add(key)
 
 
 class IndexStore:
@@ -137,39 +316,47 @@ class IndexStore:
                              f"{embeddings.shape}")
         embeddings = embeddings.astype(np.float16, copy=False)  # what is stored; the index is built from it
         index = MipsIndex.build(embeddings, index_type, **options)  # before any file: bad options fail early
-        version = (self.latest() or 0) + 1
-        final = self.version_dir(version)
-        tmp = final + ".tmp"
-        if os.path.lexists(tmp):
-            logger.info("removing %s, left by an unfinished build", tmp)
-            shutil.rmtree(tmp)
-        os.makedirs(tmp)
+        manifest = {
+            "corpus_checksum": corpus_checksum,
+            "count": int(embeddings.shape[0]),
+            "dim": int(embeddings.shape[1]),
+            "index_type": index_type,
+            "index_options": index.options,
+            "encoder": encoder,
+        }
+        tmp, owner = _begin_version(self.root)
         try:
-            _save_npy(os.path.join(tmp, EMBEDDINGS), embeddings)
+            files = {EMBEDDINGS: _save_npy(os.path.join(tmp, EMBEDDINGS), embeddings)}
             index.save(os.path.join(tmp, INDEX))
             _fsync(os.path.join(tmp, INDEX))
-            manifest = {
-                "version": version,
-                "corpus_checksum": corpus_checksum,
-                "count": int(embeddings.shape[0]),
-                "dim": int(embeddings.shape[1]),
-                "index_type": index_type,
-                "index_options": index.options,
-                "encoder": encoder,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            }
-            with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
-                json.dump(manifest, f, indent=2, sort_keys=True)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            _fsync(tmp)
-        except BaseException:  # a killed process leaves vN.tmp behind; the next commit removes it
+            files[INDEX] = _file_record(os.path.join(tmp, INDEX))
+            version = self._claim(tmp, {**manifest, FILES: files})
+        except BaseException:  # a killed process leaves its directory behind; the next commit removes it
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        os.rename(tmp, final)  # the commit point
-        _fsync(self.root)
-        logger.info("committed %s: %d vectors, %s index", final, manifest["count"], index_type)
+        finally:
+            os.close(owner)
+        logger.info("committed %s: %d vectors, %s index", self.version_dir(version), manifest["count"],
+                    index_type)
+        return version
+
+    def _claim(self, tmp: str, manifest: dict) -> int:
+        """Rename the complete version in ``tmp`` to the next free ``vN``; returns N (the commit point)."""
+        with _index_lock(self.root):
+            version = self.latest() or 0
+            while True:
+                version += 1
+                created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+                _write_manifest(tmp, {**manifest, "version": version, "created": created})
+                _fsync(tmp)
+                try:
+                    os.rename(tmp, self.version_dir(version))
+                    break
+                except OSError as e:  # taken meanwhile by a writer on a file system without flock
+                    if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
+            _fsync(self.root)
+        os.unlink(os.path.join(self.version_dir(version), OWNER))
         return version
 
     def prune(self, keep: int, in_use: Union[None, int, Iterable[int]] = None) -> List[int]:
@@ -188,13 +375,14 @@ class IndexStore:
             protected = {int(in_use)}
         else:
             protected = {int(v) for v in in_use}
-        versions = self.versions()
-        doomed = [v for v in versions[: max(0, len(versions) - keep)] if v not in protected]
-        for v in doomed:
-            os.rename(self.version_dir(v), os.path.join(self.root, f".v{v}.deleting"))
-        for name in os.listdir(self.root):  # also what an interrupted prune left
-            if name.startswith(".v") and name.endswith(".deleting"):
-                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+        with _index_lock(self.root):  # another writer's prune may be renaming the same versions
+            versions = self.versions()
+            doomed = [v for v in versions[: max(0, len(versions) - keep)] if v not in protected]
+            for v in doomed:
+                os.rename(self.version_dir(v), os.path.join(self.root, f".v{v}.deleting"))
+            for name in os.listdir(self.root):  # also what an interrupted prune left
+                if name.startswith(".v") and name.endswith(".deleting"):
+                    shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
         if doomed:
             logger.info("pruned versions %s of %s", doomed, self.root)
         return doomed
@@ -238,6 +426,8 @@ class IndexStore:
         for name in ("count", "dim"):
             if not isinstance(manifest[name], int) or manifest[name] < 1:
                 raise ValueError(f"{path}: field {name} is {manifest[name]!r}, expected a positive integer")
+        _check_index_fields(manifest, path)
+        _check_files_field(manifest, path)
         return manifest
 
     def embeddings(self, version: Optional[int] = None) -> np.ndarray:
@@ -245,12 +435,14 @@ class IndexStore:
         return self._embeddings(self.manifest(version))
 
     def _embeddings(self, manifest: dict) -> np.ndarray:
-        path = os.path.join(self.version_dir(manifest["version"]), EMBEDDINGS)
+        vdir = self.version_dir(manifest["version"])
+        path = os.path.join(vdir, EMBEDDINGS)
         array = _load_npy(path, "block embeddings")
         expected = (manifest["count"], manifest["dim"])
         if array.shape != expected or array.dtype != np.float16:
             raise ValueError(f"{path}: holds {array.dtype} {array.shape}, expected float16 {expected} "
                              f"(count, dim of {MANIFEST})")
+        verify_file(path, manifest, os.path.join(vdir, MANIFEST))
         return array
 
     def load(self, version: Optional[int] = None, corpus=None) -> Tuple[MipsIndex, dict]:
@@ -268,8 +460,10 @@ class IndexStore:
                         f"{vdir}: {MANIFEST} field {name} is {manifest[name]!r}, but the corpus has "
                         f"{expected!r}; this index was built from another corpus ({BUILD_HINT} for this one)"
                     )
-        self._embeddings(manifest)  # the file exists and has the recorded shape
+        self._embeddings(manifest)  # the file exists, has the recorded shape and checksum
         path = os.path.join(vdir, INDEX)
+        if os.path.isfile(path):
+            verify_file(path, manifest, os.path.join(vdir, MANIFEST))
         index = MipsIndex.load(path, manifest["index_type"], **manifest["index_options"])
         if (index.ntotal, index.dim) != (manifest["count"], manifest["dim"]):
             raise ValueError(f"{path}: holds {index.ntotal} vectors of dimension {index.dim}, expected "
