@@ -1,7 +1,8 @@
 """realm-fairseq: REALM (Guu et al. 2020, "REALM: Retrieval-Augmented Language Model Pre-Training")
 as a fairseq plugin.
 
-Importing this package makes fairseq checkpoints loadable on torch >= 2.6 and registers every task,
+Importing this package makes fairseq write checkpoints by rename, load them with ``weights_only=True`` and
+resume from the newest intact one (:mod:`realm_fairseq.checkpoint_compat`), and registers every task,
 model and criterion of the plugin. fairseq's ``--user-dir`` auto-imports only ``tasks/`` and
 ``models/`` of a plugin, and nothing at all when the package was already imported by a wrapper such as
 ``realm-train``, so every registering module must be imported here.
@@ -15,7 +16,7 @@ for _name in ("faiss.loader", "fairseq.tasks.text_to_speech"):
 
 from realm_fairseq import checkpoint_compat  # noqa: E402
 
-checkpoint_compat.allow_fairseq_checkpoints()
+checkpoint_compat.install()
 
 # every module that registers something with fairseq (see the module docstring)
 from realm_fairseq.criterions import realm_ict as _realm_ict_criterion  # noqa: E402,F401

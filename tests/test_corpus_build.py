@@ -122,7 +122,7 @@ def test_output_does_not_depend_on_the_number_of_workers(tmp_path):
 def test_refuses_to_overwrite_without_force(tmp_path):
     src = write(tmp_path / "d.jsonl", as_jsonl(DOCS))
     out = tmp_path / "corpus"
-    out.mkdir()
+    build(tmp_path, [src])  # a CORPUS: --force may replace it (never another directory, tests/test_faults.py)
     (out / "precious.txt").write_text("keep me")
     proc = run(["realm-prepare-corpus", str(src), "--vocab", VOCAB, "--out", str(out), "--no-progress"],
                check=False)

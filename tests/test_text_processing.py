@@ -73,7 +73,7 @@ def test_auto_mode_falls_back_to_dates_with_a_warning(tmp_path, monkeypatch, cap
     assert "date regex only (spaCy is not installed)" in caplog.text
     assert "pip install 'realm-fairseq[ner]'" in caplog.text
     assert manifest["salient_span_source"] == "date regex only (spaCy is not installed)"
-    with pytest.raises(RuntimeError, match="spaCy is not installed"):
+    with pytest.raises(ImportError, match="spaCy is not installed"):
         make_finder("spacy")
 
 

@@ -13,7 +13,8 @@ from typing import List, Optional
 
 from realm_fairseq.cli import log_to_stderr
 from realm_fairseq.cli.evaluate import add_model_args, load_model
-from realm_fairseq.data.documents import InputError
+from realm_fairseq.data.documents import InputError, decode_utf8
+from realm_fairseq.errors import cli_errors
 from realm_fairseq.hub import Answer
 
 
@@ -39,16 +40,27 @@ def show(answer: Answer, evidence: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def stdin_questions() -> List[str]:
+    """The non-blank lines of standard input, which must be UTF-8."""
+    lines = (decode_utf8("standard input", raw, lineno).strip() for lineno, raw in enumerate(sys.stdin.buffer, 1))
+    return [line for line in lines if line]
+
+
+def check_questions(questions: List[str]) -> None:
+    if not questions:
+        raise InputError("no question given (as arguments or on stdin)")
+    empty = [i for i, q in enumerate(questions, 1) if not q.strip()]
+    if empty:
+        raise InputError(f"question {empty[0]} is empty; expected text to answer")
+
+
+@cli_errors("realm-answer")
 def cli_main(argv: Optional[List[str]] = None) -> None:
     log_to_stderr(logging.WARNING)
     args = build_parser().parse_args(argv)
-    questions = args.questions or [line.strip() for line in sys.stdin if line.strip()]
-    if not questions:
-        sys.exit("realm-answer: error: no question given (as arguments or on stdin)")
-    try:
-        qa = load_model(args)
-    except (InputError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"realm-answer: error: {e}")
+    questions = args.questions or stdin_questions()
+    check_questions(questions)
+    qa = load_model(args)
     for answer in qa.answer_all(questions, args.batch_size, args.topk, args.beam):
         print(json.dumps(answer.to_dict(), ensure_ascii=False) if args.json else show(answer, args.evidence),
               flush=True)

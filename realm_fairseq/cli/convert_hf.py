@@ -12,11 +12,11 @@ QA.pt`` writes a ``realm_open_qa`` checkpoint that ``realm-evaluate`` and ``real
 import argparse
 import logging
 import os
-import sys
 from typing import List, Optional
 
 from realm_fairseq.cli import log_to_stderr
 from realm_fairseq.data.documents import InputError
+from realm_fairseq.errors import cli_errors
 from realm_fairseq.models import realm_hf
 from realm_fairseq.models.hf_convert import convert_hf_bert, save_weights
 from realm_fairseq.retrieval.mips import INDEX_TYPES
@@ -110,18 +110,16 @@ def convert_realm(args: argparse.Namespace) -> None:
         print(f"wrote {args.qa_checkpoint}: realm_open_qa checkpoint over {args.corpus} and {args.index}")
 
 
+@cli_errors("realm-convert-hf")
 def cli_main(argv: Optional[List[str]] = None) -> None:
     log_to_stderr()
     args = build_parser().parse_args(argv)
-    try:
-        kinds = [realm_hf.hf_dir_kind(d) for d in args.hf_dirs]
-        if any(kinds) and not all(kinds):
-            raise InputError(f"{args.hf_dirs[kinds.index(None)]}: not a REALM checkpoint, unlike "
-                             f"{args.hf_dirs[kinds.index('realm')]}; convert BERT and REALM checkpoints apart")
-        _check_args(args, is_realm=all(kinds))
-        (convert_realm if all(kinds) else convert_bert)(args)
-    except (InputError, FileExistsError, ValueError) as e:
-        sys.exit(f"realm-convert-hf: error: {e}")
+    kinds = [realm_hf.hf_dir_kind(d) for d in args.hf_dirs]
+    if any(kinds) and not all(kinds):
+        raise InputError(f"{args.hf_dirs[kinds.index(None)]}: not a REALM checkpoint, unlike "
+                         f"{args.hf_dirs[kinds.index('realm')]}; convert BERT and REALM checkpoints apart")
+    _check_args(args, is_realm=all(kinds))
+    (convert_realm if all(kinds) else convert_bert)(args)
 
 
 if __name__ == "__main__":

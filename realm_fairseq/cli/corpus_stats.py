@@ -5,6 +5,7 @@ import textwrap
 from typing import List, Optional
 
 from realm_fairseq.data.corpus import BlockCorpus
+from realm_fairseq.errors import cli_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,7 @@ def show_example(corpus: BlockCorpus, j: int) -> str:
     return " ".join(pieces).replace(" ##", "")
 
 
+@cli_errors("realm-corpus-stats")
 def cli_main(argv: Optional[List[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     corpus = BlockCorpus(args.corpus)

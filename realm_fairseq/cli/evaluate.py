@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import asdict
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -32,6 +31,7 @@ from realm_fairseq.data.answers import BlockHits, exact_match
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.documents import InputError
 from realm_fairseq.data.questions import ANSWER_TYPES, Question, read_questions
+from realm_fairseq.errors import cli_errors
 from realm_fairseq.hub import Answer, RealmQA
 from realm_fairseq.models.open_qa import SPAN_RULES
 from realm_fairseq.retrieval.recall import evaluate_retrieval, recall_at
@@ -169,6 +169,24 @@ def answer_questions(args: argparse.Namespace, questions: List[Question]) -> Tup
     return metrics, records
 
 
+def check_out(args: argparse.Namespace) -> None:
+    """Raise before any work unless ``--out`` names a file that can be written and is none of the inputs
+    (the questions, the checkpoint or weights, nor a file of the CORPUS or INDEX)."""
+    out = os.path.realpath(args.out)
+    parent = os.path.dirname(out)
+    if os.path.isdir(out):
+        raise IsADirectoryError(f"--out {args.out} is a directory; expected a file name for the predictions")
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"--out {args.out}: cannot write in {parent} (missing or not writable)")
+    for flag, path in (("--questions", args.questions), ("--checkpoint", args.checkpoint), ("--hf", args.hf)):
+        if path and os.path.realpath(path) == out:
+            raise InputError(f"--out {args.out} is the {flag} file; write the predictions elsewhere")
+    for flag, path in (("--corpus", args.corpus), ("--index", args.index), ("--hf", args.hf)):
+        if path and os.path.isdir(path) and out.startswith(os.path.join(os.path.realpath(path), "")):
+            raise InputError(f"--out {args.out} is inside the {flag} directory {path}; write the predictions "
+                             f"elsewhere")
+
+
 def write_records(path: str, records: List[dict]) -> None:
     with atomic_file(path, force=True) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for record in records:
@@ -176,15 +194,15 @@ def write_records(path: str, records: List[dict]) -> None:
     logger.info("wrote %d predictions to %s", len(records), path)
 
 
+@cli_errors("realm-evaluate")
 def cli_main(argv: Optional[List[str]] = None) -> None:
     log_to_stderr()
     args = build_parser().parse_args(argv)
-    try:
-        _check_sources(args)
-        questions = read_questions(args.questions, args.answer_type)[: args.max_questions]
-        metrics, records = (retrieval_only if args.retrieval_only else answer_questions)(args, questions)
-    except (InputError, FileNotFoundError, ValueError, ImportError) as e:
-        sys.exit(f"realm-evaluate: error: {e}")
+    _check_sources(args)
+    if args.out:
+        check_out(args)
+    questions = read_questions(args.questions, args.answer_type)[: args.max_questions]
+    metrics, records = (retrieval_only if args.retrieval_only else answer_questions)(args, questions)
     if args.out:
         write_records(args.out, records)
     print(json.dumps(metrics, indent=2))

@@ -4,7 +4,6 @@ See :mod:`realm_fairseq.data.corpus_builder` for what CORPUS holds.
 """
 import argparse
 import json
-import sys
 from dataclasses import fields
 from typing import List, Optional
 
@@ -12,7 +11,7 @@ from fairseq.dataclass.utils import gen_parser_from_dataclass
 
 from realm_fairseq.cli import log_to_stderr
 from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
-from realm_fairseq.data.documents import InputError
+from realm_fairseq.errors import cli_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,15 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_errors("realm-prepare-corpus")
 def cli_main(argv: Optional[List[str]] = None) -> None:
     log_to_stderr()
     args = build_parser().parse_args(argv)
     names = [f.name for f in fields(CorpusConfig) if f.init and not f.name.startswith("_")]
     cfg = CorpusConfig(**{name: getattr(args, name) for name in names})
-    try:
-        manifest = prepare_corpus(args.inputs, args.vocab, args.out, cfg)
-    except (InputError, FileExistsError, ValueError, RuntimeError) as e:
-        sys.exit(f"realm-prepare-corpus: error: {e}")
+    manifest = prepare_corpus(args.inputs, args.vocab, args.out, cfg)
     print(json.dumps(manifest["counts"], indent=2))
 
 

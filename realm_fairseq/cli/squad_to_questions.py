@@ -7,11 +7,10 @@ training. Used open-domain, the questions are answered from a whole corpus, not 
 """
 import argparse
 import os
-import sys
 from typing import Dict, List, Optional
 
 from realm_fairseq.cli import log_to_stderr
-from realm_fairseq.data.documents import InputError
+from realm_fairseq.errors import cli_errors
 from realm_fairseq.data.questions import split_by_article, squad_questions, write_questions
 
 DEFAULT_SPLIT = "train=80,valid=10,test=10"
@@ -49,18 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_errors("realm-squad-to-questions")
 def cli_main(argv: Optional[List[str]] = None) -> None:
     log_to_stderr()
     args = build_parser().parse_args(argv)
     split = parse_split(args.split) if isinstance(args.split, str) else args.split
-    try:
-        items = squad_questions(args.squad)
-        if args.max_articles is not None:
-            kept = set(list(dict.fromkeys(title for title, _ in items))[: args.max_articles])
-            items = [item for item in items if item[0] in kept]
-        splits = split_by_article(items, split, args.seed)
-    except (InputError, ValueError) as e:
-        sys.exit(f"realm-squad-to-questions: error: {e}")
+    items = squad_questions(args.squad)
+    if args.max_articles is not None:
+        kept = set(list(dict.fromkeys(title for title, _ in items))[: args.max_articles])
+        items = [item for item in items if item[0] in kept]
+    splits = split_by_article(items, split, args.seed)
     for name, questions in splits.items():
         path = os.path.join(args.out, f"{name}.jsonl")
         write_questions(path, questions)

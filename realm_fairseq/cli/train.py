@@ -11,10 +11,11 @@ import logging
 import os
 import sys
 import warnings
-from typing import List
+from typing import List, Optional
 
 import realm_fairseq
 from realm_fairseq.cli import LOG_FORMAT
+from realm_fairseq.errors import cli_errors
 
 PLUGIN_DIR = os.path.dirname(os.path.abspath(realm_fairseq.__file__))
 HELP_FLAGS = ("-h", "--help")
@@ -130,12 +131,14 @@ def train(argv: List[str]) -> None:
     distributed_utils.call_main(training_config(argv), fairseq_train.main)
 
 
-def train_main() -> None:
+@cli_errors("realm-train")
+def train_main(argv: Optional[List[str]] = None) -> None:
     """``realm-train``: :func:`train` on the command line's arguments."""
+    argv = sys.argv[1:] if argv is None else argv
     use_fairseq_train_logging()
-    if any(a in HELP_FLAGS for a in sys.argv[1:]):
-        print_full_help(sys.argv[1:])
-    train(sys.argv[1:])
+    if any(a in HELP_FLAGS for a in argv):
+        print_full_help(argv)
+    train(argv)
     exit_after_success()
 
 

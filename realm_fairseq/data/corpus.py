@@ -10,6 +10,7 @@ retriever scores (REALM, section 3.2); examples are the ``x`` of masked-language
 """
 import json
 import os
+import struct
 from dataclasses import dataclass
 from functools import cached_property
 from typing import List, Sequence, Tuple
@@ -19,6 +20,7 @@ import torch
 from fairseq.data import Dictionary
 from fairseq.data.indexed_dataset import MMapIndexedDataset
 
+from realm_fairseq.data.documents import InputError
 from realm_fairseq.data.vocab import Vocab
 
 BLOCKS = "blocks"
@@ -30,6 +32,9 @@ EXAMPLE_META = "examples.meta.npy"
 EXAMPLE_SPANS = "examples.spans.npy"
 DICT = "dict.txt"
 MANIFEST = "manifest.json"
+#: the head of a fairseq ``.idx`` file: magic, version, dtype code, number of items; then int32 sizes and
+#: int64 pointers, one of each per item
+_IDX_HEAD = struct.Struct("<9sQBQ")
 
 
 def with_cls_sep(tokens: torch.Tensor, dictionary: Dictionary) -> torch.Tensor:
@@ -67,7 +72,48 @@ def _load_manifest(path: str) -> dict:
             f"{path} is not a corpus: {MANIFEST} is missing (build one with realm-prepare-corpus)"
         )
     with open(manifest_path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            manifest = json.load(f)
+        except ValueError as e:
+            raise _damaged(manifest_path, f"invalid JSON ({e})") from None
+    if not isinstance(manifest, dict) or not {"settings", "counts", "corpus_checksum"} <= manifest.keys():
+        raise _damaged(manifest_path, "not the manifest of realm-prepare-corpus")
+    return manifest
+
+
+def _damaged(path: str, what: str) -> InputError:
+    return InputError(f"{path}: {what}; expected a file of a whole CORPUS: build it again with "
+                      f"realm-prepare-corpus")
+
+
+def _load_npy(path: str, mmap_mode=None) -> np.ndarray:
+    """An array file of a CORPUS; a missing or damaged one raises an :class:`InputError` naming it."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode)
+    except FileNotFoundError:
+        raise _damaged(path, "missing") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise _damaged(path, f"truncated or not a .npy array ({e})") from None
+
+
+def open_indexed_dataset(prefix: str) -> MMapIndexedDataset:
+    """fairseq's memory-mapped dataset ``prefix``.idx/.bin, once both files are checked whole."""
+    idx, data = prefix + ".idx", prefix + ".bin"
+    for path in (idx, data):
+        if not os.path.isfile(path):
+            raise _damaged(path, "missing")
+    with open(idx, "rb") as f:
+        head = f.read(_IDX_HEAD.size)
+    if len(head) < _IDX_HEAD.size or _IDX_HEAD.unpack(head)[:2] != (MMapIndexedDataset.Index._HDR_MAGIC, 1):
+        raise _damaged(idx, "not a fairseq indexed dataset index")
+    items = _IDX_HEAD.unpack(head)[3]
+    if os.path.getsize(idx) < _IDX_HEAD.size + 12 * items:
+        raise _damaged(idx, f"truncated (too short for its {items} items)")
+    dataset = MMapIndexedDataset(prefix)
+    needed = int(dataset.sizes.sum()) * np.dtype(dataset._index.dtype).itemsize
+    if os.path.getsize(data) < needed:
+        raise _damaged(data, f"truncated ({os.path.getsize(data)} bytes, where its index needs {needed})")
+    return dataset
 
 
 class BlockCorpus:
@@ -76,9 +122,9 @@ class BlockCorpus:
     def __init__(self, path: str):
         self.path = path
         self.manifest = _load_manifest(path)
-        self.dataset = MMapIndexedDataset(os.path.join(path, BLOCKS))
-        self.meta = np.load(os.path.join(path, BLOCK_META), mmap_mode="r")
-        self._doc_offsets = np.load(os.path.join(path, DOCUMENT_OFFSETS), mmap_mode="r")
+        self.dataset = open_indexed_dataset(os.path.join(path, BLOCKS))
+        self.meta = _load_npy(os.path.join(path, BLOCK_META), mmap_mode="r")
+        self._doc_offsets = _load_npy(os.path.join(path, DOCUMENT_OFFSETS), mmap_mode="r")
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -176,12 +222,12 @@ class PretrainingExamples:
 
     def __init__(self, path: str):
         self.path = path
-        meta = np.load(os.path.join(path, EXAMPLE_META))
+        meta = _load_npy(os.path.join(path, EXAMPLE_META))
         # fairseq cannot memory-map an empty file: a corpus may have no example (all sentences short)
-        self.dataset = MMapIndexedDataset(os.path.join(path, EXAMPLES)) if len(meta) else None
+        self.dataset = open_indexed_dataset(os.path.join(path, EXAMPLES)) if len(meta) else None
         self.source_block = meta[:, 0]
         self.block_offset = meta[:, 1]
-        self.spans = np.load(os.path.join(path, EXAMPLE_SPANS))
+        self.spans = _load_npy(os.path.join(path, EXAMPLE_SPANS))
         self._span_ptr = np.searchsorted(self.spans[:, 0], np.arange(len(meta) + 1))
 
     def __len__(self) -> int:

@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 #: documents handed to a worker at a time (large enough to amortise inter-process traffic)
 CHUNK_CHARS = 1 << 20
 MANIFEST_VERSION = 1
+CORPUS_FORMAT = "realm-fairseq corpus"
 
 
 @dataclass
@@ -86,7 +87,8 @@ class CorpusConfig(FairseqDataclass):
         default=0, metadata={"help": "read only the first N documents of the inputs, in order (0: all); "
                              "for trying the pipeline on a small corpus"}
     )
-    force: bool = field(default=False, metadata={"help": "replace an existing output directory"})
+    force: bool = field(default=False, metadata={"help": "replace an existing CORPUS (never another file or directory, nor one holding "
+                                             "an input)"})
     no_progress: bool = field(default=False, metadata={"help": "do not show a progress bar"})
 
     def validate(self) -> None:
@@ -301,6 +303,8 @@ def prepare_corpus(inputs: List[str], vocab_path: str, out: str, cfg: CorpusConf
     if not inputs:
         raise InputError("no input files given")
     check_writable_target(out, cfg.force)
+    if cfg.force and os.path.lexists(out):
+        check_replaceable(out, inputs + [vocab_path])
     vocab = Vocab.load(vocab_path)
     formats = resolve_formats(inputs, cfg.format)
     if REALM_BLOCKS in formats and len(inputs) > 1:
@@ -336,11 +340,31 @@ def prepare_corpus(inputs: List[str], vocab_path: str, out: str, cfg: CorpusConf
     return manifest
 
 
+def check_replaceable(out: str, inputs: List[str]) -> None:
+    """Raise unless ``--force`` may replace ``out``: a CORPUS (recognised by its manifest) that holds none of
+    ``inputs``."""
+    if os.path.islink(out) or not os.path.isdir(out):
+        raise FileExistsError(f"{out} exists and is not a CORPUS directory; --force replaces only a CORPUS")
+    try:
+        with open(os.path.join(out, files.MANIFEST), encoding="utf-8") as f:
+            is_corpus = json.load(f).get("format") == CORPUS_FORMAT
+    except (OSError, ValueError, AttributeError):
+        is_corpus = False
+    if not is_corpus:
+        raise FileExistsError(f"{out} exists and is not a CORPUS (no {files.MANIFEST} of realm-prepare-corpus); "
+                              f"--force replaces only a CORPUS")
+    root = os.path.join(os.path.realpath(out), "")
+    for path in inputs:
+        if os.path.realpath(path).startswith(root):
+            raise FileExistsError(f"{out} holds the input {path}; --force would delete it: write the CORPUS "
+                                  f"elsewhere")
+
+
 def _manifest(cfg, vocab, inputs, formats, docs_per_input, writer, span_source) -> dict:
     root = writer.root
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("workers", "force", "no_progress")}
     return {
-        "format": "realm-fairseq corpus",
+        "format": CORPUS_FORMAT,
         "version": MANIFEST_VERSION,
         "settings": settings,
         "counts": {

@@ -14,12 +14,15 @@ whose message names the file, the line (or the JSON path for SQuAD files) and wh
 import csv
 import gzip
 import json
+import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 FORMATS = ("jsonl", "tsv", "squad", "realm-blocks")
 DPR_HEADER = ["id", "text", "title"]
+
+logger = logging.getLogger(__name__)
 
 
 class InputError(ValueError):
@@ -107,21 +110,44 @@ def read_jsonl(path: str) -> Iterator[Document]:
         )
 
 
+def _is_dpr_header(row: Optional[List[str]]) -> bool:
+    return [h.strip().lower() for h in row or []] == DPR_HEADER
+
+
+def _tsv_rows(path: str) -> Iterator[Tuple[int, List[str]]]:
+    """(line, row) for each line of a TSV file; a quoted field must close on the line it opens on."""
+    rows = csv.reader((line for _, line in _lines(path)), delimiter="\t")
+    while True:
+        start = rows.line_num + 1
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise InputError(f"{path}, line {start}: {e}; expected one passage a line (an unterminated "
+                             f"quote?)") from None
+        if rows.line_num > start:
+            raise InputError(f"{path}, line {start}: a quoted field opened on this line closes only on line "
+                             f"{rows.line_num}; expected one passage a line (an unterminated quote?)")
+        yield start, row
+
+
 def read_tsv(path: str) -> Iterator[Document]:
-    lines = _lines(path)
-    rows = csv.reader((line for _, line in lines), delimiter="\t")
-    header = next(rows, None)
-    if [h.strip().lower() for h in header or []] != DPR_HEADER:
+    rows = _tsv_rows(path)
+    _, header = next(rows, (1, None))
+    if not _is_dpr_header(header):
         raise InputError(
             f"{path}, line 1: expected the DPR header 'id<TAB>text<TAB>title', found {header!r}"
         )
-    for row in rows:
+    for lineno, row in rows:
         if not row:
+            continue
+        if _is_dpr_header(row):
+            logger.warning("%s, line %d: the DPR header again (files concatenated?); skipped", path, lineno)
             continue
         if len(row) != 3:
             raise InputError(
-                f"{path}, line {rows.line_num}: expected 3 tab-separated columns (id, text, title), "
-                f"found {len(row)}"
+                f"{path}, line {lineno}: expected 3 tab-separated columns (id, text, title), found {len(row)}"
             )
         yield Document(id=row[0], title=row[2], text=row[1])
 

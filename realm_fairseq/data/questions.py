@@ -46,6 +46,8 @@ def _answers_field(obj: dict, where: str, answer_type: str) -> List[str]:
     keys = [k for k in ("answer", "answers") if k in obj]
     if not keys:
         raise InputError(f"{where}: missing \"answer\" (or \"answers\"); expected a list of strings")
+    if len(keys) == 2:
+        raise InputError(f"{where}: has both \"answer\" and \"answers\"; expected one of them")
     value = obj[keys[0]]
     answers = [value] if isinstance(value, str) else value
     if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
@@ -107,6 +109,8 @@ def squad_questions(path: str) -> List[Tuple[str, Question]]:
                     raise InputError(f"{qwhere}: expected {{\"question\": str, \"answers\": [{{\"text\": str}}]}}")
                 texts = list(dict.fromkeys(a.get("text", "").strip() for a in answers if isinstance(a, dict)))
                 texts = [t for t in texts if t]
+                if texts and not qa["question"].strip():
+                    raise InputError(f"{qwhere}: \"question\" is empty; expected the question's text")
                 if texts:  # SQuAD 2.0's unanswerable questions have none
                     found.append((title, Question(qa["question"].strip(), texts, str(qa.get("id", qwhere)),
                                                   f"{doc_title}#{j}")))

@@ -99,7 +99,7 @@ def make_finder(mode: str = "auto") -> SalientSpanFinder:
         if nlp is not None:
             return SalientSpanFinder("spacy", nlp, f"{what} + date regex")
         if mode == "spacy":
-            raise RuntimeError(f"--salient-spans spacy: {what}; pip install 'realm-fairseq[ner]'")
+            raise ImportError(f"--salient-spans spacy: {what}; pip install 'realm-fairseq[ner]'")
         return SalientSpanFinder("regex", None, f"date regex only ({what})")
     if mode == "regex":
         return SalientSpanFinder("regex", None, "date regex only")

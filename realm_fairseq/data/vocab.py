@@ -73,6 +73,11 @@ class Vocab:
                 f"{path}: vocab lacks {', '.join(missing)}; expected a BERT WordPiece vocab with "
                 f"{', '.join(REQUIRED_SYMBOLS)}"
             )
+        if all(tok.startswith("[") and tok.endswith("]") for tok in tokens):
+            raise InputError(
+                f"{path}: vocab holds only special symbols ({len(tokens)} [...] entries), so every word would "
+                f"become [UNK]; expected a BERT WordPiece vocab"
+            )
         return cls(path=path, tokens=tokens, md5=hashlib.md5(raw).hexdigest())
 
     def __len__(self) -> int:

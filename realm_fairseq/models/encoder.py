@@ -15,6 +15,8 @@ import argparse
 import importlib
 import inspect
 import json
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
@@ -64,6 +66,22 @@ class EncoderConfig(FairseqDataclass):
                   "gelu_accurate (tanh approximation, Google BERT's and REALM's, HF 'gelu_new'); default: as "
                   "recorded with the weights the model starts from, else gelu"},
     )
+
+
+#: environment variable: comma-separated ``package.module:Class`` names checkpoints may name as encoder_class
+TRUSTED_ENV = "REALM_TRUSTED_ENCODER_CLASSES"
+
+
+def untrusted_encoder_class(name: str, trusted=()) -> bool:
+    """Whether a checkpoint's ``encoder_class`` would import code nobody chose: it is none of
+    :data:`ENCODER_CLASSES`, its module is not imported yet (fairseq's own encoders, a ``--user-dir``'s
+    and the command line's model are), and neither ``trusted`` (names the user gave) nor
+    ``$REALM_TRUSTED_ENCODER_CLASSES`` names it."""
+    if name in ENCODER_CLASSES or name in trusted:
+        return False
+    if name in os.environ.get(TRUSTED_ENV, "").replace(" ", "").split(","):
+        return False
+    return name.partition(":")[0] not in sys.modules
 
 
 def resolve_encoder_class(name: str) -> type:

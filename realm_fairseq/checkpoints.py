@@ -1,0 +1,150 @@
+"""Checkpoint files written whole or not at all, read safely, and resumed from the newest intact one.
+
+A checkpoint is written to a temporary file beside its name, flushed to disk and renamed over it
+(:func:`save_state`, :func:`copy_atomically`): a kill at any moment leaves the old file or the new one,
+and at worst a ``.NAME.tmp-*`` file that :func:`remove_unfinished` clears. Reading
+(:func:`read_state`) first checks that the file is a whole torch archive (:func:`damage`, which reads
+only its end), then loads it with ``weights_only=True``: tensors and plain containers, never code. A
+damaged or refused file raises :class:`CheckpointError` naming the file and what is wrong with it.
+:func:`newest_intact` picks the checkpoint to resume from when the last one is damaged.
+"""
+import logging
+import os
+import pickle
+import shutil
+import tempfile
+import zipfile
+from typing import List, Optional, Tuple
+
+import torch
+
+from realm_fairseq.data.documents import InputError
+
+logger = logging.getLogger(__name__)
+
+TMP_INFIX = ".tmp-"
+
+
+class CheckpointError(InputError):
+    """A checkpoint file is damaged, is not a checkpoint, or holds what safe loading refuses."""
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _commit(path: str, write) -> None:
+    """Call ``write(f)`` on a temporary file beside ``path``, flush it to disk, rename it to ``path``."""
+    directory, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}{TMP_INFIX}", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_state(state, path: str) -> None:
+    """``torch.save(state)`` to ``path``, committed by rename."""
+    _commit(path, lambda f: torch.save(state, f))
+
+
+def copy_atomically(src: str, dst: str) -> None:
+    """Copy ``src`` to ``dst``, committed by rename."""
+    with open(src, "rb") as source:
+        _commit(dst, lambda f: shutil.copyfileobj(source, f, 1 << 24))
+
+
+def damage(path: str) -> Optional[str]:
+    """Why ``path`` is not a whole torch checkpoint (truncated, empty, not a torch archive), or None.
+    Reads the archive's directory at the end of the file, not the tensors."""
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty file"
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except FileNotFoundError:
+        return "file not found"
+    except (zipfile.BadZipFile, OSError) as e:
+        return f"truncated or not a torch checkpoint ({e})"
+    if not any(m.filename.endswith("/data.pkl") for m in members):
+        return "a zip archive without data.pkl, not a torch checkpoint"
+    if any(m.header_offset + m.compress_size > size for m in members):
+        return "truncated (its records run past the end of the file)"
+    return None
+
+
+def read_state(path: str):
+    """What ``torch.save`` wrote to ``path``, loaded with ``weights_only=True`` onto the CPU."""
+    reason = damage(path)
+    if reason is not None:
+        raise CheckpointError(f"{path}: {reason}; expected a whole checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), None)
+        if refused is None:
+            raise CheckpointError(f"{path}: damaged checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: holds an object safe loading refuses ({refused}); only checkpoints "
+                              f"of tensors and plain values load") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        raise CheckpointError(f"{path}: damaged checkpoint ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def checkpoint_files(save_dir: str, suffix: str = "") -> List[str]:
+    """The checkpoints fairseq writes in ``save_dir`` (``checkpoint*{suffix}.pt``), newest first."""
+    try:
+        names = os.listdir(save_dir)
+    except FileNotFoundError:
+        return []
+    paths = [os.path.join(save_dir, n) for n in names if n.startswith("checkpoint") and n.endswith(f"{suffix}.pt")]
+    return sorted(paths, key=os.path.getmtime, reverse=True)
+
+
+def newest_intact(save_dir: str, suffix: str = "") -> Tuple[Optional[str], List[Tuple[str, str]]]:
+    """The newest whole checkpoint of ``save_dir`` (or None), and the (path, reason) of each damaged one
+    newer than it."""
+    damaged = []
+    for path in checkpoint_files(save_dir, suffix):
+        reason = damage(path)
+        if reason is None:
+            return path, damaged
+        damaged.append((path, reason))
+    return None, damaged
+
+
+def remove_unfinished(save_dir: str) -> List[str]:
+    """Remove the temporary files a save killed mid-write left in ``save_dir``; returns their paths."""
+    try:
+        names = os.listdir(save_dir)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in names:
+        if name.startswith(".checkpoint") and TMP_INFIX in name:
+            os.unlink(os.path.join(save_dir, name))
+            removed.append(os.path.join(save_dir, name))
+    return removed

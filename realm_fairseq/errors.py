@@ -1,0 +1,59 @@
+"""Errors of the console scripts: one line each, naming the file, line or field and what was expected.
+
+Every ``realm-*`` entry point is wrapped by :func:`cli_errors`: an error the user can act on (bad input,
+a damaged or refused checkpoint, a missing or unwritable file, a full disk, a missing optional package)
+ends the command with ``PROG: error: MESSAGE`` on one line and exit status 1, no traceback. ``--debug``
+on the command line (or ``REALM_DEBUG=1`` in the environment) shows the traceback instead. Anything
+else is a bug and keeps its traceback.
+"""
+import errno
+import functools
+import os
+import sys
+from typing import Callable, List, Optional
+
+DEBUG_ENV = "REALM_DEBUG"
+DEBUG_FLAG = "--debug"
+#: what a user can act on: InputError and CheckpointError (ValueErrors, as are JSON and UTF-8 decoding
+#: errors), file system errors, missing optional packages
+USER_ERRORS = (ValueError, OSError, ImportError)
+
+
+def message(error: BaseException) -> str:
+    """``error`` as one line."""
+    if isinstance(error, OSError) and error.filename is not None:
+        reason = "no space left on device" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+        text = f"{error.filename}: {reason}"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+def _take_debug_flag(args: List[str], first: int) -> bool:
+    """Remove ``--debug`` from ``args[first:]``; whether it was there."""
+    found = DEBUG_FLAG in args[first:]
+    while DEBUG_FLAG in args[first:]:
+        del args[args.index(DEBUG_FLAG, first)]
+    return found
+
+
+def cli_errors(prog: str) -> Callable:
+    """Decorate a console script's ``main(argv=None)`` as the module docstring says."""
+    def decorate(main: Callable) -> Callable:
+        @functools.wraps(main)
+        def run(argv: Optional[List[str]] = None):
+            argv = None if argv is None else list(argv)
+            flag = _take_debug_flag(sys.argv, 1) if argv is None else _take_debug_flag(argv, 0)
+            debug = flag or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+            try:
+                return main(argv)
+            except USER_ERRORS as e:
+                if debug:
+                    raise
+                sys.exit(f"{prog}: error: {message(e)}")
+            except KeyboardInterrupt:
+                if debug:
+                    raise
+                sys.exit(f"{prog}: interrupted")
+        return run
+    return decorate
