@@ -19,7 +19,9 @@ setup(
     install_requires=[
         "fairseq>=0.12.2; python_version < '3.11'",
         "ve-fairseq>=0.12.3; python_version >= '3.11'",
-        "torch>=2.0",
+        # every checkpoint loads with weights_only=True, which is safe against crafted files from torch 2.10
+        # on (CVE-2025-32434 fixed in 2.6, CVE-2026-24747 in 2.10)
+        "torch>=2.10",
         "numpy",
         # faiss-gpu replaces this on a GPU cluster: see the README
         "faiss-cpu>=1.7",

@@ -14,6 +14,7 @@ import torch
 from realm_fairseq.cli import log_to_stderr
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.documents import InputError
+from realm_fairseq.errors import cli_errors
 from realm_fairseq.models.similarity import POOLINGS, SCORES
 from realm_fairseq.retrieval.corpus_embedding import (
     DTYPES, build_index, doc_embedder_from_bert, doc_embedder_from_checkpoint,
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_errors("realm-build-index")
 def cli_main(argv: Optional[List[str]] = None) -> None:
     log_to_stderr()
     args = build_parser().parse_args(argv)
