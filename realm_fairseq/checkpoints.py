@@ -100,9 +100,10 @@ def read_state(path: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        refused = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), None)
-        if refused is None:
+        if not str(e).startswith("Weights only load failed"):
             raise CheckpointError(f"{path}: damaged checkpoint ({_first_line(e)})") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        refused = next((line for line in lines if "GLOBAL" in line), lines[min(1, len(lines) - 1)])
         raise CheckpointError(f"{path}: holds an object safe loading refuses ({refused}); only checkpoints "
                               f"of tensors and plain values load") from None
     except (RuntimeError, EOFError, ValueError, OSError) as e:
