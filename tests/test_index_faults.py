@@ -2,20 +2,32 @@
 one INDEX at once each commit a whole, distinct version and never remove one another's version in
 progress; checksums catch a file replaced after the build; realm-build-index checks its options and
 output before it embeds anything."""
+import argparse
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
+import types
 
 import faiss
 import numpy as np
 import pytest
+import torch
 
+from realm_fairseq.cli.build_index import cli_main as build_index_main
+from realm_fairseq.data import BlockCorpus
+from realm_fairseq.models.embedder import Embedder
+from realm_fairseq.models.realm import RealmConfig, realm_tiny
+from realm_fairseq.retrieval.corpus_embedding import doc_embedder_from_checkpoint, embed_blocks
+from realm_fairseq.retrieval.refresh import snapshot_state, write_snapshot
 from realm_fairseq.retrieval.versions import IndexStore
 
-from conftest import ROOT, run
+from conftest import BIN, ROOT
+from test_refresh import ONE_THREAD, small_corpus  # noqa: F401 - a fixture
 
 WRITERS = 3
 ROWS, DIM = 100_000, 64  # 12.8 MB of float16 a version: long enough writes for the writers to overlap
@@ -138,3 +150,108 @@ def test_manifest_fields_are_checked_against_the_known_names(tmp_path, field, va
         json.dump(manifest, f)
     with pytest.raises(ValueError, match=rf"{path}: {expected}"):
         store.load()
+
+
+# ---------------------------------------------------------------------------------------------- realm-build-index
+def tiny_checkpoint(corpus: BlockCorpus, path: str, seed: int) -> str:
+    """A refresh snapshot (the document embedder of a fresh realm_tiny model of ``seed``), as
+    realm-build-index --checkpoint reads it."""
+    args = argparse.Namespace()
+    realm_tiny(args)
+    torch.manual_seed(seed)
+    model = types.SimpleNamespace(cfg=args, doc_embedder=Embedder(RealmConfig(**vars(args)), corpus.dictionary,
+                                                                   "cls", 32))
+    write_snapshot(snapshot_state(model, seed), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(small_corpus, tmp_path_factory):
+    """Two snapshots of different weights and the embeddings each gives the small corpus."""
+    corpus, root = BlockCorpus(small_corpus), tmp_path_factory.mktemp("checkpoints")
+    paths = [tiny_checkpoint(corpus, str(root / f"seed{seed}.pt"), seed) for seed in (1, 2)]
+    return {path: embed_blocks(doc_embedder_from_checkpoint(path, corpus), corpus, progress=False)
+            for path in paths}
+
+
+def build_index_command(corpus, checkpoint, index):
+    return [os.path.join(BIN, "realm-build-index"), "--corpus", corpus, "--checkpoint", checkpoint, "--out", index,
+            "--no-progress"]
+
+
+def test_two_builds_at_once_commit_two_versions_each_holding_its_own_embeddings(small_corpus, two_checkpoints,
+                                                                                tmp_path):
+    index = str(tmp_path / "INDEX")
+    for trial in range(3):
+        builds = [subprocess.Popen(build_index_command(small_corpus, checkpoint, index), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
+                  for checkpoint in two_checkpoints]
+        outcomes = [b.communicate(timeout=300) for b in builds]
+        assert all(b.returncode == 0 for b in builds), [err[-3000:] for _, err in outcomes]
+        committed = sorted(int(out.split("/v")[-1]) for out, _ in outcomes)
+        assert committed == [2 * trial + 1, 2 * trial + 2]
+    store = IndexStore(index)
+    assert store.versions() == list(range(1, 7))
+    for version in store.versions():
+        _, manifest = store.load(version, corpus=BlockCorpus(small_corpus))  # sizes and checksums agree
+        expected = two_checkpoints[manifest["encoder"]["path"]]
+        np.testing.assert_allclose(store.embeddings(version), expected, atol=2e-3)
+        np.testing.assert_allclose(stored_vectors(store, version), expected, atol=2e-3)
+    first, second = two_checkpoints.values()
+    assert np.abs(first.astype(np.float32) - second).mean() > 0.1  # the two builds are told apart
+
+
+@contextlib.contextmanager
+def unwritable(path):
+    """``path`` (a directory) refuses new entries: chmod for a user, the immutable attribute for root
+    (whom permissions do not stop)."""
+    if os.geteuid() != 0:
+        os.chmod(path, 0o555)
+        undo = ["chmod", "755", path]
+    elif subprocess.run(["chattr", "+i", path], capture_output=True).returncode == 0:
+        undo = ["chattr", "-i", path]
+    else:
+        pytest.skip("running as root on a file system without chattr +i: cannot make a directory unwritable")
+    try:
+        yield
+    finally:
+        subprocess.run(undo, check=True)
+
+
+def build_index_error(capsys, argv) -> str:
+    """The one-line error realm-build-index stops with; fails if it embedded anything first."""
+    with pytest.raises(SystemExit) as stop:
+        build_index_main(argv)
+    message = str(stop.value.code)
+    assert message.startswith("realm-build-index: error: ") and "\n" not in message
+    assert "embedded" not in capsys.readouterr().err
+    return message
+
+
+def test_build_index_checks_its_options_and_output_before_embedding(small_corpus, two_checkpoints, tmp_path, capsys):
+    checkpoint = next(iter(two_checkpoints))
+    common = ["--corpus", small_corpus, "--checkpoint", checkpoint, "--no-progress"]
+    out = ["--out", str(tmp_path / "INDEX")]
+    for extra, expected in [
+        (["--pq-m", "4"], "--pq-m does not apply to --index-type flat (its options: none)"),
+        (["--index-type", "ivf_pq", "--pq-m", "0"], "--pq-m 0: expected a positive integer"),
+        (["--index-type", "ivf_pq", "--pq-m", "5"], "pq_m=5 must divide the embedding dimension 32"),
+        (["--index-type", "ivf_flat", "--nlist", "100000"], "nlist=100000 cells need at least 100000 vectors"),
+        (["--merge"], "--merge commits the shards of a sharded build"),
+        (["--num-shards", "0"], "--num-shards 0: expected at least 1"),
+        (["--max-tokens", "0"], "--max-tokens 0: expected a positive number of tokens"),
+        (["--device", "tpu:x"], "--device 'tpu:x': not a torch device"),
+    ]:
+        assert expected in build_index_error(capsys, [*common, *out, *extra]), extra
+    assert not os.path.exists(tmp_path / "INDEX")
+
+    (tmp_path / "file").write_text("")
+    assert f"{tmp_path}/file: exists and is not a directory" in build_index_error(
+        capsys, [*common, "--out", str(tmp_path / "file")])
+    message = build_index_error(capsys, [*common, "--out", small_corpus])
+    assert f"{small_corpus}: holds " in message and "which are not index versions" in message
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    with unwritable(readonly):
+        message = build_index_error(capsys, [*common, "--out", str(readonly)])
+    assert re.search(rf"error: {readonly}: (Operation not permitted|Permission denied)$", message), message

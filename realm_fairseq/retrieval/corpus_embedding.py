@@ -32,6 +32,7 @@ from realm_fairseq.models.hf_convert import convert_hf_bert, load_into_encoder, 
 from realm_fairseq.models.realm import NO_INIT, RealmConfig, resolve_similarity
 from realm_fairseq.models import realm_hf
 from realm_fairseq.models.similarity import REALM_SIMILARITY, Similarity
+from realm_fairseq.retrieval.mips import min_index_bytes, resolve_options
 from realm_fairseq.retrieval.versions import IndexStore, shard_range
 
 logger = logging.getLogger(__name__)
@@ -175,6 +176,20 @@ def shard_tag(source: EmbedderSource, corpus: BlockCorpus) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
+def check_output(store: IndexStore, corpus: BlockCorpus, source: EmbedderSource, index_type: str,
+                 shard: Tuple[int, int], merge: bool, index_options: dict) -> None:
+    """Before anything is embedded: the index options suit this corpus and embedder, and the INDEX can be
+    written, with room for what this step writes (a shard's embeddings, or a version)."""
+    count, dim = len(corpus), source.embedder.dim
+    options = resolve_options(index_type, count, dim, **index_options)
+    shard_id, num_shards = shard
+    if num_shards > 1 and not merge:
+        start, end = shard_range(count, shard_id, num_shards)
+        store.check_writable((end - start) * dim * 2)
+    else:
+        store.check_writable(count * dim * 2 + min_index_bytes(index_type, count, dim, options))
+
+
 def build_index(
     corpus: BlockCorpus,
     index_dir: str,
@@ -194,6 +209,7 @@ def build_index(
     store = IndexStore(index_dir)
     shard_id, num_shards = shard
     embed_options = embed_options or {}
+    check_output(store, corpus, source, index_type, shard, merge, index_options)
     if num_shards == 1:
         embeddings = embed_blocks(source, corpus, **embed_options)
         return store.commit(embeddings, corpus.checksum, source.info, index_type, **index_options)

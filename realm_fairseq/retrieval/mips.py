@@ -159,6 +159,14 @@ def resolve_options(index_type: str, n: int, d: int, **options) -> dict:
     return {k: int(opts[k]) for k in APPLIES[index_type]}
 
 
+def min_index_bytes(index_type: str, n: int, d: int, opts: dict) -> int:
+    """A lower bound on the size of the index file of ``n`` vectors of dimension ``d`` (``opts`` resolved):
+    the vectors or codes alone."""
+    if index_type == "ivf_pq":
+        return n * -(-opts["pq_m"] * opts["pq_nbits"] // 8)
+    return n * d * (1 if index_type == "sq8" else 4)
+
+
 def _new_index(index_type: str, d: int, opts: dict) -> "faiss.Index":
     ip = faiss.METRIC_INNER_PRODUCT
     if index_type == "flat":

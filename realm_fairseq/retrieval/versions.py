@@ -67,6 +67,8 @@ OWNER = "owner"  # inside a version being written: locked by its writer, names i
 _VERSION_DIR = re.compile(r"^v([1-9][0-9]*)$")
 _LEGACY_TMP = re.compile(r"^v[1-9][0-9]*\.tmp$")  # what builds before unique temporary names left
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# what an INDEX directory holds besides versions (hidden names, such as .lock and .tmp-*, are not looked at)
+_INDEX_ENTRY = re.compile(r"^(v[1-9][0-9]*(\.tmp)?|shards|refresh|lost\+found)$")
 NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)  # flock on a file system without it
 _TAG = re.compile(r"^[A-Za-z0-9_.-]+$")
 BUILD_HINT = "build one with realm-build-index"
@@ -295,6 +297,27 @@ class IndexStore:
         return versions[-1] if versions else None
 
     # ---------------------------------------------------------------- writing
+    def check_writable(self, need_bytes: int = 0) -> None:
+        """Raise unless the INDEX directory is (or can be made) one this process can write a version of
+        ``need_bytes`` in: not a file nor another kind of directory, writable, with the space free."""
+        if os.path.lexists(self.root) and not os.path.isdir(self.root):
+            raise ValueError(f"{self.root}: exists and is not a directory; expected an INDEX directory")
+        foreign = sorted(n for n in os.listdir(self.root) if not n.startswith(".") and not _INDEX_ENTRY.match(n)) \
+            if os.path.isdir(self.root) else []
+        if foreign:
+            raise ValueError(f"{self.root}: holds {', '.join(foreign[:3])}, which are not index versions; expected "
+                             "an INDEX directory (v1, v2, ...) or a new one")
+        os.makedirs(self.root, exist_ok=True)
+        try:
+            with tempfile.TemporaryFile(dir=self.root):
+                pass
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, self.root) from e
+        free = shutil.disk_usage(self.root).free
+        if free < need_bytes:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {free / 1e6:.1f} MB free, but the version "
+                          f"needs at least {need_bytes / 1e6:.1f} MB", self.root)
+
     def commit(self, embeddings: np.ndarray, corpus_checksum: str, encoder: dict, index_type: str = "flat",
                **options) -> int:
         """Build the index over ``embeddings`` (n, d) and write it as the next version; returns its number.
