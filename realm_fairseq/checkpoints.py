@@ -23,6 +23,8 @@ from realm_fairseq.data.documents import InputError
 logger = logging.getLogger(__name__)
 
 TMP_INFIX = ".tmp-"
+#: how a checkpoint of torch's legacy format (before torch 1.6, not a zip archive) starts: its magic number
+LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
 
 
 class CheckpointError(InputError):
@@ -74,11 +76,15 @@ def copy_atomically(src: str, dst: str) -> None:
 
 def damage(path: str) -> Optional[str]:
     """Why ``path`` is not a whole torch checkpoint (truncated, empty, not a torch archive), or None.
-    Reads the archive's directory at the end of the file, not the tensors."""
+    Reads the archive's directory at the end of the file, not the tensors; a file of torch's legacy format
+    is left to loading to judge."""
     try:
         size = os.path.getsize(path)
         if size == 0:
             return "empty file"
+        with open(path, "rb") as f:
+            if f.read(len(LEGACY_MAGIC)) == LEGACY_MAGIC:
+                return None
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
     except FileNotFoundError:

@@ -149,7 +149,8 @@ def test_checkpoints_load_weights_only(trained, tmp_path):
         checkpoint_utils.load_checkpoint_to_cpu(evil)
     assert not marker.exists()
     tensors = str(tmp_path / "tensors.pt")
-    torch.save({"weight": torch.zeros(2)}, tensors)
+    torch.save({"weight": torch.zeros(2)}, tensors, _use_new_zipfile_serialization=False)  # torch's legacy format
+    assert checkpoints.damage(tensors) is None and checkpoints.read_state(tensors)["weight"].tolist() == [0, 0]
     with pytest.raises(CheckpointError, match="tensors.pt: a torch file of dict, not a fairseq checkpoint"):
         checkpoint_utils.load_checkpoint_to_cpu(tensors)
 
