@@ -39,15 +39,45 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+class _Writes:
+    """A file's ``write``, keeping the OSError one raised: torch.save reports a full disk only as
+    "unexpected pos"."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+
+def _write_file(f, write, path: str) -> None:
+    """``write(f)``, flushed to disk; a failed write raises its OSError (full disk, ...) naming ``path``."""
+    writes = _Writes(f)
+    try:
+        write(writes)
+        f.flush()
+        os.fsync(f.fileno())
+    except (OSError, RuntimeError) as e:
+        error = writes.error or (e if isinstance(e, OSError) else None)
+        if error is None:
+            raise
+        raise OSError(error.errno, error.strerror, path) from None
+
+
 def _commit(path: str, write) -> None:
     """Call ``write(f)`` on a temporary file beside ``path``, flush it to disk, rename it to ``path``."""
     directory, name = os.path.split(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{name}{TMP_INFIX}", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            _write_file(f, write, path)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:

@@ -5,6 +5,7 @@ training killed with SIGKILL while it saves leaves every checkpoint whole and re
 destroy an input; CLI errors are one line naming the file and what was expected."""
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -133,6 +134,21 @@ def test_resume_refuses_when_no_checkpoint_is_intact(corpus, trained, tmp_path):
     named = os.path.join(save, "checkpoint_1_2.pt")  # --restore-file names the file: no fallback, a clear refusal
     assert_one_line_error(train(corpus, save, 5, "--restore-file", named, check=False), "realm-train",
                           f"{named}: truncated", "expected a whole checkpoint")
+
+
+def test_a_save_that_cannot_be_written_names_the_file_and_leaves_nothing_half_written(corpus, tmp_path):
+    """A real write failure in every save: the file size limit (EFBIG) stands in for a full disk (ENOSPC);
+    torch.save reports both only as "unexpected pos N vs M"."""
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30 << 20, 30 << 20))  # a checkpoint is 49 MB
+
+    save = str(tmp_path / "ckpt")
+    proc = subprocess.run([f"{BIN}/realm-train", corpus, *ICT, "--save-dir", save, "--max-update", "4",
+                           "--save-interval-updates", "2"], capture_output=True, text=True, env=ENV,
+                          preexec_fn=limit_file_size)
+    assert_one_line_error(proc, "realm-train", f"{save}/checkpoint_1_2.pt: File too large")
+    assert os.listdir(save) == []
 
 
 def test_checkpoints_load_weights_only(trained, tmp_path):
