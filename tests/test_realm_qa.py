@@ -183,6 +183,37 @@ def test_loss_and_predictions_match_a_direct_computation(qa_case):
     assert log["em"] == sum(exact_match(t, a) for t, a in zip(texts, batch["answers"]))
 
 
+def test_training_reads_only_the_blocks_with_a_gold_span_for_the_same_loss_and_gradients(qa_case):
+    """In training (``model.training``) the criterion reads only the top-k blocks that hold a gold span: the
+    others add nothing to the loss. The loss and every parameter's gradient are those of reading every block."""
+    task, model, batch = qa_case
+    rows_read = []
+    hook = model.span_reader.register_forward_hook(lambda module, inputs, out: rows_read.append(len(inputs[0])))
+
+    def loss_and_gradients(training: bool):
+        model.train(training)  # the model has no dropout: only what the criterion reads differs
+        model.zero_grad()
+        rows_read.clear()
+        loss, _, log = RealmQaCriterion(task)(model, batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return float(loss), grads, sum(rows_read), log
+
+    try:
+        full_loss, full_grads, full_rows, full_log = loss_and_gradients(False)
+        loss, grads, rows, log = loss_and_gradients(True)
+    finally:
+        hook.remove()
+        model.eval()
+    assert full_rows == QUESTIONS * TOPK and 0 < rows < full_rows / 2, (rows, full_rows)
+    assert loss == pytest.approx(full_loss, rel=1e-5)
+    assert grads.keys() == full_grads.keys() and any(n.startswith("span_reader.") for n in grads)
+    scale = max(float(g.abs().max()) for g in full_grads.values())  # float noise is relative to it
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-3, atol=1e-5 * scale)
+    assert "em" in full_log and "em" not in log  # predictions need every block read
+
+
 def squad_official_normalize(s: str) -> str:
     """normalize_answer of the official SQuAD v1.1 evaluation script (evaluate-v1.1.py), as written there."""
     def remove_articles(text):

@@ -18,19 +18,19 @@ METRICS = {
 }
 
 
-def valid_lines(text: str):
-    """The metrics of every ``valid on 'valid' subset`` line of a fairseq log, in order."""
-    for line in text.splitlines():
-        if "| valid on " in line:
-            yield dict(re.findall(r"\| (\w+) ([-\d.e]+)", line))
+def log_records(path: str, kind: str = "valid"):
+    """The metrics of every ``valid`` (``valid on 'valid' subset``) or ``train_inner`` line of a fairseq log
+    written with ``--log-format simple``, in order, as dicts of strings."""
+    marker = "| valid on " if kind == "valid" else "| train_inner |"
+    with open(path, encoding="utf-8") as f:
+        return [dict(re.findall(r"([\w@]+)[= ]([-\d.e]+)(?:,|$| \|)", line)) for line in f if marker in line]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("log", help="fairseq-train / realm-train log file")
     args = parser.parse_args(argv)
-    with open(args.log, encoding="utf-8") as f:
-        runs = list(valid_lines(f.read()))
+    runs = log_records(args.log)
     if not runs:
         sys.exit(f"{args.log}: no validation line found; did training validate (see --validate-interval-updates)?")
     first, last = runs[0], runs[-1]

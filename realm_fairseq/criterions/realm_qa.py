@@ -5,10 +5,11 @@ loss = -log sum_{z in top k} p(z | x) sum_{s in S(z, y)} p(s | z, x)     (the re
 
 with S(z, y) the spans of block z that spell a gold answer y (:mod:`realm_fairseq.data.answers`). A
 question with no answer in its top k (or its beam) adds nothing to that term; how many there were is
-logged. Logged per question (percent): ``em`` (exact match of the predicted span), ``recall@k`` (an answer
-in the best k blocks, k in 1, 5, 20, 100 up to ``--retriever-beam``), ``no_answer_read`` and
-``no_answer_beam`` (questions without an answer in the blocks read / retrieved). ``--best-checkpoint-metric
-em --maximize-best-checkpoint-metric`` keeps the checkpoint of best validation EM.
+logged. Logged per question (percent): ``em`` (exact match of the predicted span; in validation only, as
+training reads only the blocks that hold an answer), ``recall@k`` (an answer in the best k blocks, k in 1, 5,
+20, 100 up to ``--retriever-beam``), ``no_answer_read`` and ``no_answer_beam`` (questions without an answer
+in the blocks read / retrieved). ``--best-checkpoint-metric em --maximize-best-checkpoint-metric`` keeps the
+checkpoint of best validation EM.
 """
 import math
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
 from realm_fairseq.data.answers import exact_match
-from realm_fairseq.models.open_qa import answer_in_blocks, gold_spans, predict
+from realm_fairseq.models.open_qa import answer_in_blocks, predict
 from realm_fairseq.data.answers import RECALL_AT
 
 NEG = torch.finfo(torch.float32).min / 4  # log of "no such span"; finite, so gradients stay finite
@@ -39,9 +40,10 @@ def masked_logsumexp(log_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
 class RealmQaCriterion(FairseqCriterion):
     def forward(self, model, sample, reduce=True):
         task = self.task
-        read = task.read(model, sample["net_input"]["src_tokens"])
         targets = [task.finder.targets(answers) for answers in sample["answers"]]
-        gold = gold_spans(read, task.finder, targets, task.cfg.max_span_len)  # (B, K, T, L)
+        # training reads only the blocks with a gold span: the same loss, no predictions
+        read = task.read(model, sample["net_input"]["src_tokens"], targets=targets, gold_only=model.training)
+        gold = read.gold  # (B, K, T, L)
         in_beam = torch.from_numpy(answer_in_blocks(read, task.finder, targets)).to(gold.device)  # (B, beam)
         readable, retrievable = gold.flatten(1).any(1), in_beam.any(1)  # (B,) each
 
@@ -51,8 +53,7 @@ class RealmQaCriterion(FairseqCriterion):
         reader_loss, retriever_loss = -(reader_ll * readable).sum(), -(retriever_ll * retrievable).sum()
         loss = reader_loss + retriever_loss
 
-        predictions = predict(read, task.finder)
-        batch = len(predictions)
+        batch = len(targets)
         logging_output = {
             "loss": loss.data,
             "reader_loss": reader_loss.item(),
@@ -62,9 +63,10 @@ class RealmQaCriterion(FairseqCriterion):
             "sample_size": batch,
             "readable": int(readable.sum()),
             "retrievable": int(retrievable.sum()),
-            "em": sum(exact_match(p.text, answers, task.cfg.answer_type)
-                      for p, answers in zip(predictions, sample["answers"])),
         }
+        if not model.training:
+            logging_output["em"] = sum(exact_match(p.text, answers, task.cfg.answer_type)
+                                       for p, answers in zip(predict(read, task.finder), sample["answers"]))
         for k in RECALL_AT:
             if k <= in_beam.shape[1]:
                 logging_output[f"recall@{k}"] = int(in_beam[:, :k].any(1).sum())
@@ -79,7 +81,8 @@ class RealmQaCriterion(FairseqCriterion):
         metrics.log_scalar("loss", total("loss") / questions / math.log(2), questions, round=3)
         for key in ("reader_loss", "retriever_loss"):
             metrics.log_scalar(key, total(key) / questions / math.log(2), questions, round=3)
-        metrics.log_scalar("em", 100.0 * total("em") / questions, questions, round=2)
+        if any("em" in log for log in logging_outputs):
+            metrics.log_scalar("em", 100.0 * total("em") / questions, questions, round=2)
         for k in RECALL_AT:
             if any(f"recall@{k}" in log for log in logging_outputs):
                 metrics.log_scalar(f"recall@{k}", 100.0 * total(f"recall@{k}") / questions, questions, round=2)

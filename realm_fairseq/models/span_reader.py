@@ -69,10 +69,12 @@ def allowed_spans(starts_word: torch.Tensor, ends_word: torch.Tensor, part: torc
 
 
 def span_log_probs(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """log p(s | z, x) (N, T, L) over the allowed spans of each row; a very negative number elsewhere."""
-    masked = scores.float().masked_fill(~allowed, torch.finfo(torch.float32).min / 4)
+    """log p(s | z, x) (N, T, L) over the allowed spans of each row; a very negative number elsewhere (every
+    span of a row that allows none)."""
+    never = torch.finfo(torch.float32).min / 4
+    masked = scores.float().masked_fill(~allowed, never)
     flat = torch.log_softmax(masked.flatten(1), dim=-1)  # (N, T * L)
-    return flat.view_as(scores)
+    return flat.view_as(scores).masked_fill(~allowed, never)
 
 
 def best_span(log_probs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -98,11 +98,14 @@ class RealmOpenQATask(FairseqTask):
         model.doc_embedder.requires_grad_(False)  # the index holds its embeddings; both stay fixed
         return model
 
-    def read(self, model, src_tokens, topk: int = None, beam: int = None) -> ReadBatch:
-        """Retrieve and read for a batch of ``[CLS] x [SEP]`` questions (B, T) with this task's settings."""
+    def read(self, model, src_tokens, topk: int = None, beam: int = None, targets=None,
+             gold_only: bool = False) -> ReadBatch:
+        """Retrieve and read for a batch of ``[CLS] x [SEP]`` questions (B, T) with this task's settings; with
+        their ``targets``, the gold spans too, and with ``gold_only`` only the blocks holding one are read
+        (:func:`~realm_fairseq.models.open_qa.retrieve_and_read`)."""
         return retrieve_and_read(model, self.retriever, self.finder, src_tokens,
                                  topk or self.cfg.retrieval_topk, beam or self.cfg.retriever_beam,
-                                 self.cfg.max_span_len, str(self.cfg.span_rule))
+                                 self.cfg.max_span_len, str(self.cfg.span_rule), targets, gold_only)
 
     @property
     def source_dictionary(self):
