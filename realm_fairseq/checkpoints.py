@@ -8,7 +8,6 @@ only its end), then loads it with ``weights_only=True``: tensors and plain conta
 damaged or refused file raises :class:`CheckpointError` naming the file and what is wrong with it.
 :func:`newest_intact` picks the checkpoint to resume from when the last one is damaged.
 """
-import logging
 import os
 import pickle
 import shutil
@@ -19,8 +18,6 @@ from typing import List, Optional, Tuple
 import torch
 
 from realm_fairseq.data.documents import InputError
-
-logger = logging.getLogger(__name__)
 
 TMP_INFIX = ".tmp-"
 #: how a checkpoint of torch's legacy format (before torch 1.6, not a zip archive) starts: its magic number

@@ -6,7 +6,6 @@ ends the command with ``PROG: error: MESSAGE`` on one line and exit status 1, no
 on the command line (or ``REALM_DEBUG=1`` in the environment) shows the traceback instead. Anything
 else is a bug and keeps its traceback.
 """
-import errno
 import functools
 import os
 import sys
@@ -22,8 +21,7 @@ USER_ERRORS = (ValueError, OSError, ImportError)
 def message(error: BaseException) -> str:
     """``error`` as one line."""
     if isinstance(error, OSError) and error.filename is not None:
-        reason = "no space left on device" if error.errno == errno.ENOSPC else (error.strerror or str(error))
-        text = f"{error.filename}: {reason}"
+        text = f"{error.filename}: {error.strerror or error}"
     else:
         text = str(error) or type(error).__name__
     return " ".join(text.split())
