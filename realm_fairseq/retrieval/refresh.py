@@ -35,7 +35,7 @@ import torch.distributed as dist
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import DictConfig, OmegaConf
 
-from realm_fairseq.atomic_io import atomic_file
+from realm_fairseq.atomic_io import atomic_file, describe_fault, write_faults_named
 from realm_fairseq.retrieval.mips import MipsIndex
 from realm_fairseq.retrieval.refresh_launchers import (
     LocalLauncher, RefreshJob, RefreshPlan, SlurmResources, SubmititLauncher, physical_devices,
@@ -141,8 +141,10 @@ def snapshot_state(model, num_updates: int) -> dict:
 
 
 def write_snapshot(state: dict, path: str) -> str:
-    with atomic_file(path, force=True) as tmp:
-        torch.save(state, tmp)
+    """Write ``state`` to ``path`` by rename; a failed write raises an OSError naming its cause (torch reports
+    a full disk as ``unexpected pos 64 vs 0``, unless it writes through a Python file object)."""
+    with atomic_file(path, force=True) as tmp, write_faults_named(path), open(tmp, "wb") as f:
+        torch.save(state, f)
     return path
 
 
@@ -176,7 +178,11 @@ class VersionLoader:
         if self._loading() or time.monotonic() - self._looked < self.poll_s:
             return
         self._looked = time.monotonic()
-        latest = self.store.latest() or 0
+        try:
+            latest = self.store.latest() or 0
+        except OSError as e:  # the INDEX cannot be read just now: look again at the next poll
+            logger.warning("index refresh: cannot list %s: %s", self.store.root, describe_fault(e))
+            return
         ready = self.ready
         if latest > max(in_use, ready[0] if ready else 0) and latest not in self._bad:
             self._thread = threading.Thread(target=self._load, args=(latest,), name="realm-index-loader",
@@ -204,6 +210,16 @@ class VersionLoader:
             self._thread.join()
 
 
+def failure_cause(log: str) -> str:
+    """Why a refresh failed, from its log (:meth:`RefreshJob.log`): the message of its last ``error:`` line
+    (e.g. ``/INDEX: No space left on device``), else the log's first line (e.g. ``[killed by signal 9] ...``)."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    errors = [line for line in lines if "error: " in line]
+    if errors:
+        return errors[-1].rsplit("error: ", 1)[1]
+    return lines[0] if lines else "(no log)"
+
+
 class RefreshScheduler:
     """Rank 0's part: snapshot and launch a refresh every ``interval`` updates, watch the one in flight,
     count failures in a row."""
@@ -227,7 +243,9 @@ class RefreshScheduler:
         return self.pending[0] if self.pending else (self.job.plan if self.job else None)
 
     def step(self, model, num_updates: int, in_use: int) -> None:
-        self._watch()
+        """After update ``num_updates``: watch the refresh in flight, start one when due. Never raises: a
+        fault (unwritable or full INDEX, a launcher that cannot start, a bad plan) is a failed refresh."""
+        self._watch_safely(num_updates)
         if num_updates % self.cfg.refresh_interval_updates:
             return
         running = self.in_flight
@@ -235,10 +253,13 @@ class RefreshScheduler:
             logger.info("index refresh due at update %d skipped: the refresh of update %d is still running",
                         num_updates, running.update)
             return
-        self._start(model, num_updates, in_use)
+        try:
+            self._start(model, num_updates, in_use)
+        except Exception as e:  # noqa: BLE001 - whatever stops a refresh from starting counts as its failure
+            self._failed(num_updates, f"could not start: {describe_fault(e)}")
 
     def _plan(self, num_updates: int, in_use: int) -> RefreshPlan:
-        manifest = self.store.manifest(in_use)
+        manifest = self.store.manifest(in_use)  # index_type and index_options checked
         local = self.cfg.refresh_launcher == "local"
         shards = self.cfg.refresh_shards or (max(1, len(self.devices)) if local else 1)
         workdir = os.path.join(self.store.root, REFRESH_DIR, f"u{num_updates}")
@@ -264,7 +285,7 @@ class RefreshScheduler:
                 written.result()
                 self.job = self.launcher.launch(plan)  # from the training thread: children die with it
             except Exception as e:  # noqa: BLE001 - whatever stops a refresh from starting counts as its failure
-                self._failed(plan, f"could not start: {type(e).__name__}: {e}")
+                self._failed(plan.update, f"could not start: {describe_fault(e)}")
                 return
             logger.info("index refresh of update %d launched (%s; log %s)", plan.update, self.job.describe(),
                         plan.log_path)
@@ -281,15 +302,34 @@ class RefreshScheduler:
                         time.time() - self.started[job.plan.update])
             self._tidy()
         else:
-            self._failed(job.plan, job.log())
+            log = job.log()
+            self._failed(job.plan.update, failure_cause(log), log)
         job.release()
 
-    def _failed(self, plan: RefreshPlan, log: str) -> None:
+    def _watch_safely(self, update: int, force: bool = False) -> None:
+        """:meth:`_watch`; a job that cannot be watched is a failure of the refresh of (about) ``update``."""
+        try:
+            self._watch(force)
+        except Exception as e:  # noqa: BLE001 - e.g. a job whose state cannot be read
+            self._job_lost(update, e)
+
+    def _job_lost(self, num_updates: int, error: Exception) -> None:
+        """The refresh in flight cannot be watched (``error``): cancel what is left of it, count a failure."""
+        job, self.job = self.job, None
+        if job is not None:
+            try:
+                job.cancel()
+            except Exception as e:  # noqa: BLE001 - it is given up either way
+                logger.warning("index refresh of update %d: could not cancel it: %s", job.plan.update,
+                               describe_fault(e))
+        self._failed(job.plan.update if job else num_updates, f"could not be watched: {describe_fault(error)}")
+
+    def _failed(self, update: int, cause: str, log: str = "") -> None:
         self.failures += 1
-        self.last_failure = f"the refresh of update {plan.update} failed; its log {log}"
-        logger.warning("index refresh of update %d failed (%d in a row; --refresh-max-failures %d); training "
-                       "goes on with the index in use and the next interval tries again. Refresher log %s",
-                       plan.update, self.failures, self.cfg.refresh_max_failures, log)
+        self.last_failure = f"the refresh of update {update} failed: {cause}"
+        logger.warning("index refresh of update %d failed (%d in a row; --refresh-max-failures %d): %s; training "
+                       "goes on with the index in use and the next interval tries again.%s", update,
+                       self.failures, self.cfg.refresh_max_failures, cause, f" Refresher log {log}" if log else "")
         shutil.rmtree(os.path.join(self.store.root, SHARDS), ignore_errors=True)  # its unmerged shards
         self._tidy()
 
@@ -297,7 +337,11 @@ class RefreshScheduler:
         """Remove the work directories of finished refreshes but the newest ``--refresh-keep``."""
         root = os.path.join(self.store.root, REFRESH_DIR)
         running = self.in_flight
-        done = sorted((int(n[1:]) for n in os.listdir(root) if n[1:].isdigit()
+        try:
+            names = os.listdir(root)
+        except OSError:  # none yet, or the INDEX cannot be read: nothing to tidy now
+            return
+        done = sorted((int(n[1:]) for n in names if n[1:].isdigit()
                        and (running is None or int(n[1:]) != running.update)), reverse=True)
         for update in done[self.cfg.refresh_keep:]:
             shutil.rmtree(os.path.join(root, f"u{update}"), ignore_errors=True)
@@ -311,8 +355,9 @@ class RefreshScheduler:
         wait = self.cfg.refresh_at_end == "wait"
         if self.pending is not None:
             self.pending[1].exception()  # let the snapshot be written (or fail)
-        if wait or self.pending is None:
-            self._watch(force=True)  # launch the snapshot's refresh, or notice that the job has finished
+        running = self.in_flight
+        if wait or self.pending is None:  # launch the snapshot's refresh, or notice that the job has finished
+            self._watch_safely(running.update if running else 0, force=True)
         self.writer.shutdown()
         running = self.in_flight
         if running is None:
@@ -322,7 +367,7 @@ class RefreshScheduler:
                         running.update)
             while self.in_flight is not None:
                 time.sleep(0.5)
-                self._watch()
+                self._watch_safely(running.update)
             return
         logger.info("training ended: cancelling the index refresh of update %d (--refresh-at-end cancel)",
                     running.update)
@@ -338,8 +383,24 @@ class RefreshScheduler:
         logger.info("index refresh of update %d cancelled", running.update)
 
     def _committed(self, plan: RefreshPlan) -> bool:
-        """Whether the newest version was built from ``plan``'s snapshot."""
-        return self.store.latest() is not None and self.store.manifest()["encoder"].get("path") == plan.snapshot
+        """Whether a version was built from ``plan``'s snapshot (other writers may have committed since)."""
+        try:
+            versions = self.store.versions()
+        except OSError:
+            return False
+        for version in reversed(versions):
+            try:
+                if self.store.manifest(version)["encoder"].get("path") == plan.snapshot:
+                    return True
+            except (OSError, ValueError):  # pruned meanwhile, or not ours to judge
+                continue
+        return False
+
+
+def training_config(cfg) -> Optional[DictConfig]:
+    """fairseq's whole training config, which the task config ``cfg`` is part of (None outside fairseq)."""
+    root = cfg._get_root() if isinstance(cfg, DictConfig) else None
+    return root if root is not None and "optimization" in root and "checkpoint" in root else None
 
 
 def agree(ready: int, abort: bool) -> Tuple[int, bool]:
@@ -362,10 +423,15 @@ class IndexRefresher:
         self.loader = VersionLoader(store, retriever.corpus)
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         self.scheduler = RefreshScheduler(cfg, corpus_dir, store) if rank == 0 else None
+        self.stopping: Optional[RefreshFailedError] = None  # why training stops, once it must
         # at the end of training, also in processes torch.multiprocessing spawned (atexit does not run there)
         multiprocessing.util.Finalize(self, self.close, exitpriority=10)
 
     def after_update(self, model, num_updates: int) -> None:
+        """Every rank, after each update: launch (rank 0), load and swap together. Never raises for a refresh
+        that failed; after ``--refresh-max-failures`` in a row, stops training (see :meth:`_stop`)."""
+        if self.stopping is not None:
+            return
         in_use = self.retriever.version
         if self.scheduler is not None:
             self.scheduler.step(model, num_updates, in_use)
@@ -374,12 +440,28 @@ class IndexRefresher:
         ready = self.loader.ready  # read once: the loader may hold a newer one by the time all agree
         version, abort = agree(ready[0] if ready else 0, failed)
         if abort:
-            why = self.scheduler.last_failure if self.scheduler else "see the log of rank 0"
-            self.close()
-            raise RefreshFailedError(f"index refresh failed {self.cfg.refresh_max_failures} times in a row "
-                                     f"(--refresh-max-failures); {why}")
-        if version > in_use:
+            self._stop(num_updates)
+        elif version > in_use:
             self._swap(*ready, num_updates)
+
+    def _stop(self, num_updates: int) -> None:
+        """Stop training after this update, for too many failed refreshes in a row: fairseq then saves a
+        checkpoint as at ``--max-update``, and :meth:`after_save` raises the error once it is saved. Without
+        fairseq's training config (or with ``--no-save``) the error is raised at once."""
+        why = self.scheduler.last_failure if self.scheduler else "see the log of rank 0"
+        self.stopping = RefreshFailedError(f"index refresh failed {self.cfg.refresh_max_failures} times in a row "
+                                           f"(--refresh-max-failures); {why}")
+        self.close()
+        root = training_config(self.cfg)
+        if root is None or root.checkpoint.no_save:
+            raise self.stopping
+        logger.error("%s; stopping training at update %d, after saving a checkpoint", self.stopping, num_updates)
+        root.optimization.max_update = num_updates  # fairseq's loop saves and stops (validate_and_save)
+
+    def after_save(self) -> None:
+        """After a checkpoint is saved (rank 0): raise the error that stopped training, if one did."""
+        if self.stopping is not None:
+            raise self.stopping
 
     def _swap(self, version: int, index, manifest: dict, num_updates: int) -> None:
         self.loader.swapped_in(version)
@@ -387,13 +469,17 @@ class IndexRefresher:
         self.retriever.use(index, version, update)
         started = self.scheduler.started.get(update) if self.scheduler else None
         took = ""
-        if started is not None:
-            committed = os.path.getmtime(os.path.join(self.store.version_dir(version), "manifest.json"))
-            took = f", refresh took {committed - started:.1f}s"
+        manifest_path = os.path.join(self.store.version_dir(version), "manifest.json")
+        if started is not None and os.path.exists(manifest_path):
+            took = f", refresh took {os.path.getmtime(manifest_path) - started:.1f}s"
         logger.info("index refresh: swapped in %s at update %d (weights of update %d%s, staleness %d updates)",
                     self.store.version_dir(version), num_updates, update, took, num_updates - update)
         if self.scheduler is not None:
-            self.store.prune(self.cfg.refresh_keep, in_use=version)
+            try:
+                self.store.prune(self.cfg.refresh_keep, in_use=version)
+            except OSError as e:  # an unwritable INDEX keeps its old versions; training goes on
+                logger.warning("index refresh: could not prune old versions of %s: %s", self.store.root,
+                               describe_fault(e))
 
     def close(self) -> None:
         if self.scheduler is not None:

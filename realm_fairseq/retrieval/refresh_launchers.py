@@ -26,6 +26,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
+from realm_fairseq.retrieval.mips import check_options
+
 logger = logging.getLogger(__name__)
 
 LOG_NAME = "refresh.log"
@@ -63,8 +65,28 @@ class RefreshPlan:
 
     @classmethod
     def load(cls, path: str) -> "RefreshPlan":
-        with open(path, encoding="utf-8") as f:
-            return cls(**json.load(f))
+        """The plan in ``path``; a ValueError naming the file and field if it is not one."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                fields = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        known = set(cls.__dataclass_fields__)
+        if not isinstance(fields, dict) or not set(fields) <= known:
+            unknown = sorted(set(fields) - known) if isinstance(fields, dict) else fields
+            raise ValueError(f"{path}: unknown field(s) {unknown}; expected {', '.join(sorted(known))}")
+        plan = cls(**fields)
+        plan.check(path)
+        return plan
+
+    def check(self, path: str) -> None:
+        """Raise a ValueError naming ``path`` and the field unless the plan can be run."""
+        try:
+            check_options(self.index_type, self.index_options)
+        except (ValueError, AttributeError) as e:
+            raise ValueError(f"{path}: field index_type/index_options: {e}") from None
+        if isinstance(self.num_shards, bool) or not isinstance(self.num_shards, int) or self.num_shards < 1:
+            raise ValueError(f"{path}: field num_shards is {self.num_shards!r}, expected a positive integer")
 
     def shard_device(self, shard_id: int) -> Optional[str]:
         """The CUDA_VISIBLE_DEVICES entry shard ``shard_id`` runs on (round robin), None for CPU."""

@@ -79,5 +79,5 @@ def main(argv: Optional[List[str]] = None) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except RuntimeError as e:
+    except (RuntimeError, ValueError, OSError) as e:  # the trainer logs this line as the refresh's cause
         sys.exit(f"refresh worker: error: {e}")

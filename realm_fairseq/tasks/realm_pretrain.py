@@ -118,6 +118,10 @@ class RealmPretrainTask(FairseqTask):
         if self.store is not None:
             restore_version(self.store, self.retriever, state.get("index_version"), state.get("index_update"))
 
+    def post_save(self, cp_path, num_updates):
+        if self.refresher is not None:  # too many failed refreshes stop training once this checkpoint is saved
+            self.refresher.after_save()
+
     @property
     def source_dictionary(self):
         return self.corpus.dictionary

@@ -1,0 +1,118 @@
+"""Index refresh faults during realm-train (realm_fairseq/retrieval/refresh.py), with real training on the
+small corpus of test_refresh.py: an INDEX that becomes unwritable, a full disk and a manifest whose index
+options are not ones a refresh may pass on are failed refreshes that training survives, each named by its
+cause; --refresh-max-failures in a row stop training after a checkpoint is saved."""
+import json
+import os
+import re
+import subprocess
+import uuid
+
+import pytest
+import torch
+
+from realm_fairseq.retrieval.versions import IndexStore
+
+from test_index_faults import unwritable
+from test_refresh import SWAP, Training, copy_index, first_index, small_corpus, train_args  # noqa: F401
+
+FAILED = r"WARNING .*index refresh of update (\d+) failed \(\d+ in a row; --refresh-max-failures \d+\): (.*)"
+
+
+def wait_for_update_after(train: Training, update: int) -> None:
+    """Training goes on: an update later than ``update`` is logged."""
+    train.wait_for(rf"\| train_inner \|.*num_updates=({update + 1}|{update + 2}|{update + 3}),")
+
+
+def test_an_unwritable_index_and_a_bad_manifest_fail_refreshes_that_training_survives(small_corpus, first_index,
+                                                                                     tmp_path):
+    index = copy_index(first_index, tmp_path / "index")
+    train = Training(train_args(small_corpus, index, "--refresh-interval-updates", "2", "--refresh-keep", "5",
+                                "--refresh-max-failures", "100", "--max-update", "100000", "--no-save"),
+                     cwd=tmp_path)
+    train.wait_for(SWAP)  # v2: INDEX/refresh exists
+    with unwritable(index), unwritable(os.path.join(index, "refresh")):
+        update, cause = train.wait_for(FAILED).groups()
+        assert re.search(r"(Operation not permitted|Permission denied)", cause), cause
+        wait_for_update_after(train, int(update))
+
+    in_use = os.path.join(index, "v2", "manifest.json")
+    with open(in_use) as f:
+        good = json.load(f)
+    with open(in_use, "w") as f:  # a refresh would pass its index options to realm-build-index as flags
+        json.dump({**good, "index_options": {"out": str(tmp_path / "elsewhere")}}, f)
+    update, cause = train.wait_for(FAILED).groups()
+    assert f"could not start: ValueError: {in_use}: field index_type/index_options: unknown index option 'out'" \
+        in cause
+    wait_for_update_after(train, int(update))
+    with open(in_use, "w") as f:
+        json.dump(good, f)
+
+    _, version, _, _, _, _ = train.wait_for(SWAP).groups()  # refreshes work again
+    assert int(version) == 3
+    assert train.finish(interrupt=True) != 0
+    assert "Traceback" not in train.text.split("KeyboardInterrupt")[0]
+    assert IndexStore(index).versions() == [1, 2, 3] and not os.path.exists(tmp_path / "elsewhere")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MB file system of its own (tmpfs), unmounted afterwards; skipped where mounting is not allowed."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN) to fill a disk")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill(disk) -> str:
+    """Write a file until ``disk`` is full; returns its path."""
+    path = os.path.join(disk, f"filler-{uuid.uuid4().hex}")
+    fd, chunk = os.open(path, os.O_WRONLY | os.O_CREAT), 1 << 20
+    while chunk >= 512:
+        try:
+            os.write(fd, b"\0" * chunk)
+        except OSError:  # full to this chunk size
+            chunk //= 2
+    os.close(fd)
+    return path
+
+
+def test_a_full_disk_is_named_and_survived(small_corpus, first_index, small_disk):
+    index = copy_index(first_index, small_disk / "index")
+    train = Training(train_args(small_corpus, index, "--refresh-interval-updates", "2", "--refresh-keep", "1",
+                                "--refresh-max-failures", "100", "--max-update", "100000", "--no-save"),
+                     cwd=small_disk.parent)
+    train.wait_for(SWAP)
+    filler = fill(small_disk)
+    update, cause = train.wait_for(FAILED).groups()
+    assert "disk full (No space left on device)" in cause or "No space left on device" in cause, cause
+    wait_for_update_after(train, int(update))
+    os.remove(filler)
+    train.wait_for(SWAP)
+    assert train.finish(interrupt=True) != 0
+    assert "unexpected pos" not in train.text
+
+
+def test_too_many_failed_refreshes_save_a_checkpoint_and_name_the_cause(small_corpus, first_index, tmp_path):
+    index = copy_index(first_index, tmp_path / "index")
+    save = tmp_path / "ckpt"
+    with unwritable(index):  # loading it needs no writes; each refresh fails to make its work directory
+        train = Training(train_args(small_corpus, index, "--refresh-interval-updates", "2",
+                                    "--refresh-max-failures", "2", "--max-update", "100000", "--save-dir",
+                                    str(save), "--no-epoch-checkpoints"), cwd=tmp_path)
+        code = train.finish(timeout=240)
+    assert code != 0
+    stop = re.search(r"ERROR .*index refresh failed 2 times in a row \(--refresh-max-failures\); the refresh of "
+                     r"update 4 failed: could not start: permission denied \(.*\): \S+/refresh; stopping training "
+                     r"at update 4, after saving a checkpoint", train.text)
+    assert stop, train.text[-4000:]
+    assert re.search(r"Saved checkpoint \S+checkpoint_last.pt \(epoch 1 @ 4 updates", train.text), train.text[-4000:]
+    assert re.search(r"RefreshFailedError: index refresh failed 2 times in a row", train.text)
+    saved = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    assert saved["optimizer_history"][-1]["num_updates"] == 4
+    assert IndexStore(index).versions() == [1]
