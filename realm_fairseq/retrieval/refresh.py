@@ -246,7 +246,7 @@ class RefreshScheduler:
         """After update ``num_updates``: watch the refresh in flight, start one when due. Never raises: a
         fault (unwritable or full INDEX, a launcher that cannot start, a bad plan) is a failed refresh."""
         self._watch_safely(num_updates)
-        if num_updates % self.cfg.refresh_interval_updates:
+        if num_updates % self.cfg.refresh_interval_updates or self.failed_out:  # training is about to stop
             return
         running = self.in_flight
         if running is not None:
