@@ -7,7 +7,7 @@ import pytest
 from realm_fairseq.data import BlockCorpus
 from realm_fairseq.data.answers import AnswerFinder, exact_match, normalize_answer
 from realm_fairseq.data.documents import InputError
-from realm_fairseq.data.questions import read_questions, split_by_article, squad_questions
+from realm_fairseq.data.questions import Question, read_questions, split_by_article, squad_questions
 
 from conftest import SQUAD_DEV, run
 
@@ -156,3 +156,18 @@ def test_the_reader_chooses_among_whole_word_spans_of_one_part(super_bowl):
     assert any(not w for w in pieces.starts_word)  # the block has ## pieces, none of which starts a span
     for s, e in finder.spans(0, finder.targets(["Denver Broncos", "Super Bowl 50", "2015"]), max_len=10):
         assert allowed[s, e - s]
+
+
+def test_evaluate_sample_is_a_seeded_subset_from_the_whole_file_in_its_order():
+    """realm-evaluate --sample N: the same N questions for a seed, drawn from the whole file (not its first N,
+    which are the questions of one article in a split file), in the file's order."""
+    from realm_fairseq.cli.evaluate import select
+
+    questions = [Question(question=f"question {i}", answers=["a"], id=str(i)) for i in range(100)]
+    picked = [int(q.id) for q in select(questions, 10, 1)]
+    again, other = ([int(q.id) for q in select(questions, 10, seed)] for seed in (1, 2))
+    assert picked == again != other
+    assert len(set(picked)) == 10 and picked == sorted(picked) and picked[-1] >= 50
+    assert select(questions, None, 1) == questions == select(questions, 100, 1)
+    with pytest.raises(InputError, match="--sample 0"):
+        select(questions, 0, 1)

@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="answers are strings, or regular expressions (CuratedTREC)")
     parser.add_argument("--out", help="write the predictions with their evidence here (JSONL)")
     parser.add_argument("--max-questions", type=int, default=None, help="evaluate only the first N questions")
+    parser.add_argument("--sample", type=int, default=None,
+                        help="evaluate a random sample of N questions (seeded by --seed; in file order), e.g. "
+                             "when the file is ordered by article")
+    parser.add_argument("--seed", type=int, default=1, help="seed of --sample")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     zero_shot = parser.add_argument_group("zero-shot retrieval (REALM's Table 2)")
     zero_shot.add_argument("--retrieval-only", action="store_true",
@@ -194,6 +198,16 @@ def write_records(path: str, records: List[dict]) -> None:
     logger.info("wrote %d predictions to %s", len(records), path)
 
 
+def select(questions: List[Question], sample: Optional[int], seed: int) -> List[Question]:
+    """A random sample of ``sample`` questions (all with None or more than there are), in their order."""
+    if sample is None or sample >= len(questions):
+        return questions
+    if sample < 1:
+        raise InputError(f"--sample {sample}: expected a positive number of questions")
+    keep = np.sort(np.random.default_rng(seed).choice(len(questions), sample, replace=False))
+    return [questions[i] for i in keep]
+
+
 @cli_errors("realm-evaluate")
 def cli_main(argv: Optional[List[str]] = None) -> None:
     log_to_stderr()
@@ -201,7 +215,8 @@ def cli_main(argv: Optional[List[str]] = None) -> None:
     _check_sources(args)
     if args.out:
         check_out(args)
-    questions = read_questions(args.questions, args.answer_type)[: args.max_questions]
+    questions = select(read_questions(args.questions, args.answer_type)[: args.max_questions], args.sample,
+                       args.seed)
     metrics, records = (retrieval_only if args.retrieval_only else answer_questions)(args, questions)
     if args.out:
         write_records(args.out, records)
