@@ -131,6 +131,15 @@ def test_a_replaced_file_is_refused_with_its_name(tmp_path):
         IndexStore(store.root).load()
 
 
+def test_a_failed_build_removes_its_own_shards_only(tmp_path):
+    store = IndexStore(str(tmp_path / "INDEX"))
+    for tag, source in (("a", "/runs/u4/snapshot.pt"), ("b", "/elsewhere/ict.pt"), ("c", "")):
+        store.write_shard(tag, 0, 1, np.ones((5, 8), np.float32), source=source)
+    store.remove_shards_of("/runs/u4/snapshot.pt")
+    assert [store.has_shard(tag, 0, 1) for tag in "abc"] == [False, True, True]
+    assert store.merge_shards("b", 1, "sum", {}) == 1 and store.has_shard("c", 0, 1)
+
+
 @pytest.mark.parametrize("field, value, expected", [
     ("index_options", {"out": "/elsewhere"}, r"field index_type/index_options: unknown index option 'out'"),
     ("index_options", {"nlist": 4}, r"field index_type/index_options: option 'nlist' does not apply to index "

@@ -220,6 +220,7 @@ def build_index(
         logger.info("shard %d of %d (%s) is already written: skipped", shard_id, num_shards, tag)
         return None
     start, end = shard_range(len(corpus), shard_id, num_shards)
-    store.write_shard(tag, shard_id, num_shards, embed_blocks(source, corpus, start, end, **embed_options))
+    store.write_shard(tag, shard_id, num_shards, embed_blocks(source, corpus, start, end, **embed_options),
+                      source=source.info["path"])
     logger.info("wrote shard %d of %d (blocks %d..%d, tag %s)", shard_id, num_shards, start, end, tag)
     return None

@@ -41,7 +41,7 @@ from realm_fairseq.retrieval.refresh_launchers import (
     LocalLauncher, RefreshJob, RefreshPlan, SlurmResources, SubmititLauncher, physical_devices,
 )
 from realm_fairseq.retrieval.retriever import Retriever
-from realm_fairseq.retrieval.versions import SHARDS, IndexStore
+from realm_fairseq.retrieval.versions import IndexStore
 
 logger = logging.getLogger(__name__)
 
@@ -330,8 +330,16 @@ class RefreshScheduler:
         logger.warning("index refresh of update %d failed (%d in a row; --refresh-max-failures %d): %s; training "
                        "goes on with the index in use and the next interval tries again.%s", update,
                        self.failures, self.cfg.refresh_max_failures, cause, f" Refresher log {log}" if log else "")
-        shutil.rmtree(os.path.join(self.store.root, SHARDS), ignore_errors=True)  # its unmerged shards
+        self._remove_shards(update)
         self._tidy()
+
+    def _remove_shards(self, update: int) -> None:
+        """Remove the unmerged shards of the refresh of ``update`` (not those of another build of the INDEX)."""
+        snapshot = os.path.abspath(os.path.join(self.store.root, REFRESH_DIR, f"u{update}", SNAPSHOT))
+        try:
+            self.store.remove_shards_of(snapshot)
+        except OSError as e:
+            logger.warning("index refresh of update %d: could not remove its shards: %s", update, describe_fault(e))
 
     def _tidy(self) -> None:
         """Remove the work directories of finished refreshes but the newest ``--refresh-keep``."""
@@ -379,7 +387,7 @@ class RefreshScheduler:
             logger.info("index refresh of update %d had committed its version already", running.update)
             return
         shutil.rmtree(running.workdir, ignore_errors=True)
-        shutil.rmtree(os.path.join(self.store.root, SHARDS), ignore_errors=True)
+        self._remove_shards(running.update)
         logger.info("index refresh of update %d cancelled", running.update)
 
     def _committed(self, plan: RefreshPlan) -> bool:

@@ -57,6 +57,7 @@ EMBEDDINGS = "embeddings.npy"
 INDEX = "index.faiss"
 MANIFEST = "manifest.json"
 SHARDS = "shards"
+SHARD_SOURCE = "source"  # in INDEX/shards/<tag>/: the weights file its shards were embedded with
 MANIFEST_FIELDS = ("version", "corpus_checksum", "count", "dim", "index_type", "index_options", "encoder",
                    "created")
 FILES = "files"  # manifest field: {file name: {"bytes": size, "sha256": hex digest}}
@@ -507,8 +508,9 @@ class IndexStore:
         """Whether shard ``shard_id`` of ``num_shards`` is complete (a rerun may skip it)."""
         return os.path.isfile(self.shard_path(tag, shard_id, num_shards))
 
-    def write_shard(self, tag: str, shard_id: int, num_shards: int, embeddings: np.ndarray) -> str:
-        """Store the float16 embeddings (rows, d) of one shard through a temporary file; returns its path."""
+    def write_shard(self, tag: str, shard_id: int, num_shards: int, embeddings: np.ndarray, source: str = "") -> str:
+        """Store the float16 embeddings (rows, d) of one shard through a temporary file; returns its path.
+        ``source``, the weights file they were embedded with, is noted for :meth:`remove_shards_of`."""
         path = self.shard_path(tag, shard_id, num_shards)
         embeddings = np.asarray(embeddings)
         if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.floating):
@@ -516,7 +518,26 @@ class IndexStore:
                              f"{embeddings.shape}")
         with atomic_file(path, force=True) as tmp:
             _save_npy(tmp, embeddings.astype(np.float16, copy=False))
+        if source:
+            with atomic_file(os.path.join(self.shard_dir(tag), SHARD_SOURCE), force=True) as tmp, \
+                    open(tmp, "w", encoding="utf-8") as f:
+                f.write(source)
         return path
+
+    def remove_shards_of(self, source: str) -> None:
+        """Remove the unmerged shards embedded with the weights file ``source`` (a failed or cancelled
+        build's), never those of another build."""
+        root = os.path.join(self.root, SHARDS)
+        for tag in os.listdir(root) if os.path.isdir(root) else []:
+            try:
+                with open(os.path.join(root, tag, SHARD_SOURCE), encoding="utf-8") as f:
+                    ours = f.read() == source
+            except OSError:  # no note: not ours to judge
+                continue
+            if ours:
+                shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(root)  # only if empty
 
     def merge_shards(self, tag: str, num_shards: int, corpus_checksum: str, encoder: dict,
                      index_type: str = "flat", **options) -> int:
@@ -539,7 +560,6 @@ class IndexStore:
         embeddings = np.concatenate(shards, axis=0)  # (sum of rows, d) float16
         version = self.commit(embeddings, corpus_checksum, encoder, index_type, **options)
         shutil.rmtree(self.shard_dir(tag))
-        shards_root = os.path.join(self.root, SHARDS)
-        if not os.listdir(shards_root):
-            os.rmdir(shards_root)
+        with contextlib.suppress(OSError):  # only if empty: another build's shards may be there
+            os.rmdir(os.path.join(self.root, SHARDS))
         return version
