@@ -13,9 +13,16 @@ from typing import Callable, List, Optional
 
 DEBUG_ENV = "REALM_DEBUG"
 DEBUG_FLAG = "--debug"
+
+
+class StoppedError(Exception):
+    """A run that stopped for a cause the user can act on, named in the message (e.g. too many failed index
+    refreshes)."""
+
+
 #: what a user can act on: InputError and CheckpointError (ValueErrors, as are JSON and UTF-8 decoding
-#: errors), file system errors, missing optional packages
-USER_ERRORS = (ValueError, OSError, ImportError)
+#: errors), file system errors, missing optional packages, runs stopped for a named cause
+USER_ERRORS = (ValueError, OSError, ImportError, StoppedError)
 
 
 def message(error: BaseException) -> str:

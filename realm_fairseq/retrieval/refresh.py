@@ -36,6 +36,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import DictConfig, OmegaConf
 
 from realm_fairseq.atomic_io import atomic_file, describe_fault, write_faults_named
+from realm_fairseq.errors import StoppedError
 from realm_fairseq.retrieval.mips import MipsIndex
 from realm_fairseq.retrieval.refresh_launchers import (
     LocalLauncher, RefreshJob, RefreshPlan, SlurmResources, SubmititLauncher, physical_devices,
@@ -94,7 +95,7 @@ class RefreshConfig(FairseqDataclass):
     refresh_slurm_qos: Optional[str] = field(default=None, metadata={"help": "Slurm QOS of refresh jobs"})
 
 
-class RefreshFailedError(Exception):
+class RefreshFailedError(StoppedError):
     """Too many refreshes in a row failed (``--refresh-max-failures``)."""
 
 
