@@ -141,6 +141,13 @@ def test_realm_answer_and_the_python_api_agree(qa, fine_tuned):
         assert f"A: {ours.text}    " in shown
         evidence = ours.evidence[ours.block_rank]
         assert ours.text in f"{evidence.title}\n{evidence.text}"  # the answer is a span of its evidence
+    # --evidence 0 still shows the block the answer came from, the answer in brackets in its text
+    alone = run(["realm-answer", "--checkpoint", checkpoint, "--evidence", "0", questions[0]]).stdout
+    blocks = re.findall(r"^ ([ *]) \[(\d+)\] ", alone, re.M)
+    first = model.answer(questions[0])
+    assert blocks == [("*", str(first.block_rank + 1))], alone
+    if first.text.lower() in first.evidence[first.block_rank].text.lower():
+        assert f"[{first.text.lower()}]" in alone.lower()
 
 
 def test_fine_tuning_starts_from_a_realm_pretrain_checkpoint(qa, tmp_path):

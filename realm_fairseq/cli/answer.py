@@ -32,12 +32,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def show(answer: Answer, evidence: int) -> str:
+    """The answer and the first ``evidence`` blocks read, and always the block the answer came from (marked
+    ``*``, its text around the answer, in [brackets])."""
     lines = [f"Q: {answer.question}", f"A: {answer.text}    (p = {answer.score:.3f})"]
-    for e in answer.evidence[:evidence]:
-        mark = "*" if e.rank == answer.block_rank else " "
-        lines.append(f" {mark} [{e.rank + 1}] {e.title}  (score {e.retrieval_score:.2f})")
-        lines.append(textwrap.shorten(e.text, 160, placeholder=" ...").join(["       ", ""]))
+    for e in answer.evidence:
+        source = e.rank == answer.block_rank
+        if e.rank < evidence or source:
+            lines.append(f" {'*' if source else ' '} [{e.rank + 1}] {e.title}  (score {e.retrieval_score:.2f})")
+            lines.append("       " + (around(e.text, answer.text) if source else shorten(e.text)))
     return "\n".join(lines) + "\n"
+
+
+def shorten(text: str, width: int = 160) -> str:
+    return textwrap.shorten(text, width, placeholder=" ...")
+
+
+def around(text: str, answer: str, context: int = 80) -> str:
+    """``text`` near the first place it holds ``answer`` (ignoring case), the answer in [brackets]."""
+    at = text.lower().find(answer.lower()) if answer else -1
+    if at < 0:
+        return shorten(text)
+    start, end = max(0, at - context), at + len(answer)
+    before = "... " + text[start:at].split(" ", 1)[-1] if start else text[:at]  # whole words only
+    after = text[end : end + context].rsplit(" ", 1)[0] + " ..." if end + context < len(text) else text[end:]
+    return " ".join(f"{before}[{text[at:end]}]{after}".split())
 
 
 def stdin_questions() -> List[str]:
