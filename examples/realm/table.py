@@ -1,0 +1,56 @@
+"""Print the demo's results in the shape of REALM's Table 2: for each test set, the zero-shot recall@5 of each
+retriever, and recall@5 and exact match after open-domain QA fine-tuning.
+
+    python examples/realm/table.py demo-output
+
+Rows: BM25 (retrieval only), (a) MiniLM without REALM pre-training, (b) after REALM pre-training. It reads
+the JSON that ``realm-evaluate`` wrote in OUT: ``RETRIEVER.SET.zero-shot.json`` (``--retrieval-only``) and
+``MODEL.SET.json``, for the sets ``squad`` (the SQuAD dev test split) and ``shifts`` (SQuADShifts new-wiki,
+out of domain) that are there.
+"""
+import argparse
+import json
+import os
+import sys
+
+SETS = (("squad", "SQuAD dev, test split"), ("shifts", "SQuADShifts new-wiki (out of domain)"))
+ROWS = (("BM25 (bm25s, k1=0.9, b=0.4)", "bm25", None),
+        ("(a) MiniLM, no REALM pre-training", "minilm", "qa-minilm"),
+        ("(b) after REALM pre-training", "realm", "qa-realm"))
+COLUMNS = ("zero-shot R@5", "R@5", "EM")
+NAME_WIDTH, CELL = 36, 15
+
+
+def load(out: str, name: str):
+    path = os.path.join(out, f"{name}.json")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def cells(out: str, qset: str, retriever: str, qa) -> list:
+    values = [load(out, f"{retriever}.{qset}.zero-shot")["recall@5"]]
+    if qa:
+        tuned = load(out, f"{qa}.{qset}")
+        values += [tuned["recall@5"], tuned["em"]]
+    return [f"{v:.1f}" for v in values] + ["-"] * (len(COLUMNS) - len(values))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", help="the demo's output directory (demo.sh --out)")
+    args = parser.parse_args(argv)
+    sets = [(key, title) for key, title in SETS if os.path.exists(os.path.join(args.out, f"bm25.{key}.zero-shot.json"))]
+    if not sets:
+        sys.exit(f"{args.out}: no bm25.squad.zero-shot.json; expected the output directory of examples/realm/demo.sh")
+    sizes = ", ".join(f"{load(args.out, f'bm25.{key}.zero-shot')['questions']} {title}" for key, title in sets)
+    print(f"open-domain QA over {load(args.out, f'bm25.{sets[0][0]}.zero-shot')['blocks']} blocks; questions: {sizes}")
+    print(f"{'':<{NAME_WIDTH}}" + "".join(f"| {title:<{CELL * len(COLUMNS) - 2}}" for _, title in sets))
+    print(f"{'':<{NAME_WIDTH}}" + "".join(f"{c:>{CELL}}" for _ in sets for c in COLUMNS))
+    for name, retriever, qa in ROWS:
+        row = [c for key, _ in sets for c in cells(args.out, key, retriever, qa)]
+        print(f"{name:<{NAME_WIDTH}}" + "".join(f"{c:>{CELL}}" for c in row))
+    print("zero-shot R@5: the retriever before fine-tuning; R@5, EM: after fine-tuning on the SQuAD train split")
+
+
+if __name__ == "__main__":
+    main()
