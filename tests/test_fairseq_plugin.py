@@ -76,6 +76,14 @@ def test_masked_lm_trains_on_blocks_and_resumes(wiki_corpus, tmp_path):
     assert "Warning" not in log, log[:3000]
 
 
+def test_hydra_train_reports_a_bad_input_in_one_line(tmp_path):
+    proc = run(["realm-hydra-train", "--config-dir", os.path.join(ROOT, "examples", "realm", "config", "pretrain"),
+                "--config-name", "small_cpu", f"task.data={tmp_path / 'no-corpus'}", f"task.index={tmp_path / 'no'}"],
+               cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert re.search(rf"^realm-hydra-train: error: .*{tmp_path / 'no-corpus'}", proc.stderr, re.M), proc.stderr[-2000:]
+
+
 def test_hydra_train_runs_a_yaml_config(wiki_corpus, tmp_path):
     proc = run(["realm-hydra-train", "--config-dir", os.path.join(ROOT, "tests", "configs"),
                 "--config-name", "masked_lm_blocks", f"task.data={wiki_corpus}",

@@ -148,5 +148,14 @@ def hydra_train_main() -> None:
 
     logging.getLogger().setLevel(logging.INFO)  # until hydra configures logging; fairseq set it to DEBUG
     sys.argv = [sys.argv[0]] + with_hydra_user_dir(sys.argv[1:])
+    hydra_train._hydra_main = errors_in_one_line(hydra_train._hydra_main)
     hydra_train.cli_main()
     exit_after_success()
+
+
+def errors_in_one_line(job):
+    """fairseq's Hydra job function, its user errors ended as one line (as every ``realm-*`` command's) before
+    Hydra reports them with a traceback; ``REALM_DEBUG=1`` shows the traceback."""
+    def run(cfg, **kwargs):
+        return cli_errors("realm-hydra-train")(lambda _argv: job(cfg, **kwargs))([])
+    return run
