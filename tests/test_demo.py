@@ -15,6 +15,7 @@ from conftest import ROOT, SQUAD_DEV, VOCAB, run
 
 QUICK_PRETRAIN_UPDATES, QUICK_REFRESH_AT, QUICK_TEST = 4, 3, 8  # demo.sh --quick
 DEMO = os.path.join(ROOT, "examples", "realm")
+DEMO_BLOCK_SIZE = int(re.search(r"^block_size=(\d+)", open(os.path.join(DEMO, "demo.sh")).read(), re.M).group(1))
 
 
 def test_demo_quick_runs_the_pipeline_and_prints_its_results(tmp_path):
@@ -38,8 +39,9 @@ def test_demo_quick_runs_the_pipeline_and_prints_its_results(tmp_path):
     assert table[0].split()[:6] == ["metric", "first", "valid", "last", "valid", "no"]
     rows = {line.split()[0]: line.split()[1:4] for line in table[1:] if line.strip() and not line.startswith("after")}
     assert set(rows) >= {"loss", "ppl", "retrieval_utility", "null_prob", "entropy", "index_version", "staleness"}
-    assert rows["num_updates"] == [str(QUICK_PRETRAIN_UPDATES)] * 3 and rows["index_version"][0] == "1"
-    assert rows["retrieval_utility"][2] == "-" and rows["loss"][2] != "-"  # no blocks, no utility
+    assert rows["num_updates"] == ["2", str(QUICK_PRETRAIN_UPDATES), str(QUICK_PRETRAIN_UPDATES)]  # valid every 2
+    assert rows["index_version"][0] == "1"
+    assert rows["retrieval_utility"][2] == "0" and rows["loss"][2] != "-"  # the null document only: no utility
     assert re.search(rf"after {QUICK_PRETRAIN_UPDATES} updates the masked tokens cost {rows['loss'][1]} bits with "
                      rf"retrieval and {rows['loss'][2]} bits for the same reader", proc.stdout)
     # one refresh, launched before the last update and waited for at the end: swapped in or committed as v2
@@ -79,8 +81,8 @@ def test_demo_quick_runs_the_pipeline_and_prints_its_results(tmp_path):
 
 def test_the_demos_qa_settings_learn_on_a_slice(tmp_path, minilm_weights):
     """finetune_qa.sh, the demo's open-domain QA fine-tuning as it is but for fewer updates, on the paragraphs
-    of 3 SQuAD dev articles (the demo's 288-wordpiece blocks) and their questions: exact match on 64 held-out
-    questions is clearly above that of the model it starts from (MiniLM and a new span head)."""
+    of 3 SQuAD dev articles (in the demo's blocks) and their questions: exact match on 64 held-out questions
+    is clearly above that of the model it starts from (MiniLM and a new span head)."""
     from fairseq import checkpoint_utils, tasks
 
     from realm_fairseq.cli.evaluate import score
@@ -94,7 +96,7 @@ def test_the_demos_qa_settings_learn_on_a_slice(tmp_path, minilm_weights):
     squad["data"] = squad["data"][:3]
     (tmp_path / "squad.json").write_text(json.dumps(squad), encoding="utf-8")
     prepare_corpus([str(tmp_path / "squad.json")], VOCAB, str(tmp_path / "corpus"),
-                   CorpusConfig(workers=2, salient_spans="regex", no_progress=True))
+                   CorpusConfig(workers=2, salient_spans="regex", block_size=DEMO_BLOCK_SIZE, no_progress=True))
     corpus = BlockCorpus(str(tmp_path / "corpus"))
     build_index(corpus, str(tmp_path / "index"), doc_embedder_from_bert(minilm_weights, corpus),
                 embed_options=dict(progress=False))
@@ -104,7 +106,7 @@ def test_the_demos_qa_settings_learn_on_a_slice(tmp_path, minilm_weights):
     write_questions(valid, questions[:64])
     write_questions(str(tmp_path / "questions" / "train.jsonl"), questions[64:])
 
-    updates = 40
+    updates = 200
     run(["bash", os.path.join(DEMO, "finetune_qa.sh"), *(str(tmp_path / d) for d in ("questions", "corpus", "index",
          "ckpt")), "--encoder-init", minilm_weights, "--max-update", str(updates),
          "--validate-interval-updates", str(updates)], cwd=tmp_path)

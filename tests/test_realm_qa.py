@@ -212,6 +212,7 @@ def test_training_reads_only_the_blocks_with_a_gold_span_for_the_same_loss_and_g
     for name, grad in full_grads.items():
         torch.testing.assert_close(grads[name], grad, rtol=1e-3, atol=1e-5 * scale)
     assert "em" in full_log and "em" not in log  # predictions need every block read
+    assert (full_log["blocks_read"], log["blocks_read"]) == (full_rows, rows)
 
 
 def squad_official_normalize(s: str) -> str:

@@ -3,6 +3,7 @@
 #
 #   bash examples/realm/demo.sh [--quick] [--out DIR]
 #
+#   (about 28 minutes on 2 cores with nothing else running)
 #   --quick    the same pipeline in about 2.5 minutes, for CI: the paragraphs of 3 SQuAD dev articles only,
 #              salient spans from the date regex instead of spaCy NER, a few small updates
 #   --out DIR  where everything is written (default: demo-output); rerunning replaces it
@@ -10,7 +11,7 @@
 # 1. the block corpus REALM retrieves from (106 Wikipedia articles, the SQuAD v1.1 dev paragraphs and
 #    the SQuADShifts new-wiki paragraphs), with its statistics;
 # 2. the retriever's MIPS index, every block embedded by the offline MiniLM sentence embedder;
-# 3. a short REALM pre-training from the MiniLM weights, refreshing the index once in the background, and
+# 3. a short REALM pre-training from the MiniLM weights, refreshing the index once (of its last update), and
 #    the same reader trained without retrieval (--retrieval-topk 0): what retrieval gains;
 # 4. open-domain QA questions: the SQuAD dev questions split by article into train/valid/test, and the
 #    SQuADShifts new-wiki questions (out of domain); the zero-shot recall@5 of BM25, MiniLM and the retriever
@@ -26,11 +27,14 @@ out=demo-output
 spans=auto
 inputs=("$data/enwiki-sample-articles.jsonl.gz" "$data/squad-v1.1-dev.json.gz" "$data/squadshifts-new-wiki-v1.0.json.gz")
 subset=()
-pretrain_updates=36
+block_size=128    # wordpieces a block holds (REALM: 288): MiniLM was trained on 128, and the reader reads half
+pretrain_updates=40
 pretrain_batch=4  # masked examples per pre-training batch
 pretrain_topk=4   # blocks retrieved for each (and the null document)
 pretrain_valid_steps=8
-refresh_every=20  # one refresh in the background; (b) fine-tunes with the index it commits
+pretrain_valid_every=10
+retriever_warmup=20  # updates the retriever stays as MiniLM made it while the reader's new head learns to read
+refresh_every=40  # one refresh, of the last update: on 2 cores a refresh beside training slows both
 qa_subset=()      # realm-squad-to-questions: every SQuAD dev article
 qa_options=()     # finetune_qa.sh's settings as they are
 qa_test=200       # test questions evaluated from each set, a random sample
@@ -38,9 +42,11 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --quick) spans=regex; inputs=("$data/squad-v1.1-dev.json.gz")
              subset=(--max-documents 148)  # the paragraphs of the first 3 articles, those qa_subset asks about
-             pretrain_updates=4; pretrain_batch=2; pretrain_topk=2; pretrain_valid_steps=2; refresh_every=3
+             pretrain_updates=4; pretrain_batch=2; pretrain_topk=2; pretrain_valid_steps=2; pretrain_valid_every=2
+             retriever_warmup=2; refresh_every=3
              qa_subset=(--max-articles 3)
-             qa_options=(--max-update 4 --validate-interval-updates 2 --batch-size 4 --max-valid-steps 2)
+             qa_options=(--max-update 4 --validate-interval-updates 2 --batch-size 4 --max-valid-steps 2
+                         --batch-size-valid 4)
              qa_test=8 ;;
     --out) out=$2; shift ;;
     -h|--help) sed -n '2,/^set /p' "$0" | sed -n 's/^# \{0,1\}//p'; exit 0 ;;
@@ -54,7 +60,7 @@ workers=$(python -c 'import os; print(min(8, len(os.sched_getaffinity(0))))')
 
 step "step 1: prepare the block corpus -> $out/corpus"
 realm-prepare-corpus "${inputs[@]}" "${subset[@]}" --vocab "$data/bert-base-uncased-vocab.txt" \
-  --out "$out/corpus" --force --workers "$workers" --salient-spans "$spans"
+  --out "$out/corpus" --force --workers "$workers" --salient-spans "$spans" --block-size "$block_size"
 realm-corpus-stats "$out/corpus"
 
 step "step 2: the retriever's index: every block embedded with MiniLM (mean pooling, cosine, as it was trained) -> $out/index"
@@ -66,13 +72,13 @@ realm-build-index --corpus "$out/corpus" --hf "$out/minilm.pt" --out "$out/index
 pretrain() {  # NAME OPTIONS...: REALM pre-training from MiniLM -> $out/NAME, its log $out/NAME.log
   local name=$1; shift
   rm -rf "$out/$name"
-  realm-train "$out/corpus" --task realm_pretrain --criterion realm_mlm \
+  realm-train "$out/corpus" --task realm_pretrain --criterion realm_mlm --retriever-warmup-updates "$retriever_warmup" \
     --arch realm_minilm --encoder-init "$out/minilm.pt" --attention-dropout 0 "$@" \
     --optimizer adam --lr 5e-5 --lr-scheduler fixed --batch-size "$pretrain_batch" --max-update "$pretrain_updates" \
-    --valid-percent 2 --max-valid-steps "$pretrain_valid_steps" --validate-interval-updates "$refresh_every" \
+    --valid-percent 2 --max-valid-steps "$pretrain_valid_steps" --validate-interval-updates "$pretrain_valid_every" \
     --cpu --num-workers 0 --required-batch-size-multiple 1 --seed 1 \
     --save-dir "$out/$name" --no-epoch-checkpoints --log-format simple --log-interval 2 --no-progress-bar \
-    2>&1 | tee "$out/$name.log" | grep -E "train_inner.*num_updates=[0-9]*0,|valid on|index refresh|done training"
+    2>&1 | tee "$out/$name.log" | grep -E "valid on|index refresh|done training"
 }
 step "step 3: REALM pre-training from the MiniLM weights -> $out/pretrain"
 pretrain pretrain --index "$out/index" --retrieval-topk "$pretrain_topk" \
@@ -102,7 +108,7 @@ finetune() {  # NAME OPTIONS...: finetune_qa.sh on the train split -> $out/NAME,
   local name=$1; shift
   rm -rf "$out/$name"
   bash "$here/finetune_qa.sh" "$out/questions" "$out/corpus" "$out/index" "$out/$name" "$@" "${qa_options[@]}" \
-    2>&1 | tee "$out/$name.log" | grep -E "retrieving from|train_inner.*num_updates=[0-9]*0,|valid on|done training"
+    2>&1 | tee "$out/$name.log" | grep -E "retrieving from|train_inner.*num_updates=[0-9]*00,|valid on|done training"
 }
 step "step 5a: fine-tune from MiniLM, no REALM pre-training (index v1: MiniLM) -> $out/qa-minilm"
 finetune qa-minilm --index-version 1 --encoder-init "$out/minilm.pt"

@@ -8,7 +8,8 @@ question with no answer in its top k (or its beam) adds nothing to that term; ho
 logged. Logged per question (percent): ``em`` (exact match of the predicted span; in validation only, as
 training reads only the blocks that hold an answer), ``recall@k`` (an answer in the best k blocks, k in 1, 5,
 20, 100 up to ``--retriever-beam``), ``no_answer_read`` and ``no_answer_beam`` (questions without an answer
-in the blocks read / retrieved). ``--best-checkpoint-metric em --maximize-best-checkpoint-metric`` keeps the
+in the blocks read / retrieved); and ``blocks_read``, the blocks read per question (in training only those
+with a gold span). ``--best-checkpoint-metric em --maximize-best-checkpoint-metric`` keeps the
 checkpoint of best validation EM.
 """
 import math
@@ -63,6 +64,7 @@ class RealmQaCriterion(FairseqCriterion):
             "sample_size": batch,
             "readable": int(readable.sum()),
             "retrievable": int(retrievable.sum()),
+            "blocks_read": int(gold.flatten(2).any(2).sum()) if model.training else int(gold[:, :, 0, 0].numel()),
         }
         if not model.training:
             logging_output["em"] = sum(exact_match(p.text, answers, task.cfg.answer_type)
@@ -88,6 +90,7 @@ class RealmQaCriterion(FairseqCriterion):
                 metrics.log_scalar(f"recall@{k}", 100.0 * total(f"recall@{k}") / questions, questions, round=2)
         metrics.log_scalar("no_answer_read", 100.0 * (1 - total("readable") / questions), questions, round=2)
         metrics.log_scalar("no_answer_beam", 100.0 * (1 - total("retrievable") / questions), questions, round=2)
+        metrics.log_scalar("blocks_read", total("blocks_read") / questions, questions, round=2)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
