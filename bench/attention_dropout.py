@@ -6,7 +6,7 @@ The step is the forward and backward of our encoder (``realm_minilm`` sizes: 6 l
 on ``--rows`` joined sequences ``[CLS] x [SEP] z [SEP]`` of ``--length`` wordpieces, as the span reader
 reads them in open-QA fine-tuning (of lengths from 3/4 of it to all of it, padded); hidden-state dropout
 is 0.1 on both sides. On CPU torch's fused attention falls back to a slower path for attention dropout
-(measured here: a step costs 1.3 times as much), which is why the demo and ``examples/realm/finetune_qa.sh``
+(measured here: a step costs 1.18 times as much), which is why the demo and ``examples/realm/finetune_qa.sh``
 train with ``--attention-dropout 0``.
 Reports the median step times and their ratio; the ratio is information (it depends on the torch build and
 the CPU), no goal.

@@ -10,7 +10,7 @@
 #                            answer (the same loss), so a question costs its answer blocks, not 5
 #   --retriever-beam 100     blocks the retriever's loss and recall@k see (query embedding only: cheap)
 #   --attention-dropout 0    on CPU torch's attention with dropout takes a slower path: a step of the
-#                            reader costs 1.3 times as much with BERT's 0.1 (bench/attention_dropout.py)
+#                            reader costs 1.2 times as much with BERT's 0.1 (bench/attention_dropout.py)
 #   --lr 1e-4, batch 8       MiniLM's fine-tuning rate; the span head starts at zero, and EM rises after
 #                            about 150 updates (on the demo's blocks of 128 wordpieces)
 #   --max-update 400         about 6 minutes alone on 2 cores; validation on 100 questions every 100 updates
