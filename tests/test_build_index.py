@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from realm_fairseq.data import BlockCorpus
-from realm_fairseq.retrieval.corpus_embedding import doc_embedder_from_checkpoint
+from realm_fairseq.models.loading import doc_embedder_from_checkpoint
 from realm_fairseq.retrieval.versions import IndexStore
 
 from conftest import run

@@ -89,7 +89,8 @@ def test_the_demos_qa_settings_learn_on_a_slice(tmp_path, minilm_weights):
     from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
     from realm_fairseq.data.questions import read_questions, squad_questions, write_questions
     from realm_fairseq.hub import RealmQA
-    from realm_fairseq.retrieval.corpus_embedding import build_index, doc_embedder_from_bert
+    from realm_fairseq.indexing.build import build_index
+    from realm_fairseq.models.loading import doc_embedder_from_bert
 
     with gzip.open(SQUAD_DEV, "rt", encoding="utf-8") as f:
         squad = json.load(f)

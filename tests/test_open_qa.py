@@ -34,7 +34,8 @@ def qa(tmp_path_factory):
     as the valid split, the others for training."""
     from realm_fairseq.data import BlockCorpus
     from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
-    from realm_fairseq.retrieval.corpus_embedding import build_index, doc_embedder_from_bert
+    from realm_fairseq.indexing.build import build_index
+    from realm_fairseq.models.loading import doc_embedder_from_bert
 
     root = tmp_path_factory.mktemp("qa")
     with gzip.open(SQUAD_DEV, "rt", encoding="utf-8") as f:

@@ -33,7 +33,8 @@ import torch
 from realm_fairseq.data import BlockCorpus
 from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
 from realm_fairseq.data.masking import MaskedExamplesDataset
-from realm_fairseq.retrieval.corpus_embedding import doc_embedder_from_checkpoint, embed_blocks
+from realm_fairseq.indexing.embed import embed_blocks
+from realm_fairseq.models.loading import doc_embedder_from_checkpoint
 from realm_fairseq.tasks.realm_ict import split_blocks
 
 from conftest import BIN, VOCAB, run

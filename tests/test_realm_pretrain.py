@@ -21,7 +21,8 @@ from realm_fairseq.data.masking import MaskedExamplesDataset
 from realm_fairseq.models.reader import join_query_and_blocks
 from realm_fairseq.models.realm import RealmConfig, RealmModel, realm_tiny, resolve_similarity
 from realm_fairseq.models.similarity import Similarity
-from realm_fairseq.retrieval.corpus_embedding import EmbedderSource, embed_blocks
+from realm_fairseq.indexing.embed import embed_blocks
+from realm_fairseq.models.loading import EmbedderSource
 from realm_fairseq.retrieval.mips import MipsIndex
 from realm_fairseq.retrieval.retriever import Retriever
 from realm_fairseq.retrieval.versions import IndexStore

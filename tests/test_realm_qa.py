@@ -26,7 +26,8 @@ from realm_fairseq.data.questions import Question
 from realm_fairseq.data.vocab import FAIRSEQ_NSPECIAL
 from realm_fairseq.models.open_qa import predict
 from realm_fairseq.models.realm import RealmConfig, RealmModel, realm_tiny
-from realm_fairseq.retrieval.corpus_embedding import EmbedderSource, embed_blocks
+from realm_fairseq.indexing.embed import embed_blocks
+from realm_fairseq.models.loading import EmbedderSource
 from realm_fairseq.retrieval.fixed_retriever import FixedIndexRetriever
 from realm_fairseq.retrieval.versions import IndexStore
 from realm_fairseq.tasks.realm_open_qa import RealmOpenQAConfig, RealmOpenQATask

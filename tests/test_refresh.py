@@ -1,4 +1,4 @@
-"""Asynchronous index refresh during realm-train (realm_fairseq/retrieval/refresh.py): real runs on a
+"""Asynchronous index refresh during realm-train (realm_fairseq/indexing/refresh.py): real runs on a
 small corpus of the shipped articles commit and swap new versions built from weight snapshots, survive a
 killed refresher, stop after too many failures, resume with the saved version, swap on 2 ranks at the
 same update, and refresh through submitit's local executor."""
@@ -19,7 +19,8 @@ from realm_fairseq.data import BlockCorpus
 from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
 from realm_fairseq.models.embedder import Embedder
 from realm_fairseq.models.realm import RealmConfig, realm_tiny
-from realm_fairseq.retrieval.corpus_embedding import EmbedderSource, embed_blocks
+from realm_fairseq.indexing.embed import embed_blocks
+from realm_fairseq.models.loading import EmbedderSource
 from realm_fairseq.retrieval.versions import IndexStore
 
 from conftest import BIN, VOCAB, WIKI, free_port, run
@@ -293,7 +294,7 @@ def test_submitit_local_executor_embeds_shards_then_merges(small_corpus, first_i
 def finished_submitit_refresh(tmp_path):
     from submitit.local.local import LocalJob
 
-    from realm_fairseq.retrieval.refresh_launchers import SubmititRefreshJob
+    from realm_fairseq.indexing.launchers import SubmititRefreshJob
 
     job = SubmititRefreshJob.__new__(SubmititRefreshJob)  # a refresh whose jobs have finished
     job.embed_jobs, job.merge_job = [LocalJob(tmp_path, "1"), LocalJob(tmp_path, "2")], LocalJob(tmp_path, "3")
@@ -301,7 +302,7 @@ def finished_submitit_refresh(tmp_path):
 
 
 def finished_local_refresh(tmp_path):
-    from realm_fairseq.retrieval.refresh_launchers import LocalRefreshJob
+    from realm_fairseq.indexing.launchers import LocalRefreshJob
 
     job = LocalRefreshJob.__new__(LocalRefreshJob)  # a refresh whose process has exited
     job.process = subprocess.Popen(["true"])

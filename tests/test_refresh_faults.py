@@ -1,4 +1,4 @@
-"""Index refresh faults during realm-train (realm_fairseq/retrieval/refresh.py), with real training on the
+"""Index refresh faults during realm-train (realm_fairseq/indexing/refresh.py), with real training on the
 small corpus of test_refresh.py: an INDEX that becomes unwritable, a full disk and a manifest whose index
 options are not ones a refresh may pass on are failed refreshes that training survives, each named by its
 cause; --refresh-max-failures in a row stop training after a checkpoint is saved."""

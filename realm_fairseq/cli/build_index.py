@@ -1,5 +1,5 @@
 """``realm-build-index --corpus CORPUS --checkpoint CKPT|--hf HF_DIR --out INDEX``: embed every block and
-commit the MIPS index as version INDEX/vN. See :mod:`realm_fairseq.retrieval.corpus_embedding`.
+commit the MIPS index as version INDEX/vN. See :mod:`realm_fairseq.indexing.build`.
 
 Job arrays: run ``--shard-id i --num-shards n`` for i = 0..n-1 (a rerun skips shards already written),
 then ``--merge --num-shards n`` to commit the version.
@@ -14,9 +14,9 @@ from realm_fairseq.cli import log_to_stderr
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.errors import cli_errors
 from realm_fairseq.models.similarity import POOLINGS, SCORES
-from realm_fairseq.retrieval.corpus_embedding import (
-    DTYPES, build_index, doc_embedder_from_bert, doc_embedder_from_checkpoint,
-)
+from realm_fairseq.indexing.build import build_index
+from realm_fairseq.indexing.embed import DTYPES
+from realm_fairseq.models.loading import doc_embedder_from_bert, doc_embedder_from_checkpoint
 from realm_fairseq.retrieval.mips import APPLIES, INDEX_TYPES, IndexOptions
 
 

@@ -19,14 +19,12 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
+from realm_fairseq.errors import InputError
+
 FORMATS = ("jsonl", "tsv", "squad", "realm-blocks")
 DPR_HEADER = ["id", "text", "title"]
 
 logger = logging.getLogger(__name__)
-
-
-class InputError(ValueError):
-    """A user's input file (documents, vocab, questions) is not what we expected."""
 
 
 @dataclass

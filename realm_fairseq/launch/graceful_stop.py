@@ -16,8 +16,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-import torch
-import torch.distributed as dist
+from realm_fairseq.distributed import any_rank
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +33,6 @@ class StopRequest:
 
     def is_set(self) -> bool:
         return self._event.is_set()
-
-
-def any_rank(flag: bool) -> bool:
-    """Whether ``flag`` is set on any rank (an all-reduce when training is distributed)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    value = torch.tensor([int(flag)], dtype=torch.long, device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
 
 
 @contextmanager

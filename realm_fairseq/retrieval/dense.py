@@ -16,9 +16,8 @@ import torch
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.question_dataset import MAX_QUESTION_LEN, collate_questions, encode_question
 from realm_fairseq.models.embedder import Embedder
-from realm_fairseq.retrieval.corpus_embedding import (
-    EmbedderSource, embed_blocks, embedder_from_state, weights_embedders, weights_source,
-)
+from realm_fairseq.indexing.embed import embed_blocks
+from realm_fairseq.models.loading import EmbedderSource, embedder_from_state, weights_embedders, weights_source
 from realm_fairseq.retrieval.mips import MipsIndex
 from realm_fairseq.retrieval.versions import IndexStore, check_serves
 

@@ -8,7 +8,7 @@ masked sentences (``--masking``: salient spans by default); the model retrieves 
 blocks for each (never its source block) plus the null document, and the criterion maximises the
 marginal likelihood of the masked tokens. ``valid`` holds out the sentences of ``--valid-percent`` of
 the blocks (the same blocks ``realm_ict`` holds out). ``--refresh-interval-updates N`` re-embeds the
-corpus in the background every N updates and swaps the new index in (:mod:`realm_fairseq.retrieval.refresh`);
+corpus in the background every N updates and swaps the new index in (:mod:`realm_fairseq.indexing.refresh`);
 checkpoints record the index version in use, and a resumed run goes on with it.
 """
 from dataclasses import dataclass, field
@@ -22,7 +22,8 @@ from omegaconf import II, MISSING
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.masking import MASKINGS, MaskedExamplesDataset
 from realm_fairseq.models.realm import resolve_similarity
-from realm_fairseq.retrieval.refresh import IndexRefresher, RefreshConfig, check_config, restore_version
+from realm_fairseq.indexing.config import RefreshConfig, check_config
+from realm_fairseq.indexing.refresh import IndexRefresher, restore_version
 from realm_fairseq.retrieval.retriever import Retriever
 from realm_fairseq.retrieval.versions import IndexStore, check_serves
 from realm_fairseq.tasks.realm_ict import split_blocks

@@ -4,7 +4,7 @@ REALM re-embeds the corpus "asynchronously" in jobs of their own while training 
 described by a :class:`RefreshPlan` (the snapshot of the document embedder's weights, the corpus, the
 INDEX and how to shard the work) and run by a launcher:
 
-- :class:`LocalLauncher`: one background process (``python -m realm_fairseq.retrieval.refresh_worker``)
+- :class:`LocalLauncher`: one background process (``python -m realm_fairseq.indexing.worker``)
   in a session of its own, which embeds the shards in parallel processes, one per ``--refresh-devices``
   GPU (CPU if none), and commits the version. It dies with the trainer (``PR_SET_PDEATHSIG`` on Linux).
 - :class:`SubmititLauncher`: an array of embedding jobs, one per shard, then a merge job that commits
@@ -182,7 +182,7 @@ class LocalRefreshJob(RefreshJob):
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(plan.devices))
         with open(plan.log_path, "w", encoding="utf-8") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "realm_fairseq.retrieval.refresh_worker", plan.save(),
+                [sys.executable, "-m", "realm_fairseq.indexing.worker", plan.save(),
                  "--parent-pid", str(os.getpid())],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,  # its own process group: cancel() ends the worker and its shards
@@ -253,14 +253,14 @@ class SlurmResources:
 
 def embed_shard(plan: RefreshPlan, shard_id: int, device: str) -> None:
     """A submitit job: embed one shard of the corpus (``realm-build-index --shard-id``)."""
-    from realm_fairseq.retrieval.refresh_worker import run_build_index
+    from realm_fairseq.indexing.worker import run_build_index
 
     run_build_index(plan.build_index_argv(shard_id=shard_id if plan.num_shards > 1 else None, device=device))
 
 
 def merge_shards(plan: RefreshPlan) -> None:
     """A submitit job: commit the embedded shards as a version (``realm-build-index --merge``)."""
-    from realm_fairseq.retrieval.refresh_worker import run_build_index
+    from realm_fairseq.indexing.worker import run_build_index
 
     run_build_index(plan.build_index_argv(merge=True))
 

@@ -1,6 +1,6 @@
-"""``python -m realm_fairseq.retrieval.refresh_worker PLAN.json``: run one index refresh on this machine.
+"""``python -m realm_fairseq.indexing.worker PLAN.json``: run one index refresh on this machine.
 
-The local launcher's background process (:mod:`realm_fairseq.retrieval.refresh_launchers`). With one
+The local launcher's background process (:mod:`realm_fairseq.indexing.launchers`). With one
 shard it runs ``realm-build-index --checkpoint SNAPSHOT`` in-process; with more it starts one process
 per shard (``--shard I``), each on its GPU from the plan (CPU if none), waits for all of them and runs
 the merge that commits the version. It exits non-zero if any part fails; the trainer then logs this
@@ -16,9 +16,9 @@ import subprocess
 import sys
 from typing import List, Optional
 
-from realm_fairseq.retrieval.refresh_launchers import RefreshPlan
+from realm_fairseq.indexing.launchers import RefreshPlan
 
-logger = logging.getLogger("realm_fairseq.refresh_worker")
+logger = logging.getLogger("realm_fairseq.indexing.worker")
 
 PR_SET_PDEATHSIG = 1
 
