@@ -1,4 +1,7 @@
-"""Errors of the console scripts: one line each, naming the file, line or field and what was expected.
+"""What the console scripts print: log lines on stderr, and errors in one line each, naming the file, line
+or field and what was expected.
+
+Every command (and the index refresh's worker process) logs with :func:`log_to_stderr`.
 
 Every ``realm-*`` entry point is wrapped by :func:`cli_errors`: an error the user can act on (bad input,
 a damaged or refused checkpoint, a missing or unwritable file, a full disk, a missing optional package)
@@ -7,12 +10,20 @@ on the command line (or ``REALM_DEBUG=1`` in the environment) shows the tracebac
 else is a bug and keeps its traceback.
 """
 import functools
+import logging
 import os
 import sys
 from typing import Callable, List, Optional
 
 DEBUG_ENV = "REALM_DEBUG"
 DEBUG_FLAG = "--debug"
+LOG_FORMAT = "%(asctime)s | %(levelname)s | %(name)s | %(message)s"  # fairseq-train's
+
+
+def log_to_stderr(level: int = logging.INFO) -> None:
+    """Log ``level`` and above to stderr, one line per record with time, level and logger. ``force``:
+    importing fairseq has already configured the root logger (at DEBUG, from one of its models)."""
+    logging.basicConfig(format=LOG_FORMAT, level=level, stream=sys.stderr, force=True)
 
 
 class InputError(ValueError):

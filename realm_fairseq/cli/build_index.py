@@ -1,5 +1,6 @@
 """``realm-build-index --corpus CORPUS --checkpoint CKPT|--hf HF_DIR --out INDEX``: embed every block and
-commit the MIPS index as version INDEX/vN. See :mod:`realm_fairseq.indexing.build`.
+commit the MIPS index as version INDEX/vN. A thin parser: the build is
+:func:`realm_fairseq.indexing.build.run_build`, which every index refresh calls too.
 
 Job arrays: run ``--shard-id i --num-shards n`` for i = 0..n-1 (a rerun skips shards already written),
 then ``--merge --num-shards n`` to commit the version.
@@ -11,13 +12,11 @@ from typing import List, Optional
 import torch
 
 from realm_fairseq.cli import log_to_stderr
-from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.errors import cli_errors
-from realm_fairseq.models.similarity import POOLINGS, SCORES
-from realm_fairseq.indexing.build import build_index
+from realm_fairseq.indexing.build import BuildRequest, run_build
 from realm_fairseq.indexing.embed import DTYPES
-from realm_fairseq.models.loading import doc_embedder_from_bert, doc_embedder_from_checkpoint
-from realm_fairseq.retrieval.mips import APPLIES, INDEX_TYPES, IndexOptions
+from realm_fairseq.models.similarity import POOLINGS, SCORES
+from realm_fairseq.retrieval.mips import INDEX_TYPES, IndexOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,55 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def index_options(args: argparse.Namespace) -> dict:
-    """The index options given on the command line, checked against ``--index-type``."""
+def build_request(args: argparse.Namespace) -> BuildRequest:
+    """The build the command line asks for."""
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(IndexOptions)
                if getattr(args, f.name) is not None}
-    takes = APPLIES[args.index_type]
-    for name, value in options.items():
-        flag = f"--{name.replace('_', '-')}"
-        if name not in takes:
-            listed = ", ".join(f"--{t.replace('_', '-')}" for t in takes) or "none"
-            raise ValueError(f"{flag} does not apply to --index-type {args.index_type} (its options: {listed})")
-        if value < 1:
-            raise ValueError(f"{flag} {value}: expected a positive integer")
-    return options
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """Refuse options that cannot work before anything is loaded or embedded."""
-    if args.num_shards < 1:
-        raise ValueError(f"--num-shards {args.num_shards}: expected at least 1")
-    if not 0 <= args.shard_id < args.num_shards:
-        raise ValueError(f"--shard-id {args.shard_id} is not in 0..{args.num_shards - 1}")
-    if args.merge and args.num_shards == 1:
-        raise ValueError("--merge commits the shards of a sharded build: give their --num-shards (at least 2)")
-    if args.max_tokens < 1:
-        raise ValueError(f"--max-tokens {args.max_tokens}: expected a positive number of tokens")
-    try:
-        device = torch.device(args.device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device {args.device!r}: not a torch device (cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: no GPU is visible to torch")
+    return BuildRequest(corpus=args.corpus, out=args.out, checkpoint=args.checkpoint, hf=args.hf,
+                        pooling=args.pooling, score=args.score, index_type=args.index_type, index_options=options,
+                        max_tokens=args.max_tokens, device=args.device, dtype=args.dtype, shard_id=args.shard_id,
+                        num_shards=args.num_shards, merge=args.merge, progress=not args.no_progress)
 
 
 @cli_errors("realm-build-index")
 def cli_main(argv: Optional[List[str]] = None) -> None:
     log_to_stderr()
     args = build_parser().parse_args(argv)
-    check_args(args)
-    options = index_options(args)
-    corpus = BlockCorpus(args.corpus)
-    source = (doc_embedder_from_checkpoint(args.checkpoint, corpus, score=args.score) if args.checkpoint
-              else doc_embedder_from_bert(args.hf, corpus, args.pooling, args.score))
-    dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
-    version = build_index(
-        corpus, args.out, source, args.index_type, shard=(args.shard_id, args.num_shards), merge=args.merge,
-        embed_options=dict(max_tokens=args.max_tokens, device=args.device, dtype=dtype,
-                           progress=not args.no_progress),
-        **options,
-    )
+    version = run_build(build_request(args))
     if version is not None:
         print(f"committed {args.out}/v{version}")
 

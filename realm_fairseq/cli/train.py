@@ -14,7 +14,7 @@ import warnings
 from typing import List, Optional
 
 import realm_fairseq
-from realm_fairseq.cli import LOG_FORMAT
+from realm_fairseq.errors import LOG_FORMAT
 from realm_fairseq.errors import cli_errors
 
 PLUGIN_DIR = os.path.dirname(os.path.abspath(realm_fairseq.__file__))

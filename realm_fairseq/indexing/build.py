@@ -13,12 +13,15 @@ the embeddings were made for.
 import hashlib
 import logging
 import os
-from typing import Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+import torch
 
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.indexing.embed import embed_blocks
-from realm_fairseq.models.loading import EmbedderSource
-from realm_fairseq.retrieval.mips import min_index_bytes, resolve_options
+from realm_fairseq.models.loading import EmbedderSource, doc_embedder_from_bert, doc_embedder_from_checkpoint
+from realm_fairseq.retrieval.mips import APPLIES, min_index_bytes, resolve_options
 from realm_fairseq.retrieval.versions import IndexStore, shard_range
 
 logger = logging.getLogger(__name__)
@@ -80,3 +83,78 @@ def build_index(
                       source=source.info["path"])
     logger.info("wrote shard %d of %d (blocks %d..%d, tag %s)", shard_id, num_shards, start, end, tag)
     return None
+
+
+@dataclass
+class BuildRequest:
+    """One build, as ``realm-build-index`` flags name it: the whole index, shard ``shard_id`` of
+    ``num_shards``, or (``merge``) the commit of the stored shards. Exactly one of ``checkpoint`` (a realm
+    checkpoint or refresh snapshot) and ``hf`` (converted or Hugging Face weights) gives the embedder."""
+
+    corpus: str
+    out: str
+    checkpoint: Optional[str] = None
+    hf: Optional[str] = None
+    pooling: Optional[str] = None  # with ``hf``: default as the weights were trained
+    score: Optional[str] = None  # default: the checkpoint's, or the one ``hf`` weights were trained for
+    index_type: str = "flat"
+    index_options: Dict[str, int] = field(default_factory=dict)
+    max_tokens: int = 16384
+    device: str = "cpu"
+    dtype: Optional[str] = None  # default: bf16 on a GPU, fp32 on CPU
+    shard_id: int = 0
+    num_shards: int = 1
+    merge: bool = False
+    progress: bool = True
+
+    def check(self) -> None:
+        """Refuse what cannot work before anything is loaded or embedded (errors name the flag)."""
+        if (self.checkpoint is None) == (self.hf is None):
+            raise ValueError("expected exactly one of --checkpoint and --hf")
+        check_index_options(self.index_type, self.index_options)
+        if self.num_shards < 1:
+            raise ValueError(f"--num-shards {self.num_shards}: expected at least 1")
+        if not 0 <= self.shard_id < self.num_shards:
+            raise ValueError(f"--shard-id {self.shard_id} is not in 0..{self.num_shards - 1}")
+        if self.merge and self.num_shards == 1:
+            raise ValueError("--merge commits the shards of a sharded build: give their --num-shards (at least 2)")
+        if self.max_tokens < 1:
+            raise ValueError(f"--max-tokens {self.max_tokens}: expected a positive number of tokens")
+        check_device(self.device)
+
+
+def check_index_options(index_type: str, options: Dict[str, int]) -> None:
+    """Every option applies to ``index_type`` and is a positive integer (errors name the flag)."""
+    takes = APPLIES[index_type]
+    for name, value in options.items():
+        flag = f"--{name.replace('_', '-')}"
+        if name not in takes:
+            listed = ", ".join(f"--{t.replace('_', '-')}" for t in takes) or "none"
+            raise ValueError(f"{flag} does not apply to --index-type {index_type} (its options: {listed})")
+        if value < 1:
+            raise ValueError(f"{flag} {value}: expected a positive integer")
+
+
+def check_device(name: str) -> None:
+    """``name`` is a torch device this process can use."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r}: not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no GPU is visible to torch")
+
+
+def run_build(request: BuildRequest) -> Optional[int]:
+    """Run one build (see :class:`BuildRequest`); returns the committed version, or None for a shard. The
+    one function ``realm-build-index`` and every index refresh call, so that a refresh commits exactly what
+    ``realm-build-index --checkpoint SNAPSHOT`` would."""
+    request.check()
+    corpus = BlockCorpus(request.corpus)
+    source = (doc_embedder_from_checkpoint(request.checkpoint, corpus, score=request.score) if request.checkpoint
+              else doc_embedder_from_bert(request.hf, corpus, request.pooling, request.score))
+    dtype = request.dtype or ("bf16" if request.device.startswith("cuda") else "fp32")
+    embed_options = dict(max_tokens=request.max_tokens, device=request.device, dtype=dtype,
+                         progress=request.progress)
+    return build_index(corpus, request.out, source, request.index_type, shard=(request.shard_id, request.num_shards),
+                       merge=request.merge, embed_options=embed_options, **request.index_options)

@@ -10,7 +10,8 @@ INDEX and how to shard the work) and run by a launcher:
 - :class:`SubmititLauncher`: an array of embedding jobs, one per shard, then a merge job that commits
   the version, through submitit (Slurm, or submitit's local executor where there is no Slurm).
 
-Either way each piece of work is a ``realm-build-index`` command line (:meth:`RefreshPlan.build_index_argv`),
+Either way each piece of work is a call of :func:`~realm_fairseq.indexing.build.run_build`, the function
+``realm-build-index`` calls, with the build its flags would describe (:meth:`RefreshPlan.build_request`),
 so a refresh commits exactly what ``realm-build-index --checkpoint SNAPSHOT`` would. Launchers return a
 :class:`RefreshJob` that the trainer polls without blocking, or cancels.
 """
@@ -26,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
+from realm_fairseq.indexing.build import BuildRequest, run_build
 from realm_fairseq.retrieval.mips import check_options
 
 logger = logging.getLogger(__name__)
@@ -92,18 +94,14 @@ class RefreshPlan:
         """The CUDA_VISIBLE_DEVICES entry shard ``shard_id`` runs on (round robin), None for CPU."""
         return self.devices[shard_id % len(self.devices)] if self.devices else None
 
-    def build_index_argv(self, shard_id: Optional[int] = None, merge: bool = False,
-                         device: str = "cpu") -> List[str]:
-        """``realm-build-index`` arguments: the whole build (one shard), shard ``shard_id``, or the merge."""
-        argv = ["--corpus", self.corpus, "--checkpoint", self.snapshot, "--out", self.index_dir,
-                "--index-type", self.index_type, "--device", device, "--no-progress"]
-        for name, value in sorted(self.index_options.items()):
-            argv += [f"--{name.replace('_', '-')}", str(value)]
-        if merge:
-            argv += ["--merge", "--num-shards", str(self.num_shards)]
-        elif shard_id is not None:
-            argv += ["--shard-id", str(shard_id), "--num-shards", str(self.num_shards)]
-        return argv
+    def build_request(self, shard_id: Optional[int] = None, merge: bool = False, device: str = "cpu") -> BuildRequest:
+        """The build of one piece of this refresh: the whole build (one shard), shard ``shard_id``, or the
+        merge; what ``realm-build-index --checkpoint SNAPSHOT`` with the same flags runs."""
+        sharded = merge or shard_id is not None
+        return BuildRequest(corpus=self.corpus, out=self.index_dir, checkpoint=self.snapshot,
+                            index_type=self.index_type, index_options=dict(self.index_options), device=device,
+                            shard_id=shard_id or 0, num_shards=self.num_shards if sharded else 1, merge=merge,
+                            progress=False)
 
 
 def log_tail(path: str, lines: int = 40) -> str:
@@ -253,16 +251,12 @@ class SlurmResources:
 
 def embed_shard(plan: RefreshPlan, shard_id: int, device: str) -> None:
     """A submitit job: embed one shard of the corpus (``realm-build-index --shard-id``)."""
-    from realm_fairseq.indexing.worker import run_build_index
-
-    run_build_index(plan.build_index_argv(shard_id=shard_id if plan.num_shards > 1 else None, device=device))
+    run_build(plan.build_request(shard_id=shard_id if plan.num_shards > 1 else None, device=device))
 
 
 def merge_shards(plan: RefreshPlan) -> None:
     """A submitit job: commit the embedded shards as a version (``realm-build-index --merge``)."""
-    from realm_fairseq.indexing.worker import run_build_index
-
-    run_build_index(plan.build_index_argv(merge=True))
+    run_build(plan.build_request(merge=True))
 
 
 class SubmititRefreshJob(RefreshJob):

@@ -1,9 +1,9 @@
 """``python -m realm_fairseq.indexing.worker PLAN.json``: run one index refresh on this machine.
 
-The local launcher's background process (:mod:`realm_fairseq.indexing.launchers`). With one
-shard it runs ``realm-build-index --checkpoint SNAPSHOT`` in-process; with more it starts one process
-per shard (``--shard I``), each on its GPU from the plan (CPU if none), waits for all of them and runs
-the merge that commits the version. It exits non-zero if any part fails; the trainer then logs this
+The local launcher's background process (:mod:`realm_fairseq.indexing.launchers`). With one shard it
+runs the build ``realm-build-index --checkpoint SNAPSHOT`` runs (:func:`~realm_fairseq.indexing.build.run_build`)
+in-process; with more it starts one process per shard (``--shard I``), each on its GPU from the plan
+(CPU if none), waits for all of them and runs the merge that commits the version. It exits non-zero if any part fails; the trainer then logs this
 process's log. Every process here exits when its parent dies (Linux), so a killed trainer leaves no
 refresh behind.
 """
@@ -16,6 +16,8 @@ import subprocess
 import sys
 from typing import List, Optional
 
+from realm_fairseq.errors import USER_ERRORS, log_to_stderr, message
+from realm_fairseq.indexing.build import run_build
 from realm_fairseq.indexing.launchers import RefreshPlan
 
 logger = logging.getLogger("realm_fairseq.indexing.worker")
@@ -29,17 +31,6 @@ def die_with_parent(parent_pid: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
     if os.getppid() != parent_pid:
         sys.exit(f"refresh worker: the process that started it ({parent_pid}) has exited")
-
-
-def run_build_index(argv: List[str]) -> None:
-    """``realm-build-index ARGV`` in this process; raises RuntimeError if it fails."""
-    from realm_fairseq.cli.build_index import cli_main
-
-    try:
-        cli_main(argv)
-    except SystemExit as e:
-        if e.code not in (None, 0):
-            raise RuntimeError(f"realm-build-index {' '.join(argv)} failed: {e.code}") from None
 
 
 def run_shards(plan: RefreshPlan) -> None:
@@ -63,21 +54,22 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--shard", type=int, default=None, help="embed only this shard (a child process)")
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process exits")
     args = parser.parse_args(argv)
+    log_to_stderr()
     if args.parent_pid is not None:
         die_with_parent(args.parent_pid)
     plan = RefreshPlan.load(args.plan)
     if args.shard is not None:
         device = "cuda" if plan.shard_device(args.shard) is not None else "cpu"
-        run_build_index(plan.build_index_argv(shard_id=args.shard, device=device))
+        run_build(plan.build_request(shard_id=args.shard, device=device))
     elif plan.num_shards == 1:
-        run_build_index(plan.build_index_argv(device="cuda" if plan.devices else "cpu"))
+        run_build(plan.build_request(device="cuda" if plan.devices else "cpu"))
     else:
         run_shards(plan)
-        run_build_index(plan.build_index_argv(merge=True))
+        run_build(plan.build_request(merge=True))
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (RuntimeError, ValueError, OSError) as e:  # the trainer logs this line as the refresh's cause
-        sys.exit(f"refresh worker: error: {e}")
+    except (RuntimeError, *USER_ERRORS) as e:  # the trainer logs this line as the refresh's cause
+        sys.exit(f"refresh worker: error: {message(e)}")
