@@ -7,9 +7,11 @@ LayerNorm, exact GELU or, for Google's and REALM's weights, its tanh approximati
 LayerNorm epsilon 1e-12); any other ``FairseqEncoder`` that takes ``(args, dictionary, embed_tokens)``
 and returns ``{"encoder_out": [T x B x C]}`` can be named as ``package.module:Class``, its own options
 given as JSON (``encoder_options``) and the rest filled by a registered fairseq architecture
-(``encoder_arch``). Segment embeddings (``[CLS] x [SEP] z [SEP]`` in
-the reader) are added to the token embeddings when the encoder accepts ``token_embeddings``, as
-fairseq's Transformer does.
+(``encoder_arch``). fairseq's Transformer runs by default through the fused forward pass of
+:mod:`realm_fairseq.models.fast_encoder` (scaled_dot_product_attention, same parameters, same outputs
+within rounding); ``encoder_attention=fairseq`` runs fairseq's own forward. Segment embeddings
+(``[CLS] x [SEP] z [SEP]`` in the reader) are added to the token embeddings when the encoder accepts
+``token_embeddings``, as fairseq's Transformer does.
 """
 import argparse
 import importlib
@@ -25,6 +27,8 @@ import torch.nn as nn
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import ARCH_CONFIG_REGISTRY, FairseqEncoder
 from fairseq.models.transformer import TransformerEncoder
+
+from realm_fairseq.models import fast_encoder
 
 ENCODER_CLASSES = {"transformer": TransformerEncoder}
 #: activations BERT checkpoints use, by fairseq's name: exact GELU, and its tanh approximation
@@ -65,6 +69,12 @@ class EncoderConfig(FairseqDataclass):
         metadata={"help": "feed-forward (and masked-LM head) activation: gelu (exact, HF BERT's 'gelu') or "
                   "gelu_accurate (tanh approximation, Google BERT's and REALM's, HF 'gelu_new'); default: as "
                   "recorded with the weights the model starts from, else gelu"},
+    )
+    encoder_attention: ChoiceEnum(list(fast_encoder.ATTENTION)) = field(
+        default="sdpa",
+        metadata={"help": "forward pass of fairseq's transformer encoder: sdpa (fused: one query-key-value "
+                  "product, torch's scaled_dot_product_attention, no host sync; the same weights and outputs) "
+                  "or fairseq (its own MultiheadAttention path); other encoder classes always run their own"},
     )
 
 
@@ -157,6 +167,12 @@ class TextEncoder(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.LayerNorm) or type(module).__name__ == "FusedLayerNorm":
                 module.eps = cfg.layernorm_eps
+        #: "sdpa" or "fairseq" (see EncoderConfig.encoder_attention); may be changed on a built encoder
+        self.attention = str(getattr(cfg, "encoder_attention", None) or "sdpa")
+        if self.attention not in fast_encoder.ATTENTION:
+            raise ValueError(f"encoder_attention {self.attention!r}: expected one of "
+                             f"{', '.join(fast_encoder.ATTENTION)}")
+        self.fast = fast_encoder.supported(self.encoder)  # fairseq's TransformerEncoder as built here
 
     @property
     def embed_tokens(self) -> nn.Embedding:
@@ -166,12 +182,13 @@ class TextEncoder(nn.Module):
         self, tokens: torch.Tensor, segments: Optional[torch.Tensor] = None
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         padding_mask = tokens.eq(self.padding_idx)  # (B, T)
-        if self.segment_embeddings is None:
-            out = self.encoder(tokens)
-        else:
+        embedded = None
+        if self.segment_embeddings is not None:
             if segments is None:
                 segments = torch.zeros_like(tokens)
             embedded = self.embed_tokens(tokens) + self.segment_embeddings(segments)  # (B, T, C)
-            out = self.encoder(tokens, token_embeddings=embedded)
+        if self.fast and self.attention == "sdpa":
+            return fast_encoder.encoder_forward(self.encoder, tokens, embedded), padding_mask  # (B, T, C)
+        out = self.encoder(tokens) if embedded is None else self.encoder(tokens, token_embeddings=embedded)
         hidden = out["encoder_out"][0].transpose(0, 1)  # (T, B, C) -> (B, T, C)
         return hidden, padding_mask
