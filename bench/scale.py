@@ -266,7 +266,7 @@ def serve_specs(args, n: int, store: str, built: dict) -> list:
     """What to serve at size ``n``: faiss types built, torch on the CPU (and GPU), faiss-gpu if present."""
     common = dict(store=store, n=n, queries=args.queries, k=args.k, exclude=args.exclude, repeat=args.repeat)
     specs = [dict(common, kind="faiss", type=t, path=built[t]["path"], label=f"faiss {t} (CPU)")
-             for t in args.types if t in built and "error" not in built[t]]
+             for t in args.types if "path" in built.get(t, {})]  # built, not skipped or failed
     specs.append(dict(common, kind="torch", device="cpu", precision="fp32", label="torch fp32 (CPU)"))
     if args.device == "cuda":
         specs += [dict(common, kind="torch", device="cuda:0", precision=p, label=f"torch {p} (1 GPU)")
