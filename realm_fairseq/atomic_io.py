@@ -52,7 +52,8 @@ def atomic_directory(path: str, force: bool = False) -> Iterator[str]:
 
 @contextmanager
 def atomic_file(path: str, force: bool = False) -> Iterator[str]:
-    """Yield a temporary file path beside ``path``; rename it to ``path`` when the block succeeds."""
+    """Yield a temporary file path beside ``path``; when the block succeeds, flush it to disk and rename it
+    to ``path`` (a crash leaves the old file or the complete new one, never a half-written one)."""
     path = os.path.abspath(path)
     check_writable_target(path, force)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -60,11 +61,22 @@ def atomic_file(path: str, force: bool = False) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        fsync(tmp)
     except BaseException:
         os.unlink(tmp)
         raise
     make_public(tmp, 0o666)
     os.replace(tmp, path)
+    fsync(os.path.dirname(path))
+
+
+def fsync(path: str) -> None:
+    """Flush a file, or a directory's list of entries, to disk (before and after it is renamed into place)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def make_public(path: str, mode: int) -> None:

@@ -17,6 +17,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from realm_fairseq.atomic_io import fsync
 from realm_fairseq.errors import InputError
 
 TMP_INFIX = ".tmp-"
@@ -26,14 +27,6 @@ LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
 
 class CheckpointError(InputError):
     """A checkpoint file is damaged, is not a checkpoint, or holds what safe loading refuses."""
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Writes:
@@ -81,7 +74,7 @@ def _commit(path: str, write) -> None:
         if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path)
+    fsync(os.path.dirname(os.path.abspath(path)))
 
 
 def _umask() -> int:

@@ -83,7 +83,8 @@ def convert_bert(args: argparse.Namespace) -> None:
 
 def import_index(args: argparse.Namespace, block_emb) -> None:
     from realm_fairseq.data.corpus import BlockCorpus
-    from realm_fairseq.data.realm_blocks import check_corpus_for, import_block_emb
+    from realm_fairseq.data.realm_blocks import check_corpus_for
+    from realm_fairseq.indexing.block_emb import import_block_emb
 
     openqa = next(d for d in args.hf_dirs if realm_hf.hf_dir_kind(d))
     if block_emb is None:
@@ -104,7 +105,7 @@ def convert_realm(args: argparse.Namespace) -> None:
     realm_hf.save_realm_weights(weights, args.out, force=args.force)
     print(f"wrote {args.out}: REALM weights, {realm_hf.describe(weights)}")
     if args.qa_checkpoint:
-        from realm_fairseq.models.qa_checkpoint import write_open_qa_checkpoint
+        from realm_fairseq.cli.qa_checkpoint import write_open_qa_checkpoint
 
         write_open_qa_checkpoint(args.out, args.corpus, args.index, args.qa_checkpoint, force=args.force)
         print(f"wrote {args.qa_checkpoint}: realm_open_qa checkpoint over {args.corpus} and {args.index}")

@@ -11,10 +11,8 @@ the checkpoint (13,353,718 x 128, float32).
   CORPUS is built from the full file (``realm-prepare-corpus block_records.npy --format realm-blocks``) in
   the memory the corpus builder needs anyway. Each record becomes a document with an empty title and one
   block; the build fails if a record does not make exactly one block, so that block i is record i.
-- :func:`import_block_emb` copies ``block_emb`` into a version of an INDEX for that CORPUS without
-  re-embedding: it is read in chunks (memory-mapped from the checkpoint), written as the float16
-  embeddings an index version stores, and the faiss index is built from that file. Peak memory is the
-  faiss index itself (the embeddings as float32 for ``flat``).
+- :func:`check_corpus_for` checks that a CORPUS holds those blocks in their order, before
+  :mod:`realm_fairseq.indexing.block_emb` copies ``block_emb`` into a version of an INDEX for it.
 """
 import array
 import logging
@@ -23,8 +21,6 @@ import pickletools
 from typing import Iterator, Optional, Union
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
 from realm_fairseq.atomic_io import sha256_files
 from realm_fairseq.data.documents import Document, InputError, decode_utf8
@@ -32,7 +28,6 @@ from realm_fairseq.data.documents import Document, InputError, decode_utf8
 logger = logging.getLogger(__name__)
 
 FORMAT = "realm-blocks"
-IMPORT_CHUNK = 1 << 16  # rows of block_emb converted at a time
 #: pickle opcodes that push a string
 _STRING_OPS = ("SHORT_BINBYTES", "BINBYTES", "BINBYTES8", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8",
                "BYTEARRAY8", "UNICODE")
@@ -206,31 +201,3 @@ def check_corpus_for(corpus, records_path: Optional[str], count: int, where: str
         if sha256_files(records_path) != inputs[0].get("sha256"):
             raise InputError(f"{corpus.path}: built from another file than {records_path} (sha256 differs); "
                              f"build it from the block_records.npy that comes with the checkpoint")
-
-
-def import_block_emb(block_emb: torch.Tensor, corpus, index_dir: str, source: str, index_type: str = "flat",
-                     progress: bool = True, **options) -> int:
-    """Commit ``block_emb`` (n, d), row i embedding block i of ``corpus``, as the next version of
-    ``index_dir`` (see the module docstring); returns the version number."""
-    from realm_fairseq.retrieval.versions import IndexStore
-
-    count, dim = block_emb.shape
-    os.makedirs(index_dir, exist_ok=True)
-    tmp = os.path.join(index_dir, f".block_emb-import-{os.getpid()}.npy")
-    try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(count, dim))
-        bar = tqdm(total=count, unit=" blocks", desc="block_emb", disable=not progress, mininterval=1.0)
-        for start in range(0, count, IMPORT_CHUNK):
-            chunk = block_emb[start : start + IMPORT_CHUNK].float().numpy()  # (<= IMPORT_CHUNK, d)
-            out[start : start + len(chunk)] = chunk.astype(np.float16)
-            bar.update(len(chunk))
-        bar.close()
-        out.flush()
-        del out
-        embeddings = np.load(tmp, mmap_mode="r")  # (n, d) float16, read from disk as the index is built
-        encoder = {"kind": "realm-block-emb", "path": os.path.abspath(source), "update": 0, "pooling": "cls",
-                   "score": "dot"}
-        return IndexStore(index_dir).commit(embeddings, corpus.checksum, encoder, index_type, **options)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -14,4 +14,6 @@ versions; :mod:`realm_fairseq.retrieval` reads them and searches.
 - :mod:`.launchers`: where a refresh runs (a background process on this machine, or submitit jobs) and the
   :class:`~.launchers.RefreshPlan` that describes it.
 - :mod:`.worker`: the local launcher's background process (``python -m realm_fairseq.indexing.worker``).
+- :mod:`.block_emb`: REALM's released block embeddings (``block_emb``) committed as a version, without
+  re-embedding (``realm-convert-hf --index``).
 """

@@ -40,7 +40,7 @@ from typing import List, Optional, Sequence, Tuple
 import faiss
 import numpy as np
 
-from realm_fairseq.atomic_io import write_faults_named
+from realm_fairseq.atomic_io import atomic_file, write_faults_named
 
 logger = logging.getLogger(__name__)
 
@@ -445,15 +445,10 @@ class MipsIndex:
         return self
 
     def save(self, path: str) -> None:
-        """Write the (CPU) index to ``path`` through a temporary file, so ``path`` is never half-written."""
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
-            with write_faults_named(path):  # faiss reports a full disk as a RuntimeError
-                faiss.write_index(self._cpu, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        """Write the (CPU) index to ``path`` through a temporary file flushed to disk, so ``path`` is never
+        half-written."""
+        with atomic_file(path, force=True) as tmp, write_faults_named(path):  # faiss: a full disk is a RuntimeError
+            faiss.write_index(self._cpu, tmp)
 
     @classmethod
     def load(cls, path: str, index_type: str, **options) -> "MipsIndex":

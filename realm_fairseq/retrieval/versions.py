@@ -48,7 +48,7 @@ from typing import Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from realm_fairseq.atomic_io import make_public, atomic_file, sha256_files, write_faults_named
+from realm_fairseq.atomic_io import atomic_file, fsync, make_public, sha256_files, write_faults_named
 from realm_fairseq.retrieval.mips import MipsIndex, check_options
 
 logger = logging.getLogger(__name__)
@@ -97,14 +97,6 @@ def shard_range(count: int, shard_id: int, num_shards: int) -> Tuple[int, int]:
         raise ValueError(f"count={count}: expected a non-negative number of blocks")
     return count * shard_id // num_shards, count * (shard_id + 1) // num_shards
 
-
-def _fsync(path: str) -> None:
-    """Flush a file (or a directory entry list) to disk before it is renamed into place."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _HashingFile:
@@ -351,8 +343,7 @@ class IndexStore:
         tmp, owner = _begin_version(self.root)
         try:
             files = {EMBEDDINGS: _save_npy(os.path.join(tmp, EMBEDDINGS), embeddings)}
-            index.save(os.path.join(tmp, INDEX))
-            _fsync(os.path.join(tmp, INDEX))
+            index.save(os.path.join(tmp, INDEX))  # flushed to disk
             files[INDEX] = _file_record(os.path.join(tmp, INDEX))
             version = self._claim(tmp, {**manifest, FILES: files})
         except BaseException:  # a killed process leaves its directory behind; the next commit removes it
@@ -372,14 +363,14 @@ class IndexStore:
                 version += 1
                 created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
                 _write_manifest(tmp, {**manifest, "version": version, "created": created})
-                _fsync(tmp)
+                fsync(tmp)
                 try:
                     os.rename(tmp, self.version_dir(version))
                     break
                 except OSError as e:  # taken meanwhile by a writer on a file system without flock
                     if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                         raise
-            _fsync(self.root)
+            fsync(self.root)
         os.unlink(os.path.join(self.version_dir(version), OWNER))
         return version
 

@@ -6,7 +6,8 @@ evaluate one of REALM's fine-tuned models (``realm-orqa-nq-openqa``, ``-wq-openq
 builds that task's model exactly as ``realm-train --task realm_open_qa --realm-init WEIGHTS.pt`` would
 (fairseq's own parser and task, sizes from the weights) and saves it as fairseq saves a checkpoint,
 ``--realm-init`` removed (the weights are inside), the architecture REALM's (the ``realm_hf`` form), and
-``--span-rule orqa``: answers are predicted as REALM predicts them.
+``--span-rule orqa``: answers are predicted as REALM predicts them. It runs fairseq's task and model
+registries, as a command does: ``realm-convert-hf --qa-checkpoint`` calls it.
 """
 from typing import List, Optional
 
