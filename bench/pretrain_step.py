@@ -78,8 +78,10 @@ def main():
     d, device = corpus.dictionary, args.device
     model_args = argparse.Namespace(dropout=0.0, attention_dropout=0.0)
     ARCH_CONFIG_REGISTRY[args.arch](model_args)
-    task = argparse.Namespace(needs_reader=True, source_dictionary=d, update_num=0)
-    model = RealmModel.build_model(RealmConfig(**vars(model_args)), task).to(device)
+    task = argparse.Namespace(source_dictionary=d)
+    model = RealmModel.build_model(RealmConfig(**vars(model_args)), task)
+    model.register_reader()  # as realm_pretrain does
+    model = model.to(device)
     if args.dtype == "bf16":
         model = model.bfloat16()
     index = MipsIndex.build(embed_blocks(EmbedderSource(model.doc_embedder, {}), corpus, device=device,
@@ -107,10 +109,10 @@ def main():
 
     with torch.no_grad():
         queries = {id(b): model.embed_queries(b["net_input"]["src_tokens"]) for b in batches}
-    found = {id(b): retriever.search(queries[id(b)], b["exclude_blocks"].tolist()) for b in batches}
+    found = {id(b): retriever.search(queries[id(b)], args.topk, b["exclude_blocks"])[0] for b in batches}
 
     def search_part(batch):
-        retriever.search(queries[id(batch)], batch["exclude_blocks"].tolist())
+        retriever.search(queries[id(batch)], args.topk, batch["exclude_blocks"])
 
     def candidates(batch):
         return retriever.candidate_tokens(found[id(batch)])

@@ -95,7 +95,7 @@ def main():
     model_args = argparse.Namespace()
     ARCH_CONFIG_REGISTRY[args.arch](model_args)
     first = RealmModel.build_model(RealmConfig(**vars(model_args)), argparse.Namespace(
-        needs_reader=False, source_dictionary=corpus.dictionary))
+        source_dictionary=corpus.dictionary))
     IndexStore(index).commit(embed_blocks(EmbedderSource(first.doc_embedder, {}), corpus, device=args.device,
                                           progress=False), corpus.checksum, {"kind": "initial", "update": 0})
     del first

@@ -112,7 +112,7 @@ def main():
             for i, value in enumerate(values):
                 if i:
                     index.set_search_options(**{setting: value})
-                seconds, (_, ids) = best_time(args.repeat, index.search, queries, args.k)
+                seconds, (ids, _) = best_time(args.repeat, index.search, queries, args.k)
                 recall = recall_at_k(ids, truth)
                 options = ", ".join(f"{k}={v}" for k, v in index.options.items() if k != "train_size")
                 row = {

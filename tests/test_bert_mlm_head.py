@@ -57,8 +57,9 @@ def reader_from(weights_path, dictionary, **sizes):
                               max_positions=512, **sizes)
     realm_tiny(args)
     cfg = RealmConfig(**{k: getattr(args, k) for k in vars(args)})
-    task = types.SimpleNamespace(source_dictionary=dictionary, needs_reader=True)
-    return RealmModel.build_model(cfg, task).reader.eval(), cfg
+    model = RealmModel.build_model(cfg, types.SimpleNamespace(source_dictionary=dictionary))
+    model.register_reader()  # as realm_pretrain does
+    return model.reader.eval(), cfg
 
 
 def masked_sentences(vocab, dictionary, n=8):

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from realm_fairseq.data import BlockCorpus
-from realm_fairseq.data.answers import AnswerFinder, exact_match, normalize_answer
+from realm_fairseq.data.answers import AnswerFinder
+from realm_fairseq.data.qa_metrics import exact_match, normalize_answer
 from realm_fairseq.data.documents import InputError
 from realm_fairseq.data.questions import Question, read_questions, split_by_article, squad_questions
 

@@ -27,7 +27,7 @@ from realm_fairseq.models import realm_hf
 from realm_fairseq.models.hf_convert import dictionary_for
 from realm_fairseq.models.realm import RealmConfig, RealmModel, realm_base
 from realm_fairseq.models.span_reader import orqa_best_span
-from realm_fairseq.retrieval import dense
+from realm_fairseq.indexing import retrievers as dense
 from realm_fairseq.retrieval.versions import IndexStore
 
 from conftest import ROOT, VOCAB, run
@@ -74,9 +74,12 @@ def build(dictionary, needs_reader=False, needs_span_reader=False, **init) -> Re
     args = argparse.Namespace(**{**sizes, **init})
     realm_base(args)
     cfg = RealmConfig(**{k: getattr(args, k) for k in vars(args)})
-    task = types.SimpleNamespace(source_dictionary=dictionary, needs_reader=needs_reader,
-                                 needs_span_reader=needs_span_reader)
-    return RealmModel.build_model(cfg, task).eval()
+    model = RealmModel.build_model(cfg, types.SimpleNamespace(source_dictionary=dictionary))
+    if needs_reader:  # as the tasks that read register their heads
+        model.register_reader()
+    if needs_span_reader:
+        model.register_span_reader()
+    return model.eval()
 
 
 def ours(hf_ids: np.ndarray, dictionary, sep=None) -> torch.Tensor:

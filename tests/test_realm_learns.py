@@ -35,7 +35,7 @@ from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
 from realm_fairseq.data.masking import MaskedExamplesDataset
 from realm_fairseq.indexing.embed import embed_blocks
 from realm_fairseq.models.loading import doc_embedder_from_checkpoint
-from realm_fairseq.tasks.realm_ict import split_blocks
+from realm_fairseq.tasks.base import split_blocks
 
 from conftest import BIN, VOCAB, run
 

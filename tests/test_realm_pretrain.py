@@ -30,13 +30,6 @@ from realm_fairseq.retrieval.versions import IndexStore
 from conftest import BIN, ROOT, free_port, run
 
 
-class Task:
-    needs_reader = True
-
-    def __init__(self, dictionary):
-        self.source_dictionary = dictionary
-
-
 @pytest.fixture(scope="module")
 def setup(wiki_corpus):
     """A realm_tiny model, the index of its own document embeddings and a batch of masked sentences."""
@@ -44,7 +37,8 @@ def setup(wiki_corpus):
     corpus = BlockCorpus(wiki_corpus)
     args = argparse.Namespace(dropout=0.0, attention_dropout=0.0)
     realm_tiny(args)
-    model = RealmModel.build_model(RealmConfig(**vars(args)), Task(corpus.dictionary))
+    model = RealmModel.build_model(RealmConfig(**vars(args)), SimpleNamespace(source_dictionary=corpus.dictionary))
+    model.register_reader()  # as realm_pretrain does
     embeddings = embed_blocks(EmbedderSource(model.doc_embedder, {}), corpus, progress=False)
     ds = MaskedExamplesDataset(corpus.examples, np.arange(len(corpus.examples)), corpus.dictionary)
     batch = ds.collater([ds[i] for i in range(0, 400, 25)])
@@ -57,8 +51,8 @@ def forward(model, batch, retriever):
 
 
 def criterion_task(corpus, index) -> SimpleNamespace:
-    """What RealmMlmCriterion reads from its task: the retriever (k=4 and the null document) and the update."""
-    return SimpleNamespace(retriever=Retriever(corpus, index, topk=4, null_document=True), update_num=0)
+    """What RealmMlmCriterion reads from its task: the retriever (k=4 and the null document)."""
+    return SimpleNamespace(retriever=Retriever(corpus, index, topk=4, null_document=True))
 
 
 def tower_gradient(tower) -> float:
@@ -82,7 +76,7 @@ def test_retriever_warmup_keeps_the_embedders_still_and_trains_the_reader(setup)
     criterion = RealmMlmCriterion(task, retriever_warmup_updates=3)
     losses = []
     for update, embedders_learn in ((2, False), (3, True)):
-        task.update_num = update
+        model.set_num_updates(update)  # as fairseq's train_step does
         model.zero_grad()
         loss, _, _ = criterion(model, batch)
         loss.backward()
@@ -134,7 +128,7 @@ def test_the_source_block_is_never_a_candidate(setup):
     assert (control["block_ids"][:, 0] == sources).all()  # without exclusion every source block comes first
     ids = out["block_ids"]
     assert ids.shape == (len(sources), 8) and not (ids == sources[:, None]).any()
-    _, best = retriever.index.search(queries, 9)
+    best, _ = retriever.index.search(queries, 9)
     assert (ids == best[:, 1:]).all()  # the next 8 blocks take its place, in order
     assert out["retrieval_scores"].shape == (len(sources), 9)  # and the null document
 

@@ -20,7 +20,7 @@ import torch
 
 from realm_fairseq.criterions.realm_qa import RealmQaCriterion
 from realm_fairseq.data import BlockCorpus
-from realm_fairseq.data.answers import exact_match, normalize_answer
+from realm_fairseq.data.qa_metrics import exact_match, normalize_answer
 from realm_fairseq.data.question_dataset import QuestionsDataset
 from realm_fairseq.data.questions import Question
 from realm_fairseq.data.vocab import FAIRSEQ_NSPECIAL
@@ -74,8 +74,8 @@ def tiny_span_model(corpus: BlockCorpus) -> RealmModel:
     torch.manual_seed(0)
     args = argparse.Namespace(dropout=0.0, attention_dropout=0.0)
     realm_tiny(args)
-    model = RealmModel.build_model(RealmConfig(**vars(args)), SimpleNamespace(
-        source_dictionary=corpus.dictionary, needs_span_reader=True))
+    model = RealmModel.build_model(RealmConfig(**vars(args)), SimpleNamespace(source_dictionary=corpus.dictionary))
+    model.register_span_reader()  # as realm_open_qa does
     torch.nn.init.normal_(model.span_reader.score.weight, std=1.0)
     return model.eval()
 

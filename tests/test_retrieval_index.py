@@ -77,7 +77,7 @@ def text_flat(text_data):
     """The flat index over the text embeddings and its exact top 10 of every query."""
     emb, queries = text_data
     flat = MipsIndex.build(emb, "flat")
-    return flat, flat.search(queries, RECALL_K)[1]
+    return flat, flat.search(queries, RECALL_K)[0]
 
 
 def random_unit(n, d, seed):
@@ -96,7 +96,7 @@ def assert_matches_brute_force(index, embeddings, queries, k, tol=1e-5):
     exact = q @ e.T  # (q, n)
     top = torch.topk(exact, k + 1, dim=1)  # one more, to see a tie at the k-th place
     ref_scores, ref_ids = top.values.numpy(), top.indices.numpy()
-    scores, ids = index.search(queries, k)
+    ids, scores = index.search(queries, k)
     assert scores.dtype == np.float32 and ids.dtype == np.int64 and ids.shape == (len(queries), k)
     np.testing.assert_allclose(scores, ref_scores[:, :k], rtol=0, atol=1e-4)
     gaps = -np.diff(ref_scores, axis=1)  # (q, k): score j minus score j + 1
@@ -119,8 +119,8 @@ def test_flat_equals_brute_force_on_random_embeddings():
     emb16 = emb.astype(np.float16)
     index16 = MipsIndex.build(emb16)
     assert_matches_brute_force(index16, emb16, queries, k=20)
-    scores, ids = index16.search(torch.from_numpy(queries).to(torch.float16), 5)
-    ref_scores, ref_ids = index16.search(torch.from_numpy(queries).half().float().numpy(), 5)
+    ids, scores = index16.search(torch.from_numpy(queries).to(torch.float16), 5)
+    ref_ids, ref_scores = index16.search(torch.from_numpy(queries).half().float().numpy(), 5)
     np.testing.assert_array_equal(ids, ref_ids)
     # batching does not change results
     batched = index.search(queries, 7, batch_size=64)
@@ -143,7 +143,7 @@ def test_approximate_recall_on_text_embeddings(index_type, text_data, text_flat)
     index = MipsIndex.build(emb.astype(np.float16), index_type)
     built = time.perf_counter() - start
     start = time.perf_counter()
-    scores, ids = index.search(queries, RECALL_K)
+    ids, scores = index.search(queries, RECALL_K)
     searched = time.perf_counter() - start
     r = recall(ids, truth)
     print(f"\n{index_type}: recall@{RECALL_K} {r:.3f} against flat over {index.ntotal} text embeddings, "
@@ -183,8 +183,8 @@ def test_tiny_collections(index_type):
     queries = random_unit(5, 16, seed=4)
     index = MipsIndex.build(emb, index_type)
     if index_type != "sq8":  # sq8 scores quantized vectors: near ties may swap
-        np.testing.assert_array_equal(index.search(queries, 5)[1], MipsIndex.build(emb).search(queries, 5)[1])
-    scores, ids = index.search(queries, 25)  # more than exist: every vector, then padding
+        np.testing.assert_array_equal(index.search(queries, 5)[0], MipsIndex.build(emb).search(queries, 5)[0])
+    ids, scores = index.search(queries, 25)  # more than exist: every vector, then padding
     assert all(sorted(row[:20].tolist()) == list(range(20)) for row in ids)
     assert (ids[:, 20:] == -1).all() and np.isneginf(scores[:, 20:]).all()
 
@@ -195,7 +195,7 @@ def test_excluded_ids_never_appear_and_k_results_remain():
     queries = random_unit(100, 32, seed=6)
     index = MipsIndex.build(emb)
     k = 10
-    top = index.search(queries, k + 3)[1]  # (q, k + 3)
+    top = index.search(queries, k + 3)[0]  # (q, k + 3)
     cases = {
         "(q,) array": top[:, 0],  # REALM: the block the sentence came from, here its top hit
         "(q, m) array": top[:, [0, 2, 5]],
@@ -203,7 +203,7 @@ def test_excluded_ids_never_appear_and_k_results_remain():
         "torch": torch.from_numpy(top[:, [1, 3]]),
     }
     for name, exclude in cases.items():
-        scores, ids = index.search(queries, k, exclude=exclude)
+        ids, scores = index.search(queries, k, exclude=exclude)
         rows = [np.atleast_1d(np.asarray(r)) for r in (exclude.numpy() if name == "torch" else exclude)]
         for i, excluded in enumerate(rows):
             assert not set(ids[i].tolist()) & set(excluded.tolist()), f"{name}: query {i} got an excluded id"
@@ -212,17 +212,17 @@ def test_excluded_ids_never_appear_and_k_results_remain():
         assert (ids >= 0).all() and np.isfinite(scores).all(), f"{name}: fewer than k results"
     # approximate indexes over-fetch too
     ivf = MipsIndex.build(emb, "ivf_flat", nprobe=4)
-    ids = ivf.search(queries, k, exclude=top[:, :5])[1]
+    ids = ivf.search(queries, k, exclude=top[:, :5])[0]
     assert (ids >= 0).all()
     assert not (ids[:, :, None] == top[:, None, :5]).any()
     # padding only when fewer than k blocks are left
     small = MipsIndex.build(emb[:4])
-    scores, ids = small.search(queries[:2], 3, exclude=[[0, 1], [2]])
+    ids, scores = small.search(queries[:2], 3, exclude=[[0, 1], [2]])
     assert sorted(ids[0].tolist()) == [-1, 2, 3] and sorted(ids[1].tolist()) == [0, 1, 3]
     assert np.isneginf(scores[0, 2]) and ids[0, 2] == -1
     # ids out of range exclude nothing (and not some id of another query)
     far = index.ntotal + 2 + np.roll(top[:, :2], -1, axis=0)  # (q, 2): the next query's best, shifted
-    np.testing.assert_array_equal(index.search(queries, k, exclude=far)[1], top[:, :k])
+    np.testing.assert_array_equal(index.search(queries, k, exclude=far)[0], top[:, :k])
     with pytest.raises(ValueError, match="one entry per query"):
         index.search(queries, k, exclude=top[:5, 0])
 
@@ -274,7 +274,7 @@ def test_to_gpu_without_gpu_stays_on_cpu():
     index = MipsIndex.build(emb)
     before = index.search(emb[:5], 3)
     assert index.to_gpu() is index and index.devices == []
-    np.testing.assert_array_equal(index.search(emb[:5], 3)[1], before[1])
+    np.testing.assert_array_equal(index.search(emb[:5], 3)[0], before[0])
 
 
 # ---------------------------------------------------------------- versions
@@ -304,11 +304,11 @@ def test_commit_list_and_load_versions(tmp_path):
     assert manifest["index_options"]["nprobe"] == 2 and (manifest["count"], manifest["dim"]) == (300, 16)
     assert manifest["corpus_checksum"] == "sum-a" and "T" in manifest["created"]
     assert index.index_type == "ivf_flat" and index.options["nprobe"] == 2
-    np.testing.assert_array_equal(index.search(emb2[:3], 1)[1][:, 0], [0, 1, 2])
+    np.testing.assert_array_equal(index.search(emb2[:3], 1)[0][:, 0], [0, 1, 2])
 
     index1, manifest1 = store.load(1, corpus=FakeCorpus("sum-a", 300))
     assert manifest1["version"] == 1 and index1.index_type == "flat"
-    np.testing.assert_array_equal(index1.search(emb1[:3], 1)[1][:, 0], [0, 1, 2])
+    np.testing.assert_array_equal(index1.search(emb1[:3], 1)[0][:, 0], [0, 1, 2])
     stored = store.embeddings(1)
     assert stored.dtype == np.float16 and isinstance(stored, np.memmap)
     np.testing.assert_array_equal(stored, emb1.astype(np.float16))

@@ -27,14 +27,15 @@ from fairseq import checkpoint_utils
 
 from realm_fairseq.atomic_io import atomic_file
 from realm_fairseq.cli import log_to_stderr
-from realm_fairseq.data.answers import BlockHits, exact_match
+from realm_fairseq.data.answers import BlockHits
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.documents import InputError
+from realm_fairseq.data.qa_metrics import exact_match, first_hits, percent, recall_at
 from realm_fairseq.data.questions import ANSWER_TYPES, Question, read_questions
 from realm_fairseq.errors import cli_errors
 from realm_fairseq.hub import Answer, RealmQA
 from realm_fairseq.models.open_qa import SPAN_RULES
-from realm_fairseq.retrieval.recall import evaluate_retrieval, recall_at
+from realm_fairseq.retrieval.recall import evaluate_retrieval
 
 logger = logging.getLogger("realm-evaluate")
 
@@ -70,18 +71,17 @@ def score(corpus: BlockCorpus, questions: List[Question], answers: Iterable[Answ
           ) -> Tuple[Dict[str, float], List[dict]]:
     """Metrics (questions, em and recall@k in percent) and one prediction record per question."""
     hits = BlockHits(corpus, answer_type)
-    records, first, beam = [], [], 0
+    records, holds_all = [], []
     for question, answer in zip(questions, answers):
         holds = hits.holds(question.answers, answer.retrieved)
-        beam = len(holds)
-        first.append(holds.index(True) if any(holds) else -1)
+        holds_all.append(holds)
         evidence = [{**asdict(e), "has_answer": has} for e, has in zip(answer.evidence, holds)]
         records.append({"id": question.id, "question": question.question, "prediction": answer.text,
                         "score": answer.score, "answers": question.answers,
                         "correct": exact_match(answer.text, question.answers, answer_type), "evidence": evidence})
-    correct = sum(r["correct"] for r in records)
-    metrics = {"questions": len(records), "em": round(100.0 * correct / max(len(records), 1), 2)}
-    metrics.update(recall_at(np.array(first, dtype=np.int64), beam))
+    beam = len(holds_all[0]) if holds_all else 0
+    metrics = {"questions": len(records), "em": percent(sum(r["correct"] for r in records), len(records))}
+    metrics.update(recall_at(first_hits(np.array(holds_all, dtype=bool).reshape(len(records), beam)), beam))
     return metrics, records
 
 
@@ -138,18 +138,19 @@ def _check_sources(args: argparse.Namespace) -> None:
 
 def retriever_for(args: argparse.Namespace):
     """The retriever the options name, and the corpus it retrieves from."""
-    from realm_fairseq.retrieval import dense
+    from realm_fairseq.indexing import retrievers
 
     progress = not args.no_progress
     embed_options = {"max_tokens": args.max_tokens, "progress": progress}
     if args.checkpoint:
         state = checkpoint_utils.load_checkpoint_to_cpu(args.checkpoint)
-        corpus = BlockCorpus(args.corpus or dense.checkpoint_corpus(state))
-        return dense.from_checkpoint(state, args.checkpoint, corpus, args.index, args.index_version, args.device,
-                                     embed_options), corpus
+        corpus = BlockCorpus(args.corpus or retrievers.checkpoint_corpus(state))
+        return retrievers.from_checkpoint(state, args.checkpoint, corpus, args.index, args.index_version,
+                                          args.device, embed_options), corpus
     corpus = BlockCorpus(args.corpus)
     if args.hf:
-        return dense.from_weights(args.hf, corpus, args.index, args.index_version, args.device, embed_options), corpus
+        return (retrievers.from_weights(args.hf, corpus, args.index, args.index_version, args.device, embed_options),
+                corpus)
     from realm_fairseq.retrieval.bm25 import Bm25Retriever
 
     return Bm25Retriever.for_corpus(corpus, progress=progress), corpus

@@ -13,7 +13,8 @@ besides the loss (bits per masked token) and perplexity:
 the first N updates: p(z | x) weighs the candidates but passes no gradient to the embedders. REALM's
 reader starts from BERT and reads from the first step; a reader that starts untrained gives the
 retriever nothing but noise to follow, and the retriever drifts away from the blocks that hold the
-answer before the reader has learned to use them.
+answer before the reader has learned to use them. The update number is the model's
+(:meth:`~realm_fairseq.models.realm.RealmModel.set_num_updates`, as wav2vec2's ``freeze_finetune_updates``).
 """
 import math
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ class RealmMlmCriterion(FairseqCriterion):
         out = model(**sample["net_input"], target=sample["target"], exclude_blocks=sample["exclude_blocks"],
                     retriever=retriever)
         scores, log_probs, mask = out["retrieval_scores"], out["token_log_probs"], out["token_mask"]
-        if self.task.update_num < self.retriever_warmup_updates:
+        if model.num_updates < self.retriever_warmup_updates:
             # same p(z|x), zero gradient: the embedders stay put (and still count as used for DDP)
             scores = scores.detach() + 0.0 * scores
         per_token = marginal_log_likelihood(scores, log_probs, mask)  # (B, T)
@@ -69,7 +70,7 @@ class RealmMlmCriterion(FairseqCriterion):
             "entropy": float(-(p_z * torch.log(p_z.clamp(min=1e-30))).sum()),
             # per sentence, so that sums over micro-batches and ranks average to the version in use
             "index_version": (retriever.version or 0) * scores.shape[0],
-            "staleness": (self.task.update_num - (retriever.version_update or 0)) * scores.shape[0]
+            "staleness": (model.num_updates - (retriever.version_update or 0)) * scores.shape[0]
             if retriever.version else 0,
         }
         if retriever.null_document:  # the null document is the last candidate

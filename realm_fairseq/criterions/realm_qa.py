@@ -3,14 +3,15 @@
 loss = -log sum_{z in top k} p(z | x) sum_{s in S(z, y)} p(s | z, x)     (the reader's marginal likelihood)
        -log sum_{z in beam, z holds y} p(z | x)                          (the retriever's, as ORQA)
 
-with S(z, y) the spans of block z that spell a gold answer y (:mod:`realm_fairseq.data.answers`). A
+with S(z, y) the spans of block z that spell a gold answer y (:mod:`realm_fairseq.data.answers`), both
+computed from what the model's :meth:`~realm_fairseq.models.realm.RealmModel.read` returns. A
 question with no answer in its top k (or its beam) adds nothing to that term; how many there were is
 logged. Logged per question (percent): ``em`` (exact match of the predicted span; in validation only, as
 training reads only the blocks that hold an answer), ``recall@k`` (an answer in the best k blocks, k in 1, 5,
 20, 100 up to ``--retriever-beam``), ``no_answer_read`` and ``no_answer_beam`` (questions without an answer
 in the blocks read / retrieved); and ``blocks_read``, the blocks read per question (in training only those
 with a gold span). ``--best-checkpoint-metric em --maximize-best-checkpoint-metric`` keeps the
-checkpoint of best validation EM.
+checkpoint of best validation EM. EM and recall@k are :mod:`realm_fairseq.data.qa_metrics`'.
 """
 import math
 from dataclasses import dataclass
@@ -20,9 +21,8 @@ from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
-from realm_fairseq.data.answers import exact_match
-from realm_fairseq.models.open_qa import answer_in_blocks, predict
-from realm_fairseq.data.answers import RECALL_AT
+from realm_fairseq.data.qa_metrics import RECALL_AT, exact_match, first_hits, recall_counts
+from realm_fairseq.models.open_qa import predict
 
 NEG = torch.finfo(torch.float32).min / 4  # log of "no such span"; finite, so gradients stay finite
 
@@ -41,11 +41,11 @@ def masked_logsumexp(log_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
 class RealmQaCriterion(FairseqCriterion):
     def forward(self, model, sample, reduce=True):
         task = self.task
-        targets = [task.finder.targets(answers) for answers in sample["answers"]]
         # training reads only the blocks with a gold span: the same loss, no predictions
-        read = task.read(model, sample["net_input"]["src_tokens"], targets=targets, gold_only=model.training)
+        read = model.read(sample["net_input"]["src_tokens"], task.retriever, task.finder, task.reading(),
+                          sample["answers"], gold_only=model.training)
         gold = read.gold  # (B, K, T, L)
-        in_beam = torch.from_numpy(answer_in_blocks(read, task.finder, targets)).to(gold.device)  # (B, beam)
+        in_beam = torch.from_numpy(read.holds_answer).to(gold.device)  # (B, beam)
         readable, retrievable = gold.flatten(1).any(1), in_beam.any(1)  # (B,) each
 
         reader_ll = masked_logsumexp(read.joint_log_probs(), gold)  # (B,)
@@ -54,7 +54,7 @@ class RealmQaCriterion(FairseqCriterion):
         reader_loss, retriever_loss = -(reader_ll * readable).sum(), -(retriever_ll * retrievable).sum()
         loss = reader_loss + retriever_loss
 
-        batch = len(targets)
+        batch = len(sample["answers"])
         logging_output = {
             "loss": loss.data,
             "reader_loss": reader_loss.item(),
@@ -69,9 +69,7 @@ class RealmQaCriterion(FairseqCriterion):
         if not model.training:
             logging_output["em"] = sum(exact_match(p.text, answers, task.cfg.answer_type)
                                        for p, answers in zip(predict(read, task.finder), sample["answers"]))
-        for k in RECALL_AT:
-            if k <= in_beam.shape[1]:
-                logging_output[f"recall@{k}"] = int(in_beam[:, :k].any(1).sum())
+        logging_output.update(recall_counts(first_hits(read.holds_answer), read.holds_answer.shape[1]))
         return loss, batch, logging_output
 
     @staticmethod

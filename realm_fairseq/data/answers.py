@@ -1,11 +1,8 @@
-"""Answers against text and blocks: exact match, and where in a retrieved block an answer occurs.
+"""Answers against blocks: where in a retrieved block an answer occurs.
 
-REALM fine-tunes and evaluates open-domain QA as ORQA does (paper, sections 3.3 and 4.1-4.2):
+REALM fine-tunes and evaluates open-domain QA as ORQA does (paper, sections 3.3 and 4.1-4.2); the metrics,
+exact match and recall@k, are :mod:`realm_fairseq.data.qa_metrics`.
 
-- **Exact match** of a predicted string: SQuAD's normalisation (lower case, no punctuation, no
-  articles a/an/the, single spaces) of the prediction equals that of a gold answer; a regular
-  expression answer (CuratedTREC) matches the prediction from its start, ignoring case, as DrQA and
-  ORQA score them.
 - **Answer spans** of a block: every span of the block's wordpieces (``title [SEP] body``) that spells
   a gold answer: the answer's wordpieces, or those of its normalised form, found at word boundaries
   (BERT's tokenizer has already lower-cased and stripped accents on both sides); a regular expression
@@ -13,15 +10,14 @@ REALM fine-tunes and evaluates open-domain QA as ORQA does (paper, sections 3.3 
   of the reader's marginal likelihood.
 - **The block contains the answer** (the retriever's training signal): it has an answer span of any
   length, or the regular expression matches somewhere in its text.
-- **Recall@k** (``realm-evaluate``) counts a block as a hit by DPR's rule (Karpukhin et al. 2020), the
-  one open-domain QA papers report: the text of the block's body, NFD-normalised, lower-cased and cut into
-  words and single symbols, contains the same cut of an answer as a run of whole tokens; a regular
-  expression answer is searched in the NFD-normalised text, ignoring case.
+- **A hit** of recall@k (``realm-evaluate``) is a block that holds an answer by DPR's rule (Karpukhin et
+  al. 2020), the one open-domain QA papers report: the text of the block's body, NFD-normalised,
+  lower-cased and cut into words and single symbols, contains the same cut of an answer as a run of whole
+  tokens; a regular expression answer is searched in the NFD-normalised text, ignoring case.
 
 Predicted spans are shown as the block's original text, through the character offsets of its wordpieces.
 """
 import re
-import string
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,29 +27,11 @@ import numpy as np
 import regex
 
 from realm_fairseq.data.corpus import BlockCorpus
+from realm_fairseq.data.qa_metrics import normalize_answer
 from realm_fairseq.data.questions import compile_answer_regex
 from realm_fairseq.data.vocab import FAIRSEQ_NSPECIAL
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
-_PUNCTUATION = set(string.punctuation)
 TITLE, BODY, NO_PART = 0, 1, -1  # which part of a block a wordpiece belongs to
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD's answer normalisation: lower case, punctuation and articles removed, spaces collapsed."""
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def exact_match(prediction: str, answers: Sequence[str], answer_type: str = "text") -> bool:
-    """Whether ``prediction`` matches one of ``answers`` (strings, or patterns with ``answer_type`` regex)."""
-    if answer_type == "regex":
-        return any(compile_answer_regex(a).match(prediction) is not None for a in answers)
-    predicted = normalize_answer(prediction)
-    return any(predicted == normalize_answer(a) for a in answers)
-
-
-RECALL_AT = (1, 5, 20, 100)  # the k of the recall@k every evaluation reports
 
 #: DPR's tokens: runs of letters, digits and marks, or any other single symbol that is not white space
 _DPR_TOKEN = regex.compile(r"[\p{L}\p{N}\p{M}]+|[^\p{Z}\p{C}]")

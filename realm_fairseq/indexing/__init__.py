@@ -16,4 +16,6 @@ versions; :mod:`realm_fairseq.retrieval` reads them and searches.
 - :mod:`.worker`: the local launcher's background process (``python -m realm_fairseq.indexing.worker``).
 - :mod:`.block_emb`: REALM's released block embeddings (``block_emb``) committed as a version, without
   re-embedding (``realm-convert-hf --index``).
+- :mod:`.retrievers`: dense retrievers from any weights (``realm-evaluate --retrieval-only``), over a committed
+  version or an exact index of the corpus embedded now.
 """

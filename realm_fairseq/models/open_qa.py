@@ -1,7 +1,9 @@
 """Open-domain QA with REALM: retrieve, read, and the quantities the loss and the metrics need (section 3.3).
 
-For a batch of questions x: embed them, take the ``beam`` best blocks from the fixed index with their
-scores f(x, z), and read the first ``topk`` of them as ``[CLS] x [SEP] z [SEP]`` with the span reader:
+This is what :meth:`RealmModel.read <realm_fairseq.models.realm.RealmModel.read>` does, as its ``forward``
+does pre-training's retrieve-and-read; the fixed retriever is handed in. For a batch of questions x: embed
+them, take the ``beam`` best blocks from the fixed index with their scores f(x, z), and read the first
+``topk`` of them as ``[CLS] x [SEP] z [SEP]`` with the span reader:
 
     log p(z | x)      softmax of f(x, z) over the top k (the reader's marginal) or over the beam
     log p(s | z, x)   softmax of the span scores over the spans that may answer in z
@@ -35,6 +37,16 @@ SPAN_RULES = ("marginal", "orqa")  # how predict picks the answer span (see the 
 
 
 @dataclass
+class Reading:
+    """How questions are retrieved for and read (the ``realm_open_qa`` task's settings)."""
+
+    topk: int  # blocks read per question
+    beam: int  # blocks retrieved per question, for the retriever's loss and recall@k (at least topk)
+    max_span_len: int  # longest answer span in wordpieces
+    span_rule: str = "marginal"  # how the answer span is predicted, one of SPAN_RULES
+
+
+@dataclass
 class ReadBatch:
     block_ids: np.ndarray  # (B, beam) retrieved blocks, best first
     retrieval_scores: torch.Tensor  # (B, beam) f(x, z)
@@ -44,6 +56,7 @@ class ReadBatch:
     z_len: np.ndarray  # (B, K) wordpieces of z that were read (blocks are cut to fit max_positions)
     span_rule: str = "marginal"  # the rule predict follows, one of SPAN_RULES
     gold: Optional[torch.Tensor] = None  # (B, K, T, L) bool, S(z, y): the spans spelling a gold answer
+    holds_answer: Optional[np.ndarray] = None  # (B, beam) bool: the retrieved blocks that hold a gold answer
 
     @property
     def topk(self) -> int:
@@ -80,16 +93,18 @@ class Prediction:
 
 
 def retrieve_and_read(model, retriever: FixedIndexRetriever, finder: AnswerFinder, src_tokens: torch.Tensor,
-                      topk: int, beam: int, max_span_len: int, span_rule: str = "marginal",
-                      targets: Optional[Sequence[Targets]] = None, gold_only: bool = False) -> ReadBatch:
-    """Retrieve ``beam`` blocks per question of ``src_tokens`` (B, T) ``[CLS] x [SEP]`` and read the best
-    ``topk`` (beam >= topk); their answer spans are to be predicted by ``span_rule``. With the questions'
-    ``targets`` the batch carries their gold spans, and with ``gold_only`` only the blocks holding one are
-    read (training: the loss is the same, predictions are not; see the module's docstring)."""
-    d = model.dictionary
+                      reading: Reading, answers: Optional[Sequence[Sequence[str]]] = None,
+                      gold_only: bool = False) -> ReadBatch:
+    """Retrieve ``reading.beam`` blocks per question of ``src_tokens`` (B, T) ``[CLS] x [SEP]`` and read the
+    best ``reading.topk``; their answer spans are to be predicted by ``reading.span_rule``. With the
+    questions' gold ``answers`` the batch carries their gold spans and which retrieved blocks hold one, and
+    with ``gold_only`` only the blocks holding a gold span are read (training: the loss is the same,
+    predictions are not; see the module's docstring)."""
+    d, max_span_len = model.dictionary, reading.max_span_len
+    targets = None if answers is None else [finder.targets(a) for a in answers]
     queries = model.embed_queries(src_tokens)  # (B, D)
-    block_ids, scores = retriever.search(queries, max(beam, topk))  # (B, beam) each
-    topk = min(topk, block_ids.shape[1])
+    block_ids, scores = retriever.search(queries, max(reading.beam, reading.topk))  # (B, beam) each
+    topk = min(reading.topk, block_ids.shape[1])
     lengths = src_tokens.ne(d.pad()).sum(1).cpu().numpy()  # (B,)
     blocks, block_lengths = retriever.corpus.padded_tokens(block_ids[:, :topk].reshape(-1).tolist())  # (B*K, L)
     joined, segments = join_query_and_blocks(src_tokens, blocks, block_lengths, d.pad(), d.eos(),
@@ -105,8 +120,9 @@ def retrieve_and_read(model, retriever: FixedIndexRetriever, finder: AnswerFinde
     span_scores = _read_rows(model.span_reader, joined, segments, rows.to(joined.device), max_span_len, d.pad())
     log_probs = span_log_probs(span_scores, allowed & rows.to(allowed.device)[:, None, None])
     shape = (len(lengths), topk, *span_scores.shape[1:])  # (B, K, Tj, L)
-    return ReadBatch(block_ids, scores, log_probs.view(shape), span_scores.view(shape), z_start, z_len, span_rule,
-                     None if gold is None else gold.view(shape))
+    return ReadBatch(block_ids, scores, log_probs.view(shape), span_scores.view(shape), z_start, z_len,
+                     reading.span_rule, None if gold is None else gold.view(shape),
+                     None if targets is None else _holds_answer(finder, block_ids, targets))
 
 
 def _read_rows(span_reader, tokens: torch.Tensor, segments: torch.Tensor, rows: torch.Tensor, max_span_len: int,
@@ -166,10 +182,10 @@ def _gold_spans(finder: AnswerFinder, block_ids: np.ndarray, z_start: np.ndarray
     return gold
 
 
-def answer_in_blocks(read: ReadBatch, finder: AnswerFinder, targets: Sequence[Targets]) -> np.ndarray:
-    """(B, beam) bool: whether each retrieved block holds a gold answer."""
-    return np.array([[finder.contains(int(z), t) for z in row] for row, t in zip(read.block_ids, targets)],
-                    dtype=bool).reshape(read.block_ids.shape)
+def _holds_answer(finder: AnswerFinder, block_ids: np.ndarray, targets: Sequence[Targets]) -> np.ndarray:
+    """(B, beam) bool: whether each retrieved block of ``block_ids`` (B, beam) holds a gold answer."""
+    return np.array([[finder.contains(int(z), t) for z in row] for row, t in zip(block_ids, targets)],
+                    dtype=bool).reshape(block_ids.shape)
 
 
 def predict(read: ReadBatch, finder: AnswerFinder) -> List[Prediction]:

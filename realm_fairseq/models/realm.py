@@ -2,8 +2,9 @@
 
 The model holds the query embedder Embed_input and the document embedder Embed_doc; the relevance of
 block z to input x is f(x, z) = Embed_input(x) . Embed_doc(z). Tasks that read (``realm_pretrain``)
-add the reader, which predicts the masked tokens of x from ``[CLS] x [SEP] z [SEP]``; open-domain QA
-(``realm_open_qa``) adds the span reader instead, which scores answer spans of z. Architectures:
+register the reader, which predicts the masked tokens of x from ``[CLS] x [SEP] z [SEP]`` (``forward``);
+open-domain QA (``realm_open_qa``) registers the span reader instead, which scores answer spans of z
+(``read``). Either way the retriever is handed in. Architectures:
 
 - ``realm_base``: BERT-base towers (12 layers, 768 wide, 12 heads, 3072 feed-forward) projected to 128
   dimensions, as the paper;
@@ -32,7 +33,7 @@ import functools
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from fairseq import checkpoint_utils
@@ -41,14 +42,17 @@ from fairseq.models import BaseFairseqModel, register_model, register_model_arch
 from fairseq.utils import safe_getattr
 from omegaconf import OmegaConf, open_dict
 
+from realm_fairseq.data.answers import AnswerFinder
 from realm_fairseq.data.corpus import with_cls_sep_batch
 from realm_fairseq.models import realm_hf
 from realm_fairseq.models.embedder import DOC_SEGMENTS, HEADS, TOWERS, Embedder, retriever_tower
 from realm_fairseq.models.encoder import EncoderConfig
 from realm_fairseq.models.hf_convert import load_into_encoder, load_lm_head, load_weights, weights_similarity
+from realm_fairseq.models.open_qa import ReadBatch, Reading, retrieve_and_read
 from realm_fairseq.models.similarity import POOLINGS, SCORES, Similarity, resolve_retriever_config
 from realm_fairseq.models.reader import Reader, join_query_and_blocks
 from realm_fairseq.models.span_reader import SPAN_HEADS, SpanReader
+from realm_fairseq.retrieval.fixed_retriever import FixedIndexRetriever
 from realm_fairseq.retrieval.retriever import Retriever
 
 logger = logging.getLogger(__name__)
@@ -116,32 +120,55 @@ class RealmConfig(EncoderConfig):
 
 @register_model("realm", dataclass=RealmConfig)
 class RealmModel(BaseFairseqModel):
-    def __init__(self, cfg: RealmConfig, dictionary, query_embedder: Embedder, doc_embedder: Embedder,
-                 reader: Optional[Reader] = None, span_reader: Optional[SpanReader] = None):
+    def __init__(self, cfg: RealmConfig, dictionary, query_embedder: Embedder, doc_embedder: Embedder):
         super().__init__()
         self.cfg = cfg
         self.dictionary = dictionary
         self.query_embedder = query_embedder
         self.doc_embedder = doc_embedder
-        self.reader = reader
-        self.span_reader = span_reader
+        self.reader: Optional[Reader] = None  # registered by the task that reads (realm_pretrain)
+        self.span_reader: Optional[SpanReader] = None  # registered by realm_open_qa
+        self.num_updates = 0  # from fairseq's trainer (set_num_updates), for the retriever's warm-up
 
     @classmethod
     def build_model(cls, cfg: RealmConfig, task):
+        """The query and document embedders; the task then registers the head it reads with
+        (:meth:`register_reader`, :meth:`register_span_reader`), as fairseq's sentence_prediction registers
+        its classification head."""
         resolve_similarity(cfg)
         dictionary = task.source_dictionary
         towers = [retriever_tower(cfg, dictionary, tower) for tower in TOWERS]  # query, doc
-        reader = Reader(cfg, dictionary) if getattr(task, "needs_reader", False) else None
-        span_reader = SpanReader(cfg, dictionary, cfg.span_hidden_dim, cfg.span_head) \
-            if getattr(task, "needs_span_reader", False) else None
         if cfg.encoder_init:
-            _load_encoder_init(cfg.encoder_init, towers, reader, span_reader, dictionary)
+            _load_encoder_init(cfg.encoder_init, towers, None, None, dictionary)
         if cfg.retriever_init:
             _load_retriever(towers, cfg.retriever_init, cfg, dictionary)
         if cfg.realm_init:
             _load_retriever(towers, cfg.realm_init, cfg, dictionary)
-            _load_reader(reader, span_reader, cfg.realm_init, cfg, dictionary)
-        return cls(cfg, dictionary, *towers, reader=reader, span_reader=span_reader)
+        return cls(cfg, dictionary, *towers)
+
+    def register_reader(self) -> None:
+        """Grow the knowledge-augmented encoder (pre-training's reader), started from the ``--encoder-init``
+        and ``--realm-init`` weights when given."""
+        self.reader = Reader(self.cfg, self.dictionary)
+        self._start_head(reader=self.reader)
+
+    def register_span_reader(self) -> None:
+        """Grow the span reader (open-domain QA), started from the ``--encoder-init`` and ``--realm-init``
+        weights when given."""
+        self.span_reader = SpanReader(self.cfg, self.dictionary, self.cfg.span_hidden_dim, self.cfg.span_head)
+        self._start_head(span_reader=self.span_reader)
+
+    def _start_head(self, reader: Optional[Reader] = None, span_reader: Optional[SpanReader] = None) -> None:
+        if self.cfg.encoder_init:
+            _load_encoder_init(self.cfg.encoder_init, [], reader, span_reader, self.dictionary)
+        if self.cfg.realm_init:
+            _load_reader(reader, span_reader, self.cfg.realm_init, self.cfg, self.dictionary)
+
+    def set_num_updates(self, num_updates: int) -> None:
+        """fairseq's ``train_step`` passes the update number before every forward (and its trainer on resume):
+        the retriever's warm-up counts it, as wav2vec2's ``freeze_finetune_updates`` does."""
+        super().set_num_updates(num_updates)
+        self.num_updates = num_updates
 
     def embed_queries(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T) query tokens -> (B, D) Embed_input(x)."""
@@ -159,7 +186,7 @@ class RealmModel(BaseFairseqModel):
         d, device = self.dictionary, src_tokens.device
         batch = src_tokens.shape[0]
         queries = self.embed_queries(src_tokens)  # (B, D)
-        block_ids = retriever.search(queries, exclude_blocks.tolist())  # (B, topk)
+        block_ids, _ = retriever.search(queries, retriever.topk, exclude_blocks)  # (B, topk); rescored below
         blocks, block_lengths = retriever.candidate_tokens(block_ids)  # (B*K, L), (B*K,)
         blocks = blocks.to(device, non_blocking=True)
         block_lengths = block_lengths.to(device, non_blocking=True)
@@ -185,6 +212,14 @@ class RealmModel(BaseFairseqModel):
             "token_mask": token_mask,
             "block_ids": block_ids,
         }
+
+    def read(self, src_tokens: torch.Tensor, retriever: FixedIndexRetriever, finder: AnswerFinder, reading: Reading,
+             answers: Optional[Sequence[Sequence[str]]] = None, gold_only: bool = False) -> ReadBatch:
+        """Open-domain QA's retrieve and read (section 3.3): ``src_tokens`` (B, T) are ``[CLS] x [SEP]``
+        questions, ``retriever`` the fixed index, ``reading`` how many blocks to retrieve and read; with the
+        questions' gold ``answers`` the result carries their gold spans, and with ``gold_only`` only the
+        blocks holding one are read (:func:`~realm_fairseq.models.open_qa.retrieve_and_read`)."""
+        return retrieve_and_read(self, retriever, finder, src_tokens, reading, answers, gold_only)
 
 
 def resolve_similarity(cfg) -> Similarity:

@@ -62,7 +62,8 @@ class Bm25Retriever:
         return self.bm25s.tokenize(texts, stopwords=STOPWORDS, stemmer=self.stemmer, show_progress=False)
 
     def search(self, questions: List[str], k: int) -> Tuple[np.ndarray, np.ndarray]:
-        """Block ids (Q, k') and BM25 scores (Q, k'), best first, k' = min(k, blocks)."""
+        """Question strings -> block ids (Q, k') int64 and BM25 scores (Q, k') float32, best first, k' = min(k,
+        blocks) (:mod:`realm_fairseq.retrieval.contract`, without ``exclude``)."""
         k = min(k, self.count)
         ids, scores = self.model.retrieve(self._tokenize(questions), k=k, show_progress=False, n_threads=1)
         return np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)

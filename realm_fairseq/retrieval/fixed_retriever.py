@@ -33,11 +33,12 @@ class FixedIndexRetriever:
     def dim(self) -> int:
         return self.index.dim
 
-    def search(self, queries: torch.Tensor, k: int) -> Tuple[np.ndarray, torch.Tensor]:
-        """(B, D) query embeddings -> block ids (B, k') and scores (B, k') best first, k' = min(k, blocks);
-        the scores are differentiable with respect to ``queries``."""
-        k = min(k, self.index.ntotal)
-        _, ids = self.index.search(queries.detach().float().cpu(), k)  # (B, k')
-        docs = torch.from_numpy(self.embeddings[ids.reshape(-1)].astype(np.float32))  # (B * k', D)
+    def search(self, queries: torch.Tensor, k: int, exclude=None) -> Tuple[np.ndarray, torch.Tensor]:
+        """(B, D) query embeddings -> block ids (B, k') int64 and scores (B, k') float32 best first,
+        k' = min(k, blocks), never ``exclude[b]`` for query b (:mod:`realm_fairseq.retrieval.contract`); the
+        scores are differentiable with respect to ``queries``, -inf where an id is -1."""
+        ids, _ = self.index.search(queries.detach().float().cpu(), min(k, self.index.ntotal), exclude)  # (B, k')
+        docs = torch.from_numpy(self.embeddings[np.maximum(ids, 0).reshape(-1)].astype(np.float32))  # (B * k', D)
         docs = docs.view(*ids.shape, -1).to(queries.device)  # (B, k', D)
-        return ids, torch.einsum("bd,bkd->bk", queries.float(), docs)
+        scores = torch.einsum("bd,bkd->bk", queries.float(), docs)  # (B, k')
+        return ids, scores.masked_fill(torch.from_numpy(ids < 0).to(scores.device), float("-inf"))

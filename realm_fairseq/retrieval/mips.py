@@ -7,7 +7,7 @@ block (section 3.3; the paper used ScaNN, this plugin faiss). The index is rebui
 every few hundred steps (section 3.3); the versions on disk are :mod:`realm_fairseq.retrieval.versions`.
 
     index = MipsIndex.build(embeddings, "ivf_flat")          # embeddings: (n, d) float16/float32
-    scores, ids = index.search(queries, k=8, exclude=source)  # (q, k) float32, (q, k) int64
+    ids, scores = index.search(queries, k=8, exclude=source)  # (q, k) int64, (q, k) float32
 
 :class:`MipsIndex` wraps one faiss index, always with ``METRIC_INNER_PRODUCT``; ``index_type`` picks it:
 
@@ -384,7 +384,8 @@ class MipsIndex:
     def search(
         self, queries, k: int, exclude=None, batch_size: int = SEARCH_BATCH
     ) -> Tuple[np.ndarray, np.ndarray]:
-        """The ``k`` highest inner products of each query: scores (q, k) float32 and ids (q, k) int64.
+        """The ``k`` highest inner products of each query: ids (q, k) int64 and scores (q, k) float32, the
+        contract of :mod:`realm_fairseq.retrieval.contract`.
 
         ``queries``: (q, d) numpy or torch, any float dtype. ``exclude``: ids each query must not get
         (REALM drops the block a pre-training sentence came from): a (q,) or (q, m) integer array, or a
@@ -413,7 +414,7 @@ class MipsIndex:
             scores[start:end], ids[start:end] = _drop_excluded(
                 found_scores, found_ids, excluded[start:end], k, self.ntotal
             )
-        return scores, ids
+        return ids, scores
 
     def to_gpu(self, devices: Optional[Sequence[int]] = None) -> "MipsIndex":
         """Move the index to GPU ``devices`` (default: all), sharded when more than one; returns self.

@@ -1,8 +1,9 @@
 """Zero-shot retrieval quality: recall@k of any retriever on open-domain questions (REALM, Table 2).
 
 REALM reports how often the top 5 retrieved blocks hold the answer, before and after pre-training, with
-no fine-tuning ("zero-shot Recall@5"). Here any retriever with ``search(questions, k) -> (ids, scores)``
-(:class:`~realm_fairseq.retrieval.dense.DenseRetriever`, :class:`~realm_fairseq.retrieval.bm25.Bm25Retriever`)
+no fine-tuning ("zero-shot Recall@5"). Here any retriever that searches question strings by the one
+contract, ``search(questions, k) -> (ids, scores)`` (:mod:`realm_fairseq.retrieval.contract`:
+:class:`~realm_fairseq.retrieval.dense.DenseRetriever`, :class:`~realm_fairseq.retrieval.bm25.Bm25Retriever`),
 is measured the same way:
 
 - ``recall@k``: the share of questions (in percent) with a top-k block that holds an answer by DPR's
@@ -13,13 +14,14 @@ is measured the same way:
 """
 import logging
 from collections import defaultdict
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
 
-from realm_fairseq.data.answers import RECALL_AT, BlockHits
+from realm_fairseq.data.answers import BlockHits
 from realm_fairseq.data.corpus import BlockCorpus
+from realm_fairseq.data.qa_metrics import RECALL_AT, recall_at
 from realm_fairseq.data.questions import Question
 
 logger = logging.getLogger(__name__)
@@ -65,13 +67,6 @@ def gold_ranks(corpus: BlockCorpus, questions: Sequence[Question], ids: np.ndarr
         logger.warning("%d questions name a doc_id that %s does not hold, left out of gold_recall@k: %s%s",
                        len(missing), corpus.path, shown, " ..." if len(missing) > 3 else "")
     return ranks, known
-
-
-def recall_at(ranks: np.ndarray, depth: int, prefix: str = "") -> Dict[str, float]:
-    """``{prefix}recall@k`` in percent for every k up to ``depth``, from each question's first-hit rank (-1: none)."""
-    n = max(len(ranks), 1)
-    return {f"{prefix}recall@{k}": round(100.0 * float(((ranks >= 0) & (ranks < k)).sum()) / n, 2)
-            for k in RECALL_AT if k <= depth}
 
 
 def evaluate_retrieval(retriever, corpus: BlockCorpus, questions: Sequence[Question], answer_type: str = "text",

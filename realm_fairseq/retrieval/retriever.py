@@ -6,7 +6,7 @@ empty block, section 3.4) unless disabled. The index only proposes candidates: t
 recomputed with the current document embedder in the model, so p(z | x) is exact for them and its
 gradient reaches both embedders (section 3.3).
 """
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -39,12 +39,13 @@ class Retriever:
     def num_candidates(self) -> int:
         return self.topk + int(self.null_document)
 
-    def search(self, queries: torch.Tensor, exclude: Sequence[int]) -> np.ndarray:
-        """(B, D) query embeddings -> (B, topk) block ids, excluding ``exclude[b]`` for query b."""
-        if self.topk == 0:
-            return np.zeros((len(queries), 0), dtype=np.int64)
-        _, ids = self.index.search(queries.detach().float().cpu(), self.topk, exclude=np.asarray(exclude))
-        return ids
+    def search(self, queries: torch.Tensor, k: int, exclude=None) -> Tuple[np.ndarray, np.ndarray]:
+        """(B, D) query embeddings -> block ids (B, k) int64 and the index's scores (B, k) float32, best
+        first, never ``exclude[b]`` for query b (:mod:`realm_fairseq.retrieval.contract`). The model
+        recomputes the scores of the candidates with its own document embedder."""
+        if k == 0:
+            return np.zeros((len(queries), 0), dtype=np.int64), np.zeros((len(queries), 0), dtype=np.float32)
+        return self.index.search(queries.detach().float().cpu(), k, exclude=exclude)
 
     def candidate_tokens(self, block_ids: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
         """(B, topk) block ids -> the K candidates of every query as tokens (B * K, L), padded, and

@@ -8,14 +8,13 @@ checkpoint's ``query_embedder``/``doc_embedder`` initialise ``realm_pretrain``.
 """
 from dataclasses import dataclass, field
 
-import numpy as np
 from fairseq.dataclass import FairseqDataclass
-from fairseq.tasks import FairseqTask, register_task
+from fairseq.tasks import register_task
 from omegaconf import II, MISSING
 
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.ict_dataset import IctDataset
-from realm_fairseq.models.realm import resolve_similarity
+from realm_fairseq.tasks.base import RealmTask
 
 
 @dataclass
@@ -33,35 +32,18 @@ class RealmIctConfig(FairseqDataclass):
     seed: int = II("common.seed")
 
 
-def split_blocks(num_blocks: int, valid_percent: float) -> dict:
-    """Block ids of the ``train`` and ``valid`` splits: a multiplicative hash of the id decides, so the
-    held-out blocks spread over the whole corpus and stay the same when it grows."""
-    ids = np.arange(num_blocks, dtype=np.uint64)
-    bucket = ((ids * np.uint64(2654435761)) % np.uint64(1 << 32)).astype(np.float64) / (1 << 32) * 100
-    valid = bucket < valid_percent
-    return {"train": ids[~valid].astype(np.int64), "valid": ids[valid].astype(np.int64)}
-
-
 @register_task("realm_ict", dataclass=RealmIctConfig)
-class RealmIctTask(FairseqTask):
-    def __init__(self, cfg: RealmIctConfig, corpus: BlockCorpus):
-        super().__init__(cfg)
-        self.corpus = corpus
-
+class RealmIctTask(RealmTask):
     @classmethod
     def setup_task(cls, cfg: RealmIctConfig, **kwargs):
         return cls(cfg, BlockCorpus(cfg.data))
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
-        splits = split_blocks(len(self.corpus), self.cfg.valid_percent)
-        if split not in splits:
-            raise KeyError(f"realm_ict has the splits {sorted(splits)}, not {split!r}")
         self.datasets[split] = IctDataset(
-            self.corpus, splits[split], self.cfg.query_max_len, self.cfg.keep_sentence_prob, self.cfg.seed
+            self.corpus, self.split_blocks(split), self.cfg.query_max_len, self.cfg.keep_sentence_prob, self.cfg.seed
         )
 
     def build_model(self, cfg, from_checkpoint=False):
-        resolve_similarity(cfg)  # recorded in the checkpoint: the model and its index agree
         longest = self.corpus.block_size + 2
         if cfg.max_positions < longest:
             raise ValueError(
@@ -69,11 +51,3 @@ class RealmIctTask(FairseqTask):
                 f"({longest}) of {self.cfg.data}"
             )
         return super().build_model(cfg, from_checkpoint)
-
-    @property
-    def source_dictionary(self):
-        return self.corpus.dictionary
-
-    @property
-    def target_dictionary(self):
-        return self.corpus.dictionary

@@ -15,17 +15,17 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
-from fairseq.tasks import FairseqTask, register_task
+from fairseq.tasks import register_task
 from omegaconf import II, MISSING
 
 from realm_fairseq.data.answers import AnswerFinder
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.question_dataset import MAX_QUESTION_LEN, QuestionsDataset
 from realm_fairseq.data.questions import ANSWER_TYPES, read_questions
-from realm_fairseq.models.open_qa import SPAN_RULES, ReadBatch, retrieve_and_read
-from realm_fairseq.models.realm import resolve_similarity
+from realm_fairseq.models.open_qa import SPAN_RULES, ReadBatch, Reading
 from realm_fairseq.retrieval.fixed_retriever import FixedIndexRetriever
 from realm_fairseq.retrieval.versions import check_serves
+from realm_fairseq.tasks.base import RealmTask
 
 
 @dataclass
@@ -60,15 +60,12 @@ class RealmOpenQAConfig(FairseqDataclass):
 
 
 @register_task("realm_open_qa", dataclass=RealmOpenQAConfig)
-class RealmOpenQATask(FairseqTask):
-    needs_span_reader = True  # the realm model then builds its span reader
-
+class RealmOpenQATask(RealmTask):
     def __init__(self, cfg: RealmOpenQAConfig, corpus: BlockCorpus, retriever: FixedIndexRetriever):
-        super().__init__(cfg)
+        super().__init__(cfg, corpus)
         if cfg.retriever_beam < cfg.retrieval_topk:
             raise ValueError(f"--retriever-beam {cfg.retriever_beam} must be at least --retrieval-topk "
                              f"{cfg.retrieval_topk}")
-        self.corpus = corpus
         self.retriever = retriever
         self.finder = AnswerFinder(corpus, cfg.answer_type)
 
@@ -92,25 +89,21 @@ class RealmOpenQATask(FairseqTask):
         self.datasets[split] = QuestionsDataset(questions, self.corpus, self.cfg.max_question_len, self.cfg.seed)
 
     def build_model(self, cfg, from_checkpoint=False):
-        resolve_similarity(cfg)  # recorded in the checkpoint: the model and its index agree
         model = super().build_model(cfg, from_checkpoint)
         check_serves(self.retriever.manifest, self.cfg.index, model.query_embedder)
         model.doc_embedder.requires_grad_(False)  # the index holds its embeddings; both stay fixed
         return model
 
-    def read(self, model, src_tokens, topk: int = None, beam: int = None, targets=None,
-             gold_only: bool = False) -> ReadBatch:
-        """Retrieve and read for a batch of ``[CLS] x [SEP]`` questions (B, T) with this task's settings; with
-        their ``targets``, the gold spans too, and with ``gold_only`` only the blocks holding one are read
-        (:func:`~realm_fairseq.models.open_qa.retrieve_and_read`)."""
-        return retrieve_and_read(model, self.retriever, self.finder, src_tokens,
-                                 topk or self.cfg.retrieval_topk, beam or self.cfg.retriever_beam,
-                                 self.cfg.max_span_len, str(self.cfg.span_rule), targets, gold_only)
+    def register_heads(self, model) -> None:
+        model.register_span_reader()  # scores the answer spans of each retrieved z
 
-    @property
-    def source_dictionary(self):
-        return self.corpus.dictionary
+    def reading(self, topk: Optional[int] = None, beam: Optional[int] = None) -> Reading:
+        """How the model retrieves for and reads questions: this task's settings, ``topk`` blocks read and
+        ``beam`` retrieved when given."""
+        return Reading(topk or self.cfg.retrieval_topk, beam or self.cfg.retriever_beam, self.cfg.max_span_len,
+                       str(self.cfg.span_rule))
 
-    @property
-    def target_dictionary(self):
-        return self.corpus.dictionary
+    def read(self, model, src_tokens, topk: Optional[int] = None, beam: Optional[int] = None) -> ReadBatch:
+        """The model's :meth:`~realm_fairseq.models.realm.RealmModel.read` of a batch of ``[CLS] x [SEP]``
+        questions (B, T) from this task's retriever, with its settings (:meth:`reading`)."""
+        return model.read(src_tokens, self.retriever, self.finder, self.reading(topk, beam))

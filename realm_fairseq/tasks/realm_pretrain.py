@@ -16,17 +16,16 @@ from typing import Optional
 
 import numpy as np
 from fairseq.dataclass import ChoiceEnum
-from fairseq.tasks import FairseqTask, register_task
+from fairseq.tasks import register_task
 from omegaconf import II, MISSING
 
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.masking import MASKINGS, MaskedExamplesDataset
-from realm_fairseq.models.realm import resolve_similarity
 from realm_fairseq.indexing.config import RefreshConfig, check_config
 from realm_fairseq.indexing.refresh import IndexRefresher, restore_version
 from realm_fairseq.retrieval.retriever import Retriever
 from realm_fairseq.retrieval.versions import IndexStore, check_serves
-from realm_fairseq.tasks.realm_ict import split_blocks
+from realm_fairseq.tasks.base import RealmTask
 
 
 @dataclass
@@ -53,14 +52,10 @@ class RealmPretrainConfig(RefreshConfig):
 
 
 @register_task("realm_pretrain", dataclass=RealmPretrainConfig)
-class RealmPretrainTask(FairseqTask):
-    needs_reader = True  # the realm model then builds its knowledge-augmented encoder
-
+class RealmPretrainTask(RealmTask):
     def __init__(self, cfg: RealmPretrainConfig, corpus: BlockCorpus, retriever: Retriever):
-        super().__init__(cfg)
-        self.corpus = corpus
+        super().__init__(cfg, corpus)
         self.retriever = retriever
-        self.update_num = 0
         self.store = IndexStore(cfg.index) if cfg.index else None
         self.refresher = (IndexRefresher(cfg, cfg.data, self.store, retriever)
                           if cfg.refresh_interval_updates > 0 else None)
@@ -86,25 +81,20 @@ class RealmPretrainTask(FairseqTask):
         return cls(cfg, corpus, retriever)
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
-        splits = split_blocks(len(self.corpus), self.cfg.valid_percent)
-        if split not in splits:
-            raise KeyError(f"realm_pretrain has the splits {sorted(splits)}, not {split!r}")
         examples = self.corpus.examples
-        in_split = np.isin(examples.source_block, splits[split])
+        in_split = np.isin(examples.source_block, self.split_blocks(split))
         self.datasets[split] = MaskedExamplesDataset(
             examples, np.flatnonzero(in_split), self.corpus.dictionary, self.cfg.masking, self.cfg.seed
         )
 
     def build_model(self, cfg, from_checkpoint=False):
-        resolve_similarity(cfg)  # recorded in the checkpoint: the model and its index agree
         model = super().build_model(cfg, from_checkpoint)
         if self.retriever.index is not None:
             check_serves(self.store.manifest(self.retriever.version), self.cfg.index, model.query_embedder)
         return model
 
-    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        self.update_num = update_num
-        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+    def register_heads(self, model) -> None:
+        model.register_reader()  # the knowledge-augmented encoder reads x with each retrieved z
 
     def optimizer_step(self, optimizer, model, update_num):
         super().optimizer_step(optimizer, model, update_num)
@@ -122,11 +112,3 @@ class RealmPretrainTask(FairseqTask):
     def post_save(self, cp_path, num_updates):
         if self.refresher is not None:  # too many failed refreshes stop training once this checkpoint is saved
             self.refresher.after_save()
-
-    @property
-    def source_dictionary(self):
-        return self.corpus.dictionary
-
-    @property
-    def target_dictionary(self):
-        return self.corpus.dictionary

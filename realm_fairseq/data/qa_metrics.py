@@ -1,0 +1,61 @@
+"""The open-domain QA metrics, in one place: exact match and recall@k (REALM, sections 4.1-4.2; ORQA).
+
+- **Exact match** (EM) of a predicted string: SQuAD's normalisation (lower case, no punctuation, no
+  articles a/an/the, single spaces) of the prediction equals that of a gold answer; a regular expression
+  answer (CuratedTREC) matches the prediction from its start, ignoring case, as DrQA and ORQA score them.
+- **Recall@k**: the share of questions with a block holding an answer among their best k (which block
+  holds one is :class:`~realm_fairseq.data.answers.BlockHits`' or the reader's rule), for every k of
+  :data:`RECALL_AT` up to the number retrieved. Each question is summarised by the rank of its first hit
+  (-1: none), so counts add up over batches and workers.
+
+The ``realm_qa`` criterion logs these during fine-tuning, ``realm-evaluate`` prints them.
+"""
+import re
+import string
+from typing import Dict, Sequence
+
+import numpy as np
+
+from realm_fairseq.data.questions import compile_answer_regex
+
+RECALL_AT = (1, 5, 20, 100)  # the k of the recall@k every evaluation reports
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's answer normalisation: lower case, punctuation and articles removed, spaces collapsed."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(prediction: str, answers: Sequence[str], answer_type: str = "text") -> bool:
+    """Whether ``prediction`` matches one of ``answers`` (strings, or patterns with ``answer_type`` regex)."""
+    if answer_type == "regex":
+        return any(compile_answer_regex(a).match(prediction) is not None for a in answers)
+    predicted = normalize_answer(prediction)
+    return any(predicted == normalize_answer(a) for a in answers)
+
+
+def first_hits(holds: np.ndarray) -> np.ndarray:
+    """(Q, k) bool, whether each retrieved block holds an answer -> (Q,) int64 rank of the first that does, or -1."""
+    holds = np.asarray(holds, dtype=bool).reshape(len(holds), -1)
+    return np.where(holds.any(1), holds.argmax(1), -1).astype(np.int64)
+
+
+def recall_counts(ranks: np.ndarray, depth: int) -> Dict[str, int]:
+    """``recall@k``: how many questions have their first hit within the best k, from each question's first-hit
+    rank (-1: none), for every k of :data:`RECALL_AT` up to ``depth`` blocks retrieved."""
+    ranks = np.asarray(ranks)
+    return {f"recall@{k}": int(((ranks >= 0) & (ranks < k)).sum()) for k in RECALL_AT if k <= depth}
+
+
+def percent(count: float, total: int) -> float:
+    """``count`` out of ``total`` in percent, rounded to 2 decimals as every metric is reported."""
+    return round(100.0 * float(count) / max(total, 1), 2)
+
+
+def recall_at(ranks: np.ndarray, depth: int, prefix: str = "") -> Dict[str, float]:
+    """``{prefix}recall@k`` in percent (:func:`recall_counts` over the questions of ``ranks``)."""
+    return {prefix + name: percent(count, len(ranks)) for name, count in recall_counts(ranks, depth).items()}
