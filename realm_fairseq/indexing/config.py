@@ -2,11 +2,19 @@
 
 fairseq turns the fields of a task's dataclass into flat command-line flags, so the names users type
 (``--refresh-interval-updates``, ``--refresh-slurm-gpus-per-job``, ...) are fields of :class:`RefreshConfig`.
+A nested dataclass would be flattened without a prefix (``--refresh-slurm-gpus-per-job`` would become
+``--gpus-per-node``), so the resources of a refresh job stay flat ``refresh_slurm_*`` fields here, and
+:func:`slurm_resources` is the one place that turns them into the
+:class:`~realm_fairseq.slurm.SlurmResources` the submitit launcher submits with.
 """
 from dataclasses import dataclass, field
 from typing import Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+
+from realm_fairseq.slurm import SlurmResources
+
+REFRESH_JOB_NAME = "realm-refresh"  # the Slurm job name of every refresh job
 
 
 @dataclass
@@ -62,3 +70,16 @@ def check_config(cfg: RefreshConfig) -> None:
     devices = [d.strip() for d in cfg.refresh_devices.split(",") if d.strip()]
     if any(not d.isdigit() for d in devices):
         raise ValueError(f"--refresh-devices {cfg.refresh_devices!r}: expected comma-separated GPU ids, e.g. 1,2")
+
+
+def slurm_resources(cfg: RefreshConfig) -> SlurmResources:
+    """What each refresh job asks for, from the ``--refresh-slurm-*`` options: one task on one node with
+    ``--refresh-slurm-gpus-per-job`` GPUs (0: CPU), ``--refresh-slurm-cpus-per-job`` CPUs and
+    ``--refresh-slurm-mem-gb`` GB (``--mem=<N>GB``, as submitit writes a ``mem_gb``); the partition, account,
+    constraint and QOS only apply on Slurm. A function, not a method: fairseq hands the task its config as
+    an omegaconf ``DictConfig``, which has the fields but not the dataclass's methods."""
+    return SlurmResources(nodes=1, tasks_per_node=1, gpus_per_node=cfg.refresh_slurm_gpus_per_job,
+                          cpus_per_task=cfg.refresh_slurm_cpus_per_job, mem=f"{cfg.refresh_slurm_mem_gb}GB",
+                          time=cfg.refresh_slurm_time_min, partition=cfg.refresh_slurm_partition,
+                          account=cfg.refresh_slurm_account, constraint=cfg.refresh_slurm_constraint,
+                          qos=cfg.refresh_slurm_qos, job_name=REFRESH_JOB_NAME)

@@ -29,6 +29,7 @@ from typing import Dict, List, Optional
 
 from realm_fairseq.indexing.build import BuildRequest, run_build
 from realm_fairseq.retrieval.mips import check_options
+from realm_fairseq.slurm import SlurmResources
 
 logger = logging.getLogger(__name__)
 
@@ -227,28 +228,6 @@ class LocalLauncher:
 
 
 # ---------------------------------------------------------------------------------------------- submitit
-@dataclass
-class SlurmResources:
-    """What each refresh job asks for (``--refresh-slurm-*``); slurm_* fields are ignored without Slurm."""
-
-    gpus_per_job: int = 0
-    cpus_per_job: int = 4
-    mem_gb: int = 16
-    time_min: int = 60
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    constraint: Optional[str] = None
-    qos: Optional[str] = None
-
-    def executor_parameters(self) -> dict:
-        params = dict(gpus_per_node=self.gpus_per_job, cpus_per_task=self.cpus_per_job, mem_gb=self.mem_gb,
-                      timeout_min=self.time_min, tasks_per_node=1, nodes=1, name="realm-refresh")
-        for name in ("partition", "account", "constraint", "qos"):
-            if getattr(self, name):
-                params[f"slurm_{name}"] = getattr(self, name)
-        return params
-
-
 def embed_shard(plan: RefreshPlan, shard_id: int, device: str) -> None:
     """A submitit job: embed one shard of the corpus (``realm-build-index --shard-id``)."""
     run_build(plan.build_request(shard_id=shard_id if plan.num_shards > 1 else None, device=device))
@@ -327,7 +306,8 @@ class SubmititRefreshJob(RefreshJob):
 
 
 class SubmititLauncher:
-    """Refreshes as submitit jobs: Slurm where ``sbatch`` exists, else submitit's local executor."""
+    """Refreshes as submitit jobs: Slurm where ``sbatch`` exists, else submitit's local executor; each job
+    asks for ``resources`` (:func:`~realm_fairseq.indexing.config.slurm_resources`)."""
 
     def __init__(self, resources: SlurmResources, cluster: Optional[str] = None):
         self.resources, self.cluster = resources, cluster
@@ -336,10 +316,10 @@ class SubmititLauncher:
         import submitit
 
         executor = submitit.AutoExecutor(folder=os.path.join(plan.workdir, "submitit"), cluster=self.cluster)
-        executor.update_parameters(**self.resources.executor_parameters())
+        executor.update_parameters(**self.resources.auto_parameters())
         if executor.cluster == "debug":
             raise ValueError("--refresh-submitit-cluster debug runs jobs inside the trainer; use local or slurm")
-        device = "cuda" if self.resources.gpus_per_job > 0 else "cpu"
+        device = "cuda" if self.resources.gpus_per_node > 0 else "cpu"
         job = SubmititRefreshJob(plan, executor, device)
         with open(plan.log_path, "w", encoding="utf-8") as f:
             f.write(f"submitit ({executor.cluster}) jobs {job.describe()}; their logs are in {executor.folder}\n")

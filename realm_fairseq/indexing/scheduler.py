@@ -16,9 +16,9 @@ from typing import Optional, Tuple
 import torch
 
 from realm_fairseq.atomic_io import atomic_file, describe_fault, write_faults_named
-from realm_fairseq.indexing.config import RefreshConfig
+from realm_fairseq.indexing.config import RefreshConfig, slurm_resources
 from realm_fairseq.indexing.launchers import (
-    LocalLauncher, RefreshJob, RefreshPlan, SlurmResources, SubmititLauncher, physical_devices,
+    LocalLauncher, RefreshJob, RefreshPlan, SubmititLauncher, physical_devices,
 )
 from realm_fairseq.models.loading import snapshot_state
 from realm_fairseq.retrieval.versions import IndexStore
@@ -32,9 +32,8 @@ SNAPSHOT = "snapshot.pt"
 def make_launcher(cfg: RefreshConfig):
     if cfg.refresh_launcher == "local":
         return LocalLauncher()
-    resources = SlurmResources(**{name: getattr(cfg, f"refresh_slurm_{name}")
-                                  for name in SlurmResources.__dataclass_fields__})
-    return SubmititLauncher(resources, None if cfg.refresh_submitit_cluster == "auto" else cfg.refresh_submitit_cluster)
+    cluster = None if cfg.refresh_submitit_cluster == "auto" else cfg.refresh_submitit_cluster
+    return SubmititLauncher(slurm_resources(cfg), cluster)
 
 
 def write_snapshot(state: dict, path: str) -> str:

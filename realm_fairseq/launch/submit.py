@@ -1,7 +1,8 @@
 """Submit a ``fairseq-train`` / ``realm-train`` command line to Slurm through submitit.
 
 REALM pre-training needs many accelerators for days (section 4.3: 64 TPUs for 200k updates, 16 more
-re-embedding the corpus). :func:`submit` turns Slurm resources (:class:`SlurmConfig`) and a training
+re-embedding the corpus). :func:`submit` turns Slurm resources (:class:`SlurmConfig`: the job's
+:class:`~realm_fairseq.slurm.SlurmResources` and how to submit it) and a training
 command line into one submitit job of ``nodes x tasks_per_node`` tasks, one per GPU (or per CPU rank
 with ``--cpu``): every task runs :class:`~realm_fairseq.launch.training_job.TrainingJob`, which loads this
 plugin, takes its rank from ``SLURM_PROCID`` (fairseq's Slurm initialisation) and, warned of a time
@@ -19,12 +20,12 @@ import random
 import shlex
 import sys
 from dataclasses import dataclass, field, fields
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
-from fairseq.dataclass import FairseqDataclass
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 
 from realm_fairseq.launch.training_job import TrainingJob, option_value
+from realm_fairseq.slurm import SlurmResources
 
 logger = logging.getLogger(__name__)
 
@@ -36,28 +37,9 @@ IGNORE_WARNING_AT_START = "bash -c 'trap \"\" USR2; exec \"$0\" \"$@\"'"
 
 
 @dataclass
-class SlurmConfig(FairseqDataclass):
-    nodes: int = field(default=1, metadata={"help": "nodes of the job"})
-    gpus_per_node: int = field(
-        default=1, metadata={"help": "GPUs per node, one training task each; 0: CPU training (the command "
-                             "needs --cpu) with --tasks-per-node tasks"}
-    )
-    tasks_per_node: int = field(
-        default=0, metadata={"help": "training tasks (processes) per node; 0: one per GPU, or 1 without GPUs"}
-    )
-    cpus_per_task: int = field(default=10, metadata={"help": "CPUs of each task (data loading, tokenising)"})
-    mem: str = field(default="", metadata={"help": "memory per node as Slurm writes it, e.g. 256G (empty: "
-                                            "the partition's default)"})
-    time: int = field(default=1440, metadata={"help": "time limit of each run of the job, minutes"})
-    partition: Optional[str] = field(default=None, metadata={"help": "Slurm partition"})
-    account: Optional[str] = field(default=None, metadata={"help": "Slurm account"})
-    constraint: Optional[str] = field(default=None, metadata={"help": "Slurm constraint, e.g. a GPU type"})
-    qos: Optional[str] = field(default=None, metadata={"help": "Slurm quality of service"})
-    sbatch: str = field(
-        default="", metadata={"help": "more sbatch options, as on sbatch's command line, e.g. "
-                              "'--exclusive --mail-type=END'"}
-    )
-    job_name: str = field(default="realm", metadata={"help": "Slurm job name"})
+class SlurmConfig(SlurmResources):
+    """A training job's Slurm resources (:class:`~realm_fairseq.slurm.SlurmResources`) and how to submit it."""
+
     log_dir: str = field(
         default="slurm_logs", metadata={"help": "folder of submitit's files; each job's logs are in LOG_DIR/JOBID"}
     )
@@ -72,24 +54,13 @@ class SlurmConfig(FairseqDataclass):
                                                    "command; submit nothing"})
 
 
-def parse_sbatch_options(text: str) -> Dict[str, object]:
-    """``'--exclusive --mail-type=END'`` -> ``{"exclusive": True, "mail-type": "END"}``."""
-    options = {}
-    for token in shlex.split(text):
-        if not token.startswith("--"):
-            raise ValueError(f"--sbatch {text!r}: expected long options such as --mail-type=END, got {token!r}")
-        key, eq, value = token[2:].partition("=")
-        options[key] = value if eq else True
-    return options
-
-
 def training_argv(cfg: SlurmConfig, command: List[str]) -> Tuple[List[str], int]:
     """The arguments every task trains with (the command's, plus the distributed ones), and the world size."""
     if not command or os.path.basename(command[0]) not in TRAINERS:
         raise ValueError(f"expected a training command line after the Slurm options, starting with one of "
                          f"{', '.join(TRAINERS)}; got {' '.join(command) or 'nothing'!r}")
     argv = command[1:]
-    tasks = cfg.tasks_per_node or max(cfg.gpus_per_node, 1)
+    tasks = cfg.ntasks_per_node
     if cfg.gpus_per_node and cfg.tasks_per_node not in (0, cfg.gpus_per_node):
         raise ValueError(f"--tasks-per-node {cfg.tasks_per_node}: with GPUs there is one task per GPU "
                          f"(--gpus-per-node {cfg.gpus_per_node})")
@@ -117,19 +88,8 @@ def training_argv(cfg: SlurmConfig, command: List[str]) -> Tuple[List[str], int]
 
 def executor_parameters(cfg: SlurmConfig) -> dict:
     """submitit ``SlurmExecutor.update_parameters`` keywords (sbatch options) for ``cfg``."""
-    params = dict(job_name=cfg.job_name, time=cfg.time, nodes=cfg.nodes,
-                  ntasks_per_node=cfg.tasks_per_node or max(cfg.gpus_per_node, 1),
-                  cpus_per_task=cfg.cpus_per_task, signal_delay_s=cfg.signal_delay_s,
-                  srun_args=["--kill-on-bad-exit=1"])  # a failed rank ends the job; the others would wait on it
-    if cfg.gpus_per_node:
-        params["gpus_per_node"] = cfg.gpus_per_node
-    for name in ("mem", "partition", "account", "constraint", "qos"):
-        if getattr(cfg, name):
-            params[name] = getattr(cfg, name)
-    extra = parse_sbatch_options(cfg.sbatch)
-    if extra:
-        params["additional_parameters"] = extra
-    return params
+    return dict(cfg.sbatch_parameters(), signal_delay_s=cfg.signal_delay_s,
+                srun_args=["--kill-on-bad-exit=1"])  # a failed rank ends the job; the others would wait on it
 
 
 def python_command() -> str:
