@@ -13,8 +13,8 @@ from typing import List, Optional
 
 from realm_fairseq.cli import log_to_stderr
 from realm_fairseq.cli.evaluate import add_model_args, load_model
-from realm_fairseq.data.documents import InputError, decode_utf8
-from realm_fairseq.errors import cli_errors
+from realm_fairseq.data.input_files import decode_utf8
+from realm_fairseq.errors import InputError, cli_errors
 from realm_fairseq.hub import Answer
 
 

@@ -15,8 +15,7 @@ import os
 from typing import List, Optional
 
 from realm_fairseq.cli import log_to_stderr
-from realm_fairseq.data.documents import InputError
-from realm_fairseq.errors import cli_errors
+from realm_fairseq.errors import InputError, cli_errors
 from realm_fairseq.models import realm_hf
 from realm_fairseq.models.hf_convert import convert_hf_bert, save_weights
 from realm_fairseq.retrieval.mips import INDEX_TYPES

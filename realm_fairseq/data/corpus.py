@@ -20,8 +20,8 @@ import torch
 from fairseq.data import Dictionary
 from fairseq.data.indexed_dataset import MMapIndexedDataset
 
-from realm_fairseq.data.documents import InputError
 from realm_fairseq.data.vocab import Vocab
+from realm_fairseq.errors import InputError
 
 BLOCKS = "blocks"
 BLOCK_META = "blocks.meta.npy"

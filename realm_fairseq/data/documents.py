@@ -12,70 +12,22 @@ whose message names the file, the line (or the JSON path for SQuAD files) and wh
   title, streamed (:mod:`realm_fairseq.data.realm_blocks`).
 """
 import csv
-import gzip
 import json
 import logging
 import os
-from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
+from realm_fairseq.data.input_files import Document, decode_utf8, open_binary, read_all, utf8_lines
+from realm_fairseq.data.realm_blocks import read_realm_blocks
 from realm_fairseq.errors import InputError
+
+__all__ = ["FORMATS", "READERS", "Document", "InputError", "decode_utf8", "detect_format", "read_documents",
+           "read_jsonl", "read_squad", "read_tsv", "resolve_formats"]
 
 FORMATS = ("jsonl", "tsv", "squad", "realm-blocks")
 DPR_HEADER = ["id", "text", "title"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Document:
-    id: str
-    title: str
-    text: str
-
-
-def _open_binary(path: str):
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
-
-
-def _read_all(path: str) -> bytes:
-    try:
-        with _open_binary(path) as f:
-            return f.read()
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except (OSError, EOFError) as e:  # a corrupt or truncated .gz
-        raise InputError(f"{path}: cannot read ({e})") from None
-
-
-def decode_utf8(path: str, raw: bytes, first_line: int = 1) -> str:
-    """``raw`` (the bytes of ``path`` from line ``first_line`` on) as text; invalid UTF-8 raises an
-    :class:`InputError` naming the line and byte."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = first_line + raw.count(b"\n", 0, e.start)
-        byte = e.start - raw.rfind(b"\n", 0, e.start)
-        raise InputError(
-            f"{path}, line {line}, byte {byte}: invalid UTF-8 ({raw[e.start:e.start + 1]!r}); "
-            f"expected UTF-8 text"
-        ) from None
-
-
-def _lines(path: str) -> Iterator[Tuple[int, str]]:
-    """(line number, decoded line) pairs; raises for an empty file and for non-UTF-8 bytes."""
-    empty = True
-    try:
-        with _open_binary(path) as f:
-            for lineno, raw in enumerate(f, start=1):
-                empty = False
-                yield lineno, decode_utf8(path, raw, first_line=lineno)
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except (OSError, EOFError) as e:
-        raise InputError(f"{path}: cannot read ({e})") from None
-    if empty:
-        raise InputError(f"{path}: file is empty; expected documents")
 
 
 def _string_field(obj: dict, key: str, where: str, default=None) -> str:
@@ -91,7 +43,7 @@ def _string_field(obj: dict, key: str, where: str, default=None) -> str:
 
 def read_jsonl(path: str) -> Iterator[Document]:
     name = os.path.basename(path)
-    for lineno, line in _lines(path):
+    for lineno, line in utf8_lines(path):
         if not line.strip():
             continue
         where = f"{path}, line {lineno}"
@@ -114,7 +66,7 @@ def _is_dpr_header(row: Optional[List[str]]) -> bool:
 
 def _tsv_rows(path: str) -> Iterator[Tuple[int, List[str]]]:
     """(line, row) for each line of a TSV file; a quoted field must close on the line it opens on."""
-    rows = csv.reader((line for _, line in _lines(path)), delimiter="\t")
+    rows = csv.reader((line for _, line in utf8_lines(path)), delimiter="\t")
     while True:
         start = rows.line_num + 1
         try:
@@ -151,7 +103,7 @@ def read_tsv(path: str) -> Iterator[Document]:
 
 
 def read_squad(path: str) -> Iterator[Document]:
-    raw = _read_all(path)
+    raw = read_all(path)
     if not raw.strip():
         raise InputError(f"{path}: file is empty; expected SQuAD JSON")
     text = decode_utf8(path, raw)
@@ -178,17 +130,11 @@ def read_squad(path: str) -> Iterator[Document]:
             )
 
 
-def read_realm_block_records(path: str) -> Iterator[Document]:
-    from realm_fairseq.data.realm_blocks import read_realm_blocks  # it reads Documents: imported when used
-
-    return read_realm_blocks(path)
-
-
 READERS: Dict[str, Callable[[str], Iterator[Document]]] = {
     "jsonl": read_jsonl,
     "tsv": read_tsv,
     "squad": read_squad,
-    "realm-blocks": read_realm_block_records,
+    "realm-blocks": read_realm_blocks,
 }
 
 
@@ -201,7 +147,7 @@ def detect_format(path: str) -> str:
     for suffix, fmt in ((".jsonl", "jsonl"), (".tsv", "tsv"), (".json", "squad")):
         if name.endswith(suffix):
             return fmt
-    with _open_binary(path) as f:
+    with open_binary(path) as f:
         head = f.read(65536).lstrip()
     first_line = head.split(b"\n", 1)[0]
     if not head:

@@ -11,7 +11,7 @@ A question file is JSONL, one question a line, plain or ``.gz``:
 
 SQuAD JSON converts to this format (:func:`squad_questions`), split by article (:func:`split_by_article`)
 so that no article of the test split is seen in training: ``realm-squad-to-questions`` does both.
-Bad input raises :class:`~realm_fairseq.data.documents.InputError` naming the file, line and field.
+Bad input raises :class:`~realm_fairseq.errors.InputError` naming the file, line and field.
 """
 import itertools
 import json
@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from realm_fairseq.atomic_io import atomic_file
-from realm_fairseq.data.documents import InputError, _lines, _read_all, decode_utf8
+from realm_fairseq.data.input_files import decode_utf8, read_all, utf8_lines
+from realm_fairseq.errors import InputError
 
 ANSWER_TYPES = ("text", "regex")
 REGEX_FLAGS = re.IGNORECASE | re.UNICODE | re.MULTILINE
@@ -67,7 +68,7 @@ def read_questions(path: str, answer_type: str = "text") -> List[Question]:
     if answer_type not in ANSWER_TYPES:
         raise ValueError(f"answer type {answer_type!r}: expected one of {', '.join(ANSWER_TYPES)}")
     questions = []
-    for lineno, line in _lines(path):
+    for lineno, line in utf8_lines(path):
         if not line.strip():
             continue
         where = f"{path}, line {lineno}"
@@ -118,7 +119,7 @@ def squad_questions(path: str) -> List[Tuple[str, Question]]:
 
 
 def _load_squad(path: str) -> dict:
-    raw = _read_all(path)
+    raw = read_all(path)
     try:
         squad = json.loads(decode_utf8(path, raw))
     except json.JSONDecodeError as e:

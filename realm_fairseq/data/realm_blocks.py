@@ -23,7 +23,8 @@ from typing import Iterator, Optional, Union
 import numpy as np
 
 from realm_fairseq.atomic_io import sha256_files
-from realm_fairseq.data.documents import Document, InputError, decode_utf8
+from realm_fairseq.data.input_files import Document, decode_utf8
+from realm_fairseq.errors import InputError
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
-from realm_fairseq.data.documents import InputError, decode_utf8
+from realm_fairseq.data.input_files import decode_utf8
+from realm_fairseq.errors import InputError
 
 #: number of special symbols fairseq's ``Dictionary`` puts before the symbols of ``dict.txt``
 FAIRSEQ_NSPECIAL = 4

@@ -37,8 +37,8 @@ import torch
 from fairseq.data import Dictionary
 
 from realm_fairseq.atomic_io import atomic_file
-from realm_fairseq.data.documents import InputError
 from realm_fairseq.data.vocab import FAIRSEQ_NSPECIAL, Vocab
+from realm_fairseq.errors import InputError
 from realm_fairseq.models.encoder import EncoderConfig, TextEncoder
 from realm_fairseq.models.similarity import Similarity, similarity_of_hf_dir, transformer_dir
 

@@ -40,8 +40,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from realm_fairseq.atomic_io import atomic_file
-from realm_fairseq.data.documents import InputError
 from realm_fairseq.data.vocab import Vocab
+from realm_fairseq.errors import InputError
 from realm_fairseq.models.embedder import Embedder
 from realm_fairseq.models.encoder import EncoderConfig
 from realm_fairseq.models.hf_convert import (

@@ -19,7 +19,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from realm_fairseq.data.documents import InputError
+from realm_fairseq.errors import InputError
 
 POOLINGS = ("cls", "mean")
 SCORES = ("dot", "cosine")
