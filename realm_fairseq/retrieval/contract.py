@@ -4,18 +4,17 @@ Every searcher of the plugin answers the same question, "the top k blocks z of e
 relevance f(x, z), never the blocks in ``exclude``" (section 3.4 excludes the block a pre-training sentence
 came from), with the same signature and the same return order, ids first:
 
-========================================================  ===================  =============================
-searcher                                                  queries (B rows)     scores
-========================================================  ===================  =============================
-:class:`~realm_fairseq.retrieval.mips.MipsIndex`          (B, D) embeddings    numpy float32
-:class:`~realm_fairseq.retrieval.retriever.Retriever`     (B, D) torch         numpy float32 (the index's)
-:class:`~realm_fairseq.retrieval.fixed_retriever.\
-FixedIndexRetriever`                                      (B, D) torch         torch float32, differentiable
-                                                                               with respect to ``queries``
-:class:`~realm_fairseq.retrieval.dense.DenseRetriever`    B question strings   numpy float32
-:class:`~realm_fairseq.retrieval.bm25.Bm25Retriever`      B question strings   numpy float32 (BM25; no
-                                                                               ``exclude``)
-========================================================  ===================  =============================
+- :class:`~realm_fairseq.retrieval.mips.MipsIndex` (faiss) and
+  :class:`~realm_fairseq.retrieval.torch_search.TorchMipsSearch` (torch, on GPUs): queries (B, D)
+  embeddings, numpy or torch; scores numpy float32.
+- :class:`~realm_fairseq.retrieval.retriever.Retriever` (pre-training, the index refreshes swap in): queries
+  (B, D) torch; scores the index's, numpy float32 (the model rescores the candidates itself).
+- :class:`~realm_fairseq.retrieval.fixed_retriever.FixedIndexRetriever` (open QA, one fixed version):
+  queries (B, D) torch; scores torch float32, differentiable with respect to the queries.
+- :class:`~realm_fairseq.retrieval.dense.DenseRetriever` and :class:`~realm_fairseq.retrieval.bm25.Bm25Retriever`
+  (zero-shot evaluation): queries are B question strings; scores numpy float32. BM25 takes no ``exclude``.
+
+What each returns and takes:
 
 - ``ids``: numpy int64 (B, k'), block ids (rows of the CORPUS), -1 where a query has fewer results than k'
   (fewer blocks than k, or too many excluded). k' = k for the index and the refreshing retriever; the

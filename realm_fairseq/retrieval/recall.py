@@ -23,13 +23,14 @@ from realm_fairseq.data.answers import BlockHits
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.qa_metrics import RECALL_AT, recall_at
 from realm_fairseq.data.questions import Question
+from realm_fairseq.retrieval.contract import Searcher
 
 logger = logging.getLogger(__name__)
 
 SHOWN = 5  # blocks of each question written to the predictions file
 
 
-def retrieve(retriever, questions: Sequence[Question], k: int, batch_size: int = 256,
+def retrieve(retriever: Searcher, questions: Sequence[Question], k: int, batch_size: int = 256,
              progress: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     """Block ids (Q, k') and scores (Q, k') of every question, ``batch_size`` questions at a time."""
     ids, scores = [], []
@@ -69,9 +70,9 @@ def gold_ranks(corpus: BlockCorpus, questions: Sequence[Question], ids: np.ndarr
     return ranks, known
 
 
-def evaluate_retrieval(retriever, corpus: BlockCorpus, questions: Sequence[Question], answer_type: str = "text",
-                       source: str = "questions", progress: bool = False, records: bool = False
-                       ) -> Tuple[dict, List[dict]]:
+def evaluate_retrieval(retriever: Searcher, corpus: BlockCorpus, questions: Sequence[Question],
+                       answer_type: str = "text", source: str = "questions", progress: bool = False,
+                       records: bool = False) -> Tuple[dict, List[dict]]:
     """Metrics (see the module docstring) and, with ``records``, one record per question: its top blocks,
     whether each holds an answer, and the rank of the first that does. ``source`` names the question file
     in messages."""
