@@ -1,8 +1,12 @@
 """realm-prepare-corpus: input formats, determinism, atomic output and clear errors for bad input."""
 import glob
 import gzip
+import importlib
 import json
 import os
+import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +17,7 @@ import pytest
 from realm_fairseq.data import BlockCorpus, InputError
 from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
 
-from conftest import SQUAD_DEV, VOCAB, WIKI, run
+from conftest import ROOT, SQUAD_DEV, VOCAB, WIKI, run
 
 DOCS = [
     {"id": "d1", "title": "Ada Lovelace", "text": "Ada Lovelace was born on 10 December 1815 in London. "
@@ -212,3 +216,200 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path):
 def test_cli_help_shows_defaults():
     out = run(["realm-prepare-corpus", "--help"]).stdout
     assert "--block-size" in out and "(default: 288)" in out and "--workers" in out
+
+
+# ---------------------------------------------------------------------------------------------------
+# shards (job arrays) and their merge, spaCy's batched pipe
+
+
+def same_files(a, b):
+    """Assert that directories ``a`` and ``b`` hold the same files, byte for byte."""
+    names = sorted(os.listdir(a))
+    assert names == sorted(os.listdir(b))
+    for name in names:
+        with open(os.path.join(a, name), "rb") as x, open(os.path.join(b, name), "rb") as y:
+            assert x.read() == y.read(), f"{name} differs"
+
+
+def prepare_shards(inputs, out, num_shards, ids=None, **overrides):
+    for i in range(num_shards) if ids is None else ids:
+        prepare_corpus([str(p) for p in inputs], VOCAB, str(out),
+                       CorpusConfig(**{**CFG, **overrides, "shard_id": i, "num_shards": num_shards}))
+
+
+def merge(inputs, out, num_shards, **overrides):
+    return prepare_corpus([str(p) for p in inputs], VOCAB, str(out),
+                          CorpusConfig(**{**CFG, **overrides, "num_shards": num_shards, "merge": True}))
+
+
+def test_shards_merge_into_the_bytes_of_a_single_run(tmp_path, wiki_corpus, caplog):
+    from realm_fairseq.data.corpus_shards import documents_of, is_own, shards_dir
+
+    out = tmp_path / "corpus"
+    prepare_shards([WIKI], out, 3, shard_group_size=7)
+    with caplog.at_level("INFO"):
+        prepare_shards([WIKI], out, 3, ids=[1], shard_group_size=7)  # a rerun skips a written shard
+    assert "shard 1 of 3 is already prepared: skipped" in caplog.text
+    assert not out.exists() and len(os.listdir(shards_dir(str(out)))) == 3
+    merge([WIKI], out, 3, shard_group_size=7)
+    same_files(wiki_corpus, str(out))  # manifest.json included
+    assert not os.path.exists(shards_dir(str(out)))
+    for total, n, group in [(0, 2, 3), (106, 3, 7), (13, 4, 1), (20, 2, 10), (21, 2, 10)]:
+        assert [documents_of(total, i, n, group) for i in range(n)] == [
+            sum(is_own(j, i, n, group) for j in range(total)) for i in range(n)]
+
+
+def test_a_shard_without_documents_and_max_documents_merge_as_a_single_run(tmp_path):
+    src = write(tmp_path / "d.jsonl", as_jsonl(DOCS * 3))
+    single = build(tmp_path, [src, SQUAD_DEV], name="single", max_documents=9)
+    out = tmp_path / "merged"
+    prepare_shards([src, SQUAD_DEV], out, 3, shard_group_size=4, max_documents=9)  # shard 2 holds 1 document
+    merge([src, SQUAD_DEV], out, 3, shard_group_size=4, max_documents=9)
+    same_files(single.path, str(out))
+    out = tmp_path / "few"
+    prepare_shards([src], out, 4, shard_group_size=2)  # 6 documents: shard 3 holds none
+    merge([src], out, 4, shard_group_size=2)
+    same_files(build(tmp_path, [src], name="few-single").path, str(out))
+
+
+MISMATCHES = [  # (shard 1's options, the merge's options, the message)
+    (dict(block_size=128), dict(), r"shard-00001-of-00002: shard 1 of 2 does not match the merge: "
+     r"settings\.block_size is 128, expected 288"),
+    (dict(salient_spans="none"), dict(), r"shard-00001-of-00002: .*settings\.salient_spans is 'none', "
+     r"expected 'regex'"),
+    (dict(shard_group_size=5), dict(), r"shard-00001-of-00002: .*shard_group_size is 5, expected 1"),
+    (dict(), dict(num_shards=3), r"\.shards: missing shard\(s\) 0, 1, 2 of 3; run those shard jobs first "
+     r"\(also there: shard-00000-of-00002, shard-00001-of-00002, of another --num-shards\?\)"),
+]
+
+
+@pytest.mark.parametrize("shard1,merged,message", MISMATCHES, ids=["block-size", "spans", "group", "num-shards"])
+def test_mismatched_shards_are_named_at_merge(tmp_path, shard1, merged, message):
+    from realm_fairseq.data.corpus_shards import ShardMismatchError
+
+    src = write(tmp_path / "d.jsonl", as_jsonl(DOCS))
+    out = tmp_path / "corpus"
+    prepare_shards([src], out, 2, ids=[0], shard_group_size=1)
+    prepare_shards([src], out, 2, ids=[1], **{"shard_group_size": 1, **shard1})
+    with pytest.raises(ShardMismatchError, match=message):
+        merge([src], out, merged.get("num_shards", 2), shard_group_size=1)
+    assert not out.exists()
+
+
+def test_changed_input_and_missing_shard_are_named_by_the_cli(tmp_path):
+    from realm_fairseq.data.corpus_shards import ShardMismatchError
+
+    src = write(tmp_path / "d.jsonl", as_jsonl(DOCS))
+    out = tmp_path / "corpus"
+    prepare_shards([src], out, 2, ids=[0], shard_group_size=1)
+    with pytest.raises(ShardMismatchError, match=r"missing shard\(s\) 1 of 2; run those shard jobs first$"):
+        merge([src], out, 2, shard_group_size=1)
+    prepare_shards([src], out, 2, ids=[1], shard_group_size=1)
+    write(src, as_jsonl(DOCS[:1] + DOCS))  # the input changes between the shards and the merge
+    proc = run(["realm-prepare-corpus", str(src), "--vocab", VOCAB, "--out", str(out), "--num-shards", "2",
+                "--shard-group-size", "1", "--salient-spans", "regex", "--merge"], check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert re.search(r"shard-00000-of-00002: shard 0 of 2 does not match the merge: inputs\[0\]\.sha256 is '\w+', "
+                     r"expected '\w+'; prepare it again", proc.stderr.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--shard-id", "2", "--num-shards", "2"], "--shard-id 2 is not in 0..1"),
+    (["--merge"], "--merge joins the shards of a sharded run: give their --num-shards"),
+    (["--num-shards", "2", "--shard-group-size", "0"], "--shard-group-size 0: expected at least 1"),
+    (["--spacy-batch-size", "0"], "--spacy-batch-size 0: expected at least 1"),
+])
+def test_bad_shard_options_are_refused(tmp_path, args, message):
+    from realm_fairseq.cli.prepare_corpus import parse
+
+    _, cfg = parse([WIKI, "--vocab", VOCAB, "--out", str(tmp_path / "c"), *args])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        cfg.validate()
+
+
+def test_spacy_batched_pipe_finds_the_spans_of_one_text_at_a_time():
+    """Only ner runs, through nlp.pipe in batches: the spans a full pipeline finds text by text."""
+    pytest.importorskip("spacy", reason="the ner extra (spaCy) is not installed")
+    from realm_fairseq.data.documents import read_squad
+    from realm_fairseq.data.salient_spans import SALIENT_LABELS, date_spans, make_finder, merge_spans
+
+    finder = make_finder("spacy", batch_size=8)
+    if finder.mode != "spacy":
+        pytest.skip(f"no spaCy English model: {finder.description}")
+    assert finder.nlp.pipe_names == ["ner"]
+    texts = [d.text for d, _ in zip(read_squad(SQUAD_DEV), range(60))]
+    module = importlib.import_module(finder.description.split("(")[1].split()[0])  # the model's package
+    full = module.load()  # every component, one text at a time: what the finder did before
+    one_by_one = [merge_spans(date_spans(t) + [(e.start_char, e.end_char) for e in full(t).ents
+                                                if e.label_ in SALIENT_LABELS]) for t in texts]
+    found = finder.find_all(texts)
+    assert found == one_by_one and sum(map(len, found)) > 200
+    assert finder(texts[3]) == found[3]
+
+
+def test_sbatch_template_is_a_valid_script_whose_commands_parse():
+    from realm_fairseq.cli.prepare_corpus import parse
+
+    path = os.path.join(ROOT, "slurm", "prepare_corpus.sbatch")
+    subprocess.run(["bash", "-n", path], check=True)
+    script = open(path, encoding="utf-8").read().replace("\\\n", " ")
+    numbers = {"SHARDS": "64", "SLURM_ARRAY_TASK_ID": "3", "SLURM_CPUS_PER_TASK": "8"}
+    script = re.sub(r'"?\$\{?(\w+)\}?"?', lambda m: numbers.get(m.group(1), f"/tmp/{m.group(1).lower()}"), script)
+    commands = [shlex.split(line)[1:] for line in script.splitlines() if line.strip().startswith("realm-prepare-corpus")]
+    assert len(commands) == 2
+    configs = [parse(c)[1] for c in commands]
+    for cfg in configs:
+        cfg.validate()
+    assert configs[0].merge and configs[0].num_shards == 64
+    assert (configs[1].shard_id, configs[1].num_shards, configs[1].workers) == (3, 64, 8)
+
+
+def test_launcher_dry_run_and_bad_commands(tmp_path, capsys):
+    from realm_fairseq.launch.prepare_corpus_job import cli_main
+
+    cli_main(["--cpus-per-task", "4", "--dry-run", "--", "realm-prepare-corpus", WIKI, "--vocab", VOCAB,
+              "--out", str(tmp_path / "c"), "--num-shards", "2"])
+    out = capsys.readouterr().out
+    assert "--cpus-per-task=4" in out and "--mem=16G" in out and "gpus" not in out
+    assert "--num-shards 2 --workers 4 --no-progress --shard-id 1\n" in out and out.rstrip().endswith("--merge")
+    with pytest.raises(SystemExit, match="slurm/prepare_corpus.py: error: drop --shard-id and --merge: each array "
+                                         "task gets its --shard-id, the merge job --merge"):
+        cli_main(["--dry-run", "realm-prepare-corpus", WIKI, "--vocab", VOCAB, "--out", "c", "--merge",
+                  "--num-shards", "2"])
+    with pytest.raises(SystemExit, match="--gpus-per-node 1: corpus preparation runs on CPUs"):
+        cli_main(["--dry-run", "--gpus-per-node", "1", "realm-prepare-corpus", WIKI, "--vocab", VOCAB, "--out", "c"])
+
+
+needs_slurm = pytest.mark.skipif(shutil.which("sbatch") is None,
+                                 reason="no Slurm here (sbatch not found); .ci/run starts a one-node cluster")
+
+
+def job_state(job_id, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "State"], capture_output=True,
+                             text=True).stdout.split()
+        if out and out[-1] in ("COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL"):
+            return out[-1]
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} not done within {timeout}s")
+
+
+@needs_slurm
+def test_a_slurm_array_of_two_shards_and_its_merge_write_the_single_run_corpus(tmp_path, wiki_corpus):
+    out = tmp_path / "corpus"
+    submitted = run([sys.executable, os.path.join(ROOT, "slurm", "prepare_corpus.py"), "--cpus-per-task", "1",
+                     "--mem", "1G", "--time", "5", "--log-dir", str(tmp_path / "logs"), "--",
+                     "realm-prepare-corpus", WIKI, "--vocab", VOCAB, "--out", str(out), "--salient-spans", "regex",
+                     "--num-shards", "2", "--shard-group-size", "16"], cwd=tmp_path,
+                    env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout
+    array = re.search(r"submitted array (\d+) \(2 shard task\(s\)\)", submitted).group(1)
+    merge_job = re.search(r"submitted merge job (\d+) \(after the array succeeds\)", submitted).group(1)
+    try:
+        assert job_state(merge_job) == "COMPLETED", open(next((tmp_path / "logs").glob(f"{merge_job}/*.err"))).read()
+    finally:
+        subprocess.run(["scancel", array, merge_job], check=False)
+    states = subprocess.run(["sacct", "-n", "-P", "-X", "-j", array, "-o", "JobID,State,JobName"], capture_output=True,
+                            text=True).stdout.split()
+    assert sorted(states) == [f"{array}_0|COMPLETED|realm-prepare-corpus", f"{array}_1|COMPLETED|realm-prepare-corpus"]
+    same_files(wiki_corpus, str(out))

