@@ -8,7 +8,7 @@
 #           `pip download --python-version 3.12 ...`, see bench/gpu-notes.md) and this checkout, offline.
 # scale:    bench/scale.py at 100k, 1M and 13,353,718 vectors on the GPU (torch search) and the CPU.
 # embed:    bench/embed_corpus.py at realm_base bf16: fairseq's attention against the SDPA path.
-# pretrain: a short realm_pretrain run (realm_tiny, random weights) retrieving on the GPU.
+# pretrain: a short realm_pretrain run (realm_tiny) retrieving on the GPU with a refresh, then the GPU tests.
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 data=examples/realm/data
@@ -30,26 +30,33 @@ install() {
     && python3 -c "import torch, fairseq, faiss; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'fairseq', fairseq.__version__, 'faiss', faiss.__version__)"
 }
 
-pretrain() {  # corpus (regex salient spans) -> realm_tiny index -> 30 updates retrieving on the GPU
-  local work=/tmp/realm-gpu
+pretrain() {  # corpus -> realm_tiny checkpoint -> its index -> 40 updates retrieving on the GPU, refreshed at 20
+  local work=/tmp/realm-gpu common dev=${DEVICE:-cuda}  # DEVICE=cpu: the same steps on the CPU, to try them
   rm -rf "$work" && mkdir -p "$work"
-  realm-prepare-corpus examples/realm/data/wikipedia_articles.jsonl --vocab examples/realm/data/bert-base-uncased-vocab.txt \
+  common=(--task realm_pretrain --criterion realm_mlm --arch realm_tiny --optimizer adam --lr 1e-4
+          --lr-scheduler fixed --batch-size 8 --num-workers 0 --required-batch-size-multiple 1 --seed 1
+          --no-epoch-checkpoints --log-format simple --log-interval 5 --no-progress-bar --bf16 --disable-validation)
+  [ "$dev" = cpu ] && common+=(--cpu)
+  realm-prepare-corpus $data/enwiki-sample-articles.jsonl.gz --vocab $data/bert-base-uncased-vocab.txt \
       --out "$work/corpus" --salient-spans regex --block-size 128 --workers 8 \
-    && realm-build-index "$work/corpus" --arch realm_tiny --out "$work/index" --device cuda \
-    && realm-train "$work/corpus" --task realm_pretrain --index "$work/index" --arch realm_tiny \
-      --criterion realm_mlm --optimizer adam --lr 1e-4 --batch-size 8 --max-update 30 --log-interval 5 \
-      --retrieval-topk 8 --device-id 0 --save-dir "$work/ckpt" --no-epoch-checkpoints --bf16
+    && realm-train "$work/corpus" "${common[@]}" --retrieval-topk 0 --max-update 1 --save-dir "$work/init" \
+    && realm-build-index --corpus "$work/corpus" --checkpoint "$work/init/checkpoint_last.pt" --out "$work/index" \
+      --device "$dev" --dtype bf16 \
+    && realm-train "$work/corpus" "${common[@]}" --index "$work/index" --retrieval-topk 8 --max-update 40 \
+      --retrieval-devices auto --refresh-interval-updates 20 --refresh-launcher local --refresh-at-end wait \
+      --save-dir "$work/pretrain" \
+    && python3 -m pytest -q -p no:cacheprovider tests/test_torch_search.py tests/test_retrieval_placement.py
 }
 
 for what in "$@"; do
   case $what in
     install) step install install ;;
     scale) step scale timeout "${SCALE_S:-330}" python3 bench/scale.py --device cuda --sizes ${SIZES:-13353718 1000000 100000} \
-             --out "$OUT/scale.json" ;;
+             --repeat "${REPEAT:-5}" --out "$OUT/scale.json" ;;
     embed) step embed timeout "${EMBED_S:-150}" python3 bench/embed_corpus.py --device cuda --arch realm_base --dtype bf16 \
              --blocks 0 --max-tokens 65536 --repeat 2 --weights-in-dtype --inputs $data/enwiki-sample-articles.jsonl.gz \
              $data/squad-v1.1-dev.json.gz $data/squadshifts-new-wiki-v1.0.json.gz ;;
-    pretrain) step pretrain pretrain ;;
+    pretrain) step pretrain timeout "${PRETRAIN_S:-300}" bash -c "$(declare -f pretrain); data=$data; pretrain" ;;
     *) echo "unknown step $what (install, scale, embed, pretrain)"; exit 2 ;;
   esac
 done

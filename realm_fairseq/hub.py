@@ -25,6 +25,7 @@ from tqdm import tqdm
 from realm_fairseq.data.question_dataset import collate_questions, encode_question
 from realm_fairseq.models.realm import NO_INIT
 from realm_fairseq.models.open_qa import SPAN_RULES, predict
+from realm_fairseq.retrieval import placement
 
 
 
@@ -69,7 +70,10 @@ class RealmQA(nn.Module):
         any other task option (``retrieval_topk``, ``retriever_beam``, ``max_span_len``, ``answer_type``)."""
         if span_rule is not None and span_rule not in SPAN_RULES:
             raise ValueError(f"span rule {span_rule!r}: expected one of {', '.join(SPAN_RULES)}")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         overrides = {**NO_INIT, **overrides}  # its weights are its own: never read what it started from
+        overrides.setdefault("cpu", torch.device(device).type == "cpu")  # not as the checkpoint was trained
+        overrides.setdefault("retrieval_devices", placement.beside(device))  # the search beside the model
         overrides.update({k: v for k, v in (("index", index), ("corpus", corpus)) if v is not None})
         models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
         if getattr(task, "finder", None) is None:
@@ -77,7 +81,7 @@ class RealmQA(nn.Module):
         if span_rule is not None:  # set here: an override would miss checkpoints saved before the option
             task.cfg.span_rule = span_rule
         qa = cls(cfg, task, models[0])
-        return qa.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return qa.to(device)
 
     @property
     def device(self) -> torch.device:

@@ -16,6 +16,7 @@ from realm_fairseq.indexing.embed import embed_blocks
 from realm_fairseq.models.loading import EmbedderSource, embedder_from_state, weights_embedders, weights_source
 from realm_fairseq.retrieval.dense import DenseRetriever, open_index
 from realm_fairseq.retrieval.mips import MipsIndex
+from realm_fairseq.retrieval.placement import beside
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def from_checkpoint(state: dict, path: str, corpus: BlockCorpus, index_dir: Opti
     if index_dir is None and task.get("_name") == "realm_open_qa":
         index_dir, version = task["index"], version if version is not None else task.get("index_version")
     if index_dir is not None:
-        return DenseRetriever(corpus, query, open_index(index_dir, version, corpus, query), device)
+        return DenseRetriever(corpus, query, open_index(index_dir, version, corpus, query, beside(device)), device)
     doc = embedder_from_state(state, path, corpus, "doc_embedder")
     return DenseRetriever(corpus, query, index_now(doc, corpus, {"device": device, **(embed_options or {})}), device)
 
@@ -55,7 +56,7 @@ def from_weights(path: str, corpus: BlockCorpus, index_dir: Optional[str] = None
     embedded now."""
     if index_dir is not None:
         (query,), _ = weights_embedders(path, corpus, ("query_embedder",))
-        return DenseRetriever(corpus, query, open_index(index_dir, version, corpus, query), device)
+        return DenseRetriever(corpus, query, open_index(index_dir, version, corpus, query, beside(device)), device)
     (query, doc), similarity = weights_embedders(path, corpus, ("query_embedder", "doc_embedder"))
     index = index_now(weights_source(doc, path, similarity), corpus, {"device": device, **(embed_options or {})})
     return DenseRetriever(corpus, query, index, device)

@@ -13,7 +13,7 @@ import torch
 
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.question_dataset import MAX_QUESTION_LEN, collate_questions, encode_question
-from realm_fairseq.retrieval.mips import MipsIndex
+from realm_fairseq.retrieval.contract import Searcher
 from realm_fairseq.retrieval.versions import IndexStore, check_serves
 
 logger = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 class DenseRetriever:
     """The top blocks of a corpus for questions, by the inner product of their embeddings."""
 
-    def __init__(self, corpus: BlockCorpus, query_embedder: torch.nn.Module, index: MipsIndex, device: str = "cpu",
+    def __init__(self, corpus: BlockCorpus, query_embedder: torch.nn.Module, index: Searcher, device: str = "cpu",
                  batch_size: int = 64, max_question_len: int = MAX_QUESTION_LEN):
         self.corpus = corpus
         self.query_embedder = query_embedder.to(device).eval()
@@ -48,12 +48,12 @@ class DenseRetriever:
         return self.index.search(self.embed(questions), min(k, self.index.ntotal), exclude)
 
 
-def open_index(index_dir: str, version: Optional[int], corpus: BlockCorpus, query_embedder: torch.nn.Module
-               ) -> MipsIndex:
+def open_index(index_dir: str, version: Optional[int], corpus: BlockCorpus, query_embedder: torch.nn.Module,
+               devices: str = "cpu") -> Searcher:
     """A committed index version of ``corpus`` that serves ``query_embedder`` (an
-    :class:`~realm_fairseq.models.embedder.Embedder`: same dimension and score)."""
+    :class:`~realm_fairseq.models.embedder.Embedder`: same dimension and score), searched on ``devices``."""
     store = IndexStore(index_dir)
-    index, manifest = store.load(version, corpus=corpus)
+    index, manifest = store.load(version, corpus=corpus, devices=devices)
     check_serves(manifest, index_dir, query_embedder)
     logger.info("retrieving from %s: %d blocks, %s index, embedded by %s", store.version_dir(manifest["version"]),
                 manifest["count"], manifest["index_type"], manifest["encoder"])

@@ -20,10 +20,10 @@ logger = logging.getLogger(__name__)
 class FixedIndexRetriever:
     """Top-k blocks and differentiable retrieval scores for a batch of query embeddings."""
 
-    def __init__(self, corpus: BlockCorpus, index_dir: str, version: Optional[int] = None):
+    def __init__(self, corpus: BlockCorpus, index_dir: str, version: Optional[int] = None, devices: str = "cpu"):
         store = IndexStore(index_dir)
         self.corpus = corpus
-        self.index, self.manifest = store.load(version, corpus=corpus)
+        self.index, self.manifest = store.load(version, corpus=corpus, devices=devices)  # devices: resolved
         self.embeddings = store.embeddings(self.manifest["version"])  # (blocks, D) float16, memory-mapped
         m = self.manifest
         logger.info("retrieving from %s: %d blocks, %s index, embedded by %s", store.version_dir(m["version"]),
@@ -37,7 +37,7 @@ class FixedIndexRetriever:
         """(B, D) query embeddings -> block ids (B, k') int64 and scores (B, k') float32 best first,
         k' = min(k, blocks), never ``exclude[b]`` for query b (:mod:`realm_fairseq.retrieval.contract`); the
         scores are differentiable with respect to ``queries``, -inf where an id is -1."""
-        ids, _ = self.index.search(queries.detach().float().cpu(), min(k, self.index.ntotal), exclude)  # (B, k')
+        ids, _ = self.index.search(queries.detach(), min(k, self.index.ntotal), exclude)  # (B, k')
         docs = torch.from_numpy(self.embeddings[np.maximum(ids, 0).reshape(-1)].astype(np.float32))  # (B * k', D)
         docs = docs.view(*ids.shape, -1).to(queries.device)  # (B, k', D)
         scores = torch.einsum("bd,bkd->bk", queries.float(), docs)  # (B, k')

@@ -462,7 +462,7 @@ class MipsIndex:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such faiss index file")
         try:
-            index = faiss.read_index(path)
+            index = faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC)  # memory-mapped: the ranks of a node share it
         except RuntimeError as e:
             raise ValueError(f"{path}: not a readable faiss index ({str(e).strip().splitlines()[-1]})") from e
         found = _type_of(index)

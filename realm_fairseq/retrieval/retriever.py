@@ -12,14 +12,14 @@ import numpy as np
 import torch
 
 from realm_fairseq.data.corpus import BlockCorpus
-from realm_fairseq.retrieval.mips import MipsIndex
+from realm_fairseq.retrieval.contract import Searcher
 
 
 class Retriever:
     """Candidate blocks (as token ids) for a batch of query embeddings."""
 
-    def __init__(self, corpus: BlockCorpus, index: Optional[MipsIndex], topk: int, null_document: bool,
-                 version: Optional[int] = None, version_update: Optional[int] = None):
+    def __init__(self, corpus: BlockCorpus, index: Optional[Searcher], topk: int, null_document: bool,
+                 version: Optional[int] = None, version_update: Optional[int] = None, devices: str = "cpu"):
         if topk > 0 and index is None:
             raise ValueError("retrieval needs an index when topk > 0")
         if topk == 0 and not null_document:
@@ -30,8 +30,9 @@ class Retriever:
         self.null_document = null_document
         self.version = version  # index version in use, and the update its embeddings came from
         self.version_update = version_update
+        self.devices = devices  # where every version is searched (resolved --retrieval-devices)
 
-    def use(self, index: MipsIndex, version: int, version_update: int) -> None:
+    def use(self, index: Searcher, version: int, version_update: int) -> None:
         """Retrieve from ``index`` (index version ``version``, embedded at update ``version_update``) from now on."""
         self.index, self.version, self.version_update = index, version, version_update
 
@@ -45,7 +46,7 @@ class Retriever:
         recomputes the scores of the candidates with its own document embedder."""
         if k == 0:
             return np.zeros((len(queries), 0), dtype=np.int64), np.zeros((len(queries), 0), dtype=np.float32)
-        return self.index.search(queries.detach().float().cpu(), k, exclude=exclude)
+        return self.index.search(queries.detach(), k, exclude=exclude)  # on the index's devices
 
     def candidate_tokens(self, block_ids: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
         """(B, topk) block ids -> the K candidates of every query as tokens (B * K, L), padded, and

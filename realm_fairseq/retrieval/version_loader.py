@@ -9,7 +9,7 @@ import time
 from typing import Optional, Tuple
 
 from realm_fairseq.atomic_io import describe_fault
-from realm_fairseq.retrieval.mips import MipsIndex
+from realm_fairseq.retrieval.contract import Searcher
 from realm_fairseq.retrieval.versions import IndexStore
 
 logger = logging.getLogger(__name__)
@@ -19,16 +19,16 @@ class VersionLoader:
     """Loads the newest committed version of an INDEX in a background thread, once it is newer than the
     one in use. Looks at the directory at most every ``poll_s`` seconds."""
 
-    def __init__(self, store: IndexStore, corpus, poll_s: float = 1.0):
-        self.store, self.corpus, self.poll_s = store, corpus, poll_s
+    def __init__(self, store: IndexStore, corpus, poll_s: float = 1.0, devices: str = "cpu"):
+        self.store, self.corpus, self.poll_s, self.devices = store, corpus, poll_s, devices
         self._lock = threading.Lock()
-        self._ready: Optional[Tuple[int, MipsIndex, dict]] = None  # (version, MipsIndex, manifest)
+        self._ready: Optional[Tuple[int, Searcher, dict]] = None  # (version, its search, manifest)
         self._thread: Optional[threading.Thread] = None
         self._looked = 0.0
         self._bad = set()  # versions that failed to load: not retried
 
     @property
-    def ready(self) -> Optional[Tuple[int, MipsIndex, dict]]:
+    def ready(self) -> Optional[Tuple[int, Searcher, dict]]:
         """The newest version loaded and not swapped in yet: (version, index, manifest), or None."""
         with self._lock:
             return self._ready
@@ -58,7 +58,7 @@ class VersionLoader:
 
     def _load(self, version: int) -> None:
         try:
-            index, manifest = self.store.load(version, corpus=self.corpus)
+            index, manifest = self.store.load(version, corpus=self.corpus, devices=self.devices)
         except (OSError, ValueError, RuntimeError) as e:  # pruned meanwhile, or not built for this corpus
             logger.warning("index refresh: could not load %s: %s", self.store.version_dir(version), e)
             self._bad.add(version)

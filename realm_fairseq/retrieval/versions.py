@@ -49,6 +49,7 @@ from typing import Iterable, Iterator, List, Optional, Tuple, Union
 import numpy as np
 
 from realm_fairseq.atomic_io import atomic_file, fsync, make_public, sha256_files, write_faults_named
+from realm_fairseq.retrieval import placement
 from realm_fairseq.retrieval.mips import MipsIndex, check_options
 
 logger = logging.getLogger(__name__)
@@ -460,11 +461,13 @@ class IndexStore:
         verify_file(path, manifest, os.path.join(vdir, MANIFEST))
         return array
 
-    def load(self, version: Optional[int] = None, corpus=None) -> Tuple[MipsIndex, dict]:
-        """The index of ``version`` (default the newest) and its manifest.
+    def load(self, version: Optional[int] = None, corpus=None, devices: str = placement.CPU):
+        """The search over ``version`` (default the newest) and its manifest.
 
         With ``corpus`` (anything with ``.checksum`` and ``len()``, e.g. a BlockCorpus) the version must
-        have been built from that corpus: same ``corpus_checksum`` and ``count``.
+        have been built from that corpus: same ``corpus_checksum`` and ``count``. ``devices`` (resolved
+        ``--retrieval-devices``): ``cpu`` gives the memory-mapped :class:`MipsIndex`; GPUs give it moved
+        there by faiss-gpu, or exact torch search over the version's embeddings (:mod:`.placement`).
         """
         manifest = self.manifest(version)
         vdir = self.version_dir(manifest["version"])
@@ -475,7 +478,7 @@ class IndexStore:
                         f"{vdir}: {MANIFEST} field {name} is {manifest[name]!r}, but the corpus has "
                         f"{expected!r}; this index was built from another corpus ({BUILD_HINT} for this one)"
                     )
-        self._embeddings(manifest)  # the file exists, has the recorded shape and checksum
+        embeddings = self._embeddings(manifest)  # the file exists, has the recorded shape and checksum
         path = os.path.join(vdir, INDEX)
         if os.path.isfile(path):
             verify_file(path, manifest, os.path.join(vdir, MANIFEST))
@@ -483,6 +486,8 @@ class IndexStore:
         if (index.ntotal, index.dim) != (manifest["count"], manifest["dim"]):
             raise ValueError(f"{path}: holds {index.ntotal} vectors of dimension {index.dim}, expected "
                              f"{manifest['count']} of dimension {manifest['dim']} ({MANIFEST})")
+        if placement.on_gpus(devices):
+            return placement.gpu_searcher(index, embeddings, devices), manifest
         return index, manifest
 
     # ---------------------------------------------------------------- sharded builds

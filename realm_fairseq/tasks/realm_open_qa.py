@@ -23,6 +23,7 @@ from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.question_dataset import MAX_QUESTION_LEN, QuestionsDataset
 from realm_fairseq.data.questions import ANSWER_TYPES, read_questions
 from realm_fairseq.models.open_qa import SPAN_RULES, ReadBatch, Reading
+from realm_fairseq.retrieval import placement
 from realm_fairseq.retrieval.fixed_retriever import FixedIndexRetriever
 from realm_fairseq.retrieval.versions import check_serves
 from realm_fairseq.tasks.base import RealmTask
@@ -56,7 +57,9 @@ class RealmOpenQAConfig(FairseqDataclass):
     )
     max_question_len: int = field(default=MAX_QUESTION_LEN,
                                   metadata={"help": "questions are cut to this many wordpieces"})
+    retrieval_devices: str = placement.retrieval_devices_field()
     seed: int = II("common.seed")
+    cpu: bool = II("common.cpu")
 
 
 @register_task("realm_open_qa", dataclass=RealmOpenQAConfig)
@@ -78,7 +81,8 @@ class RealmOpenQATask(RealmTask):
         for name in ("corpus", "index"):  # recorded in checkpoints, which may be used from elsewhere
             setattr(cfg, name, os.path.abspath(getattr(cfg, name)))
         corpus = BlockCorpus(cfg.corpus)
-        return cls(cfg, corpus, FixedIndexRetriever(corpus, cfg.index, cfg.index_version))
+        devices = placement.resolve(cfg.retrieval_devices, cfg.cpu)
+        return cls(cfg, corpus, FixedIndexRetriever(corpus, cfg.index, cfg.index_version, devices))
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
         path = os.path.join(self.cfg.data, f"{split}.jsonl")

@@ -23,6 +23,7 @@ from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.masking import MASKINGS, MaskedExamplesDataset
 from realm_fairseq.indexing.config import RefreshConfig, check_config
 from realm_fairseq.indexing.refresh import IndexRefresher, restore_version
+from realm_fairseq.retrieval import placement
 from realm_fairseq.retrieval.retriever import Retriever
 from realm_fairseq.retrieval.versions import IndexStore, check_serves
 from realm_fairseq.tasks.base import RealmTask
@@ -48,7 +49,9 @@ class RealmPretrainConfig(RefreshConfig):
     valid_percent: float = field(
         default=1.0, metadata={"help": "percent of the blocks whose sentences form the valid split"}
     )
+    retrieval_devices: str = placement.retrieval_devices_field()
     seed: int = II("common.seed")
+    cpu: bool = II("common.cpu")
 
 
 @register_task("realm_pretrain", dataclass=RealmPretrainConfig)
@@ -65,19 +68,20 @@ class RealmPretrainTask(RealmTask):
         check_config(cfg)
         corpus = BlockCorpus(cfg.data)
         index, version, update = None, None, None
+        devices = placement.resolve(cfg.retrieval_devices, cfg.cpu)
         if cfg.retrieval_topk > 0:
             if not cfg.index:
                 raise ValueError(
                     "--index is required with --retrieval-topk > 0 (build one with realm-build-index)"
                 )
             store = IndexStore(cfg.index)
-            index, manifest = store.load(corpus=corpus)
+            index, manifest = store.load(corpus=corpus, devices=devices)
             # the index was built before this run (from BERT, ICT or an earlier checkpoint): its
             # embeddings are as old as the weights the run starts from, so staleness counts from 0
             version, update = manifest["version"], 0
         elif cfg.refresh_interval_updates > 0:
             raise ValueError("--refresh-interval-updates needs retrieval (--retrieval-topk > 0) and an --index")
-        retriever = Retriever(corpus, index, cfg.retrieval_topk, not cfg.no_null_document, version, update)
+        retriever = Retriever(corpus, index, cfg.retrieval_topk, not cfg.no_null_document, version, update, devices)
         return cls(cfg, corpus, retriever)
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
