@@ -8,17 +8,21 @@ path spends much of that time outside the matrix products: it waits for the devi
 products, converts the padding mask to a float mask of (B * H, 1, T) in every layer, and computes GELU by
 way of a float32 copy.
 
-:func:`encoder_forward` computes the same function with the same parameters (no new state-dict keys): one
-product for the packed query-key-value projection, ``torch.nn.functional.scaled_dot_product_attention``
-(flash or memory-efficient kernels on a GPU) with a boolean key mask of (B, 1, 1, T), and no host
-synchronisation. Dropout is the encoder's own: the same ``FairseqDropout`` modules on hidden states and
-activations in fairseq's (T, B, C) order, and the attention dropout handed to scaled_dot_product_attention
-with the probability and training rule fairseq gives ``F.multi_head_attention_forward`` (which itself
-calls scaled_dot_product_attention). So training keeps its semantics, and on the CPU a seed draws the same
-dropout masks on both paths. Exact GELU is computed on the
-input's dtype (the kernels compute it in float32 internally, as fairseq's float32 copy does);
-``gelu_accurate`` uses torch's tanh GELU, the same formula computed in one kernel, equal within float32
-rounding.
+:func:`encoder_forward` computes the same function with the same parameters (no new state-dict keys):
+``torch.nn.functional.scaled_dot_product_attention`` (flash or memory-efficient kernels on a GPU) with a
+boolean key mask of (B, 1, 1, T), and no host synchronisation. Without gradients (embedding the corpus,
+evaluation) queries, keys and values come from one packed product and GELU from one kernel, computed on the
+input's dtype (the kernels compute it in float32 internally, as fairseq's float32 copy does; ``gelu_accurate``
+as torch's tanh GELU, the same formula, equal within float32 rounding). In training (autograd recording) each
+layer computes what fairseq's computes to the bit, gradients included: three projections laid out as
+``F.multi_head_attention_forward`` lays them out, and the layer's own activation function. Equal outputs are
+not enough there: the packed product's backward sums the input's gradient and reduces the bias gradients in
+another order, and a last-bit difference per step grows over hundreds of updates into a different model.
+Dropout is the encoder's own: the same ``FairseqDropout`` modules on hidden states and activations in
+fairseq's (T, B, C) order, and the attention dropout handed to scaled_dot_product_attention with the
+probability and training rule fairseq gives ``F.multi_head_attention_forward`` (which itself calls
+scaled_dot_product_attention). So on the CPU a seed draws the same dropout masks and trains the same model on
+both paths.
 
 :func:`supported` says whether an encoder is one this path reproduces: exactly fairseq's
 ``TransformerEncoder`` with fairseq's own layers, no quantisation noise, xformers, key/value biases,
@@ -60,32 +64,56 @@ def _attention_dropout(attn) -> float:
     return module.p if attn.training or module.apply_during_inference else 0.0
 
 
-def self_attention(attn, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """fairseq MultiheadAttention's self-attention: x (T, B, C), keep (B, 1, 1, T) bool -> (T, B, C)."""
+def _differentiable(layer, x: torch.Tensor) -> bool:
+    """Whether autograd records this layer's forward (training): then it must give fairseq's gradients."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters()))
+
+
+def self_attention(attn, x: torch.Tensor, keep: torch.Tensor, exact: bool = False) -> torch.Tensor:
+    """fairseq MultiheadAttention's self-attention: x (T, B, C), keep (B, 1, 1, T) bool -> (T, B, C).
+
+    Queries, keys and values come from one product unless ``exact``; then from three, laid out as
+    ``F.multi_head_attention_forward`` lays them out (``view(T, B * H, D).transpose(0, 1)``). The forward
+    values are the same either way, but the backward pass sums the input's gradient over the three uses and
+    reduces the bias gradients in the order of the gradient's memory layout, so only fairseq's layout gives
+    fairseq's gradients to the bit."""
     length, bsz, width = x.shape
-    heads = attn.num_heads
-    weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])  # (3C, C)
-    bias = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])  # (3C,)
-    qkv = F.linear(x, weight, bias).view(length, bsz, 3, heads, width // heads)  # (T, B, 3, H, D)
-    q, k, v = qkv.permute(2, 1, 3, 0, 4).unbind(0)  # 3 x (B, H, T, D)
+    heads, dim = attn.num_heads, width // attn.num_heads
+    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+    if exact:
+        q, k, v = (F.linear(x, p.weight, p.bias).view(length, bsz * heads, dim).transpose(0, 1)
+                   .view(bsz, heads, length, dim) for p in projections)  # 3 x (B, H, T, D)
+    else:
+        weight = torch.cat([p.weight for p in projections])  # (3C, C)
+        bias = torch.cat([p.bias for p in projections])  # (3C,)
+        qkv = F.linear(x, weight, bias).view(length, bsz, 3, heads, dim)  # (T, B, 3, H, D)
+        q, k, v = qkv.permute(2, 1, 3, 0, 4).unbind(0)  # 3 x (B, H, T, D)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=_attention_dropout(attn))
     out = out.permute(2, 0, 1, 3).reshape(length, bsz, width)  # (T, B, C)
     return attn.out_proj(out)
 
 
 def layer_forward(layer, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """fairseq TransformerEncoderLayer.forward: x (T, B, C), keep (B, 1, 1, T) -> (T, B, C)."""
+    """fairseq TransformerEncoderLayer.forward: x (T, B, C), keep (B, 1, 1, T) -> (T, B, C).
+
+    In training (autograd recording) the layer computes what fairseq computes to the bit, gradients
+    included: the query-key-value layout of :func:`self_attention` and the layer's own activation function
+    (fairseq's ``gelu_accurate`` differs from torch's tanh GELU in the last bits). A last-bit difference per
+    step grows over hundreds of updates into a different model (tests/test_realm_learns.py went from
+    0.960 to 0.869 that way), so training on this path follows fairseq's trajectory for a seed."""
+    exact = _differentiable(layer, x)
+    activation = layer.activation_fn if exact else ACTIVATIONS[layer.activation_fn]
     residual = x
     if layer.normalize_before:
         x = layer.self_attn_layer_norm(x)
-    x = layer.dropout_module(self_attention(layer.self_attn, x, keep))
+    x = layer.dropout_module(self_attention(layer.self_attn, x, keep, exact))
     x = residual + x
     if not layer.normalize_before:
         x = layer.self_attn_layer_norm(x)
     residual = x
     if layer.normalize_before:
         x = layer.final_layer_norm(x)
-    x = layer.activation_dropout_module(ACTIVATIONS[layer.activation_fn](layer.fc1(x)))  # (T, B, F)
+    x = layer.activation_dropout_module(activation(layer.fc1(x)))  # (T, B, F)
     x = layer.dropout_module(layer.fc2(x))
     x = residual + x
     if not layer.normalize_before:
