@@ -57,7 +57,8 @@ def add_model_args(parser: argparse.ArgumentParser, checkpoint_required: bool = 
                              "wordpiece span of the blocks read); default: as the checkpoint was trained or "
                              "converted (realm-convert-hf --qa-checkpoint: orqa)")
     parser.add_argument("--batch-size", type=int, default=16, help="questions answered at a time")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device of the model; retrieval searches there too (cuda: every GPU)")
 
 
 def load_model(args: argparse.Namespace, **overrides) -> RealmQA:
