@@ -398,7 +398,8 @@ def job_state(job_id, timeout=240):
 @needs_slurm
 def test_a_slurm_array_of_two_shards_and_its_merge_write_the_single_run_corpus(tmp_path, wiki_corpus):
     out = tmp_path / "corpus"
-    submitted = run([sys.executable, os.path.join(ROOT, "slurm", "prepare_corpus.py"), "--cpus-per-task", "1",
+    # slurm/submit.py sends a realm-prepare-corpus command to the array launcher (slurm/prepare_corpus.py's)
+    submitted = run([sys.executable, os.path.join(ROOT, "slurm", "submit.py"), "--cpus-per-task", "1",
                      "--mem", "1G", "--time", "5", "--log-dir", str(tmp_path / "logs"), "--",
                      "realm-prepare-corpus", WIKI, "--vocab", VOCAB, "--out", str(out), "--salient-spans", "regex",
                      "--num-shards", "2", "--shard-group-size", "16"], cwd=tmp_path,
