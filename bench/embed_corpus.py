@@ -242,7 +242,8 @@ def random_embedder(arch: str, corpus):
 
     from realm_fairseq.models.embedder import retriever_tower
     from realm_fairseq.models.loading import EmbedderSource
-    from realm_fairseq.models.realm import RealmConfig, resolve_similarity
+    from realm_fairseq.models.config import RealmConfig
+    from realm_fairseq.models.loading import resolve_similarity
 
     args = argparse.Namespace()
     ARCH_CONFIG_REGISTRY[arch](args)

@@ -64,7 +64,8 @@ def main():
     from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
     from realm_fairseq.data.masking import MaskedExamplesDataset
     from realm_fairseq.models.reader import join_query_and_blocks
-    from realm_fairseq.models.realm import RealmConfig, RealmModel
+    from realm_fairseq.models.config import RealmConfig
+    from realm_fairseq.models.realm import RealmModel
     from realm_fairseq.indexing.embed import embed_blocks
     from realm_fairseq.models.loading import EmbedderSource
     from realm_fairseq.retrieval.mips import MipsIndex

@@ -23,7 +23,7 @@ from fairseq import checkpoint_utils
 from tqdm import tqdm
 
 from realm_fairseq.data.question_dataset import collate_questions, encode_question
-from realm_fairseq.models.realm import NO_INIT
+from realm_fairseq.models.config import NO_INIT
 from realm_fairseq.models.open_qa import SPAN_RULES, predict
 from realm_fairseq.retrieval import placement
 

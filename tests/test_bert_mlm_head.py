@@ -12,8 +12,9 @@ import torch
 
 from realm_fairseq.data import Vocab
 from realm_fairseq.data.documents import InputError, read_jsonl
+from realm_fairseq.models.config import RealmConfig
 from realm_fairseq.models.hf_convert import convert_hf_bert, dictionary_for, load_weights, save_weights
-from realm_fairseq.models.realm import RealmConfig, RealmModel, realm_tiny
+from realm_fairseq.models.realm import RealmModel, realm_tiny
 
 from conftest import VOCAB, WIKI, hide_torchaudio
 

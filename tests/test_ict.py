@@ -14,7 +14,8 @@ import torch.multiprocessing as mp
 from realm_fairseq.criterions.realm_ict import RealmIctCriterion
 from realm_fairseq.data import BlockCorpus
 from realm_fairseq.data.ict_dataset import IctDataset
-from realm_fairseq.models.realm import RealmConfig, RealmModel, realm_tiny
+from realm_fairseq.models.config import RealmConfig
+from realm_fairseq.models.realm import RealmModel, realm_tiny
 from realm_fairseq.tasks.base import split_blocks
 
 from conftest import BIN, free_port, run

@@ -20,8 +20,9 @@ import torch
 
 from realm_fairseq.cli.build_index import cli_main as build_index_main
 from realm_fairseq.data import BlockCorpus
+from realm_fairseq.models.config import RealmConfig
 from realm_fairseq.models.embedder import Embedder
-from realm_fairseq.models.realm import RealmConfig, realm_tiny
+from realm_fairseq.models.realm import realm_tiny
 from realm_fairseq.indexing.embed import embed_blocks
 from realm_fairseq.indexing.scheduler import write_snapshot
 from realm_fairseq.models.loading import doc_embedder_from_checkpoint, snapshot_state

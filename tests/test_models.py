@@ -10,10 +10,11 @@ from fairseq.data import Dictionary
 
 from realm_fairseq.data import Vocab
 from realm_fairseq.data.documents import read_jsonl
+from realm_fairseq.models.config import RealmConfig
 from realm_fairseq.models.embedder import Embedder
 from realm_fairseq.models.encoder import EncoderConfig
 from realm_fairseq.models.hf_convert import convert_hf_bert, dictionary_for, load_into_encoder, load_weights
-from realm_fairseq.models.realm import RealmConfig, RealmModel, realm_minilm, realm_tiny
+from realm_fairseq.models.realm import RealmModel, realm_minilm, realm_tiny
 
 from conftest import SQUAD_DEV, VOCAB, WIKI, hide_torchaudio, run
 

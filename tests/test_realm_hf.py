@@ -24,8 +24,9 @@ from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
 from realm_fairseq.data.documents import InputError
 from realm_fairseq.data.realm_blocks import iter_block_records
 from realm_fairseq.models import realm_hf
+from realm_fairseq.models.config import RealmConfig
 from realm_fairseq.models.hf_convert import dictionary_for
-from realm_fairseq.models.realm import RealmConfig, RealmModel, realm_base
+from realm_fairseq.models.realm import RealmModel, realm_base
 from realm_fairseq.models.span_reader import orqa_best_span
 from realm_fairseq.indexing import retrievers as dense
 from realm_fairseq.retrieval.versions import IndexStore

@@ -18,11 +18,12 @@ from realm_fairseq.criterions.marginal_likelihood import marginal_log_likelihood
 from realm_fairseq.criterions.realm_mlm import RealmMlmCriterion
 from realm_fairseq.data import BlockCorpus
 from realm_fairseq.data.masking import MaskedExamplesDataset
+from realm_fairseq.models.config import RealmConfig
 from realm_fairseq.models.reader import join_query_and_blocks
-from realm_fairseq.models.realm import RealmConfig, RealmModel, realm_tiny, resolve_similarity
+from realm_fairseq.models.realm import RealmModel, realm_tiny
 from realm_fairseq.models.similarity import Similarity
 from realm_fairseq.indexing.embed import embed_blocks
-from realm_fairseq.models.loading import EmbedderSource
+from realm_fairseq.models.loading import EmbedderSource, resolve_similarity
 from realm_fairseq.retrieval.mips import MipsIndex
 from realm_fairseq.retrieval.retriever import Retriever
 from realm_fairseq.retrieval.versions import IndexStore

@@ -24,8 +24,9 @@ from realm_fairseq.data.qa_metrics import exact_match, normalize_answer
 from realm_fairseq.data.question_dataset import QuestionsDataset
 from realm_fairseq.data.questions import Question
 from realm_fairseq.data.vocab import FAIRSEQ_NSPECIAL
+from realm_fairseq.models.config import RealmConfig
 from realm_fairseq.models.open_qa import predict
-from realm_fairseq.models.realm import RealmConfig, RealmModel, realm_tiny
+from realm_fairseq.models.realm import RealmModel, realm_tiny
 from realm_fairseq.indexing.embed import embed_blocks
 from realm_fairseq.models.loading import EmbedderSource
 from realm_fairseq.retrieval.fixed_retriever import FixedIndexRetriever

@@ -17,8 +17,9 @@ import torch
 
 from realm_fairseq.data import BlockCorpus
 from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
+from realm_fairseq.models.config import RealmConfig
 from realm_fairseq.models.embedder import Embedder
-from realm_fairseq.models.realm import RealmConfig, realm_tiny
+from realm_fairseq.models.realm import realm_tiny
 from realm_fairseq.indexing.embed import embed_blocks
 from realm_fairseq.models.loading import EmbedderSource
 from realm_fairseq.retrieval.versions import IndexStore

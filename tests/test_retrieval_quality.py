@@ -22,8 +22,9 @@ from realm_fairseq.data.answers import BlockHits
 from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
 from realm_fairseq.data.documents import InputError
 from realm_fairseq.data.questions import read_questions, squad_questions, write_questions
+from realm_fairseq.models.config import RealmConfig
 from realm_fairseq.models.hf_convert import convert_hf_bert, load_weights
-from realm_fairseq.models.realm import RealmConfig, resolve_similarity
+from realm_fairseq.models.loading import resolve_similarity
 from realm_fairseq.models.similarity import Similarity
 from realm_fairseq.retrieval.versions import IndexStore
 

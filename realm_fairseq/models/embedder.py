@@ -116,7 +116,7 @@ def tower_norm(score: str, scale: float, tower: str) -> float:
 
 def retriever_tower(cfg, dictionary, tower: str) -> Embedder:
     """The query or document embedder a ``realm`` model config (``retriever_*`` fields, pooling, score and
-    head resolved: :func:`~realm_fairseq.models.realm.resolve_similarity`) describes."""
+    head resolved: :func:`~realm_fairseq.models.loading.resolve_similarity`) describes."""
     norm = tower_norm(cfg.retriever_score, cfg.retriever_scale, tower)
     segments = (getattr(cfg, "doc_segments", None) or "none") if tower == "doc_embedder" else "none"
     return Embedder(cfg, dictionary, cfg.retriever_pooling, cfg.retriever_projection_dim, norm,

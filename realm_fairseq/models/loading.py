@@ -7,23 +7,37 @@ the one reader of our checkpoint layout (``cfg.model`` and ``model`` keys ``quer
 snapshot, a checkpoint that holds only the document embedder in that same layout. Converted weights come
 through :mod:`realm_fairseq.models.hf_convert` (BERT, sentence-transformers) and
 :mod:`realm_fairseq.models.realm_hf` (REALM's released checkpoints).
+
+- Resolving a config: :func:`resolve_similarity` (and :func:`resolve_form`) set the fields a ``realm``
+  config leaves unset from the weights it starts from (:func:`checkpoint_similarity`,
+  :func:`checkpoint_form`, :func:`checkpoint_model_cfg`, :func:`encoder_init_weights`).
+- Building the ``realm`` model: :func:`start_towers` fills its embedders and :func:`start_heads` the head
+  a task registers, from ``--encoder-init``, ``--retriever-init`` and ``--realm-init``.
+- Embedding a corpus: :func:`doc_embedder_from_checkpoint`, :func:`doc_embedder_from_bert` and
+  :func:`weights_embedders` build embedders on their own; :func:`snapshot_state` writes a refresh snapshot.
 """
+import contextlib
+import functools
+import logging
 import os
 from dataclasses import astuple, dataclass
 from enum import Enum
 from typing import List, Optional, Sequence, Tuple
 
 from fairseq import checkpoint_utils
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.errors import InputError
 from realm_fairseq.models import realm_hf
+from realm_fairseq.models.config import FORM_DEFAULTS, NO_INIT, RealmConfig
 from realm_fairseq.models.embedder import Embedder, retriever_tower, tower_norm
 from realm_fairseq.models.encoder import EncoderConfig
-from realm_fairseq.models.hf_convert import convert_hf_bert, load_into_encoder, load_weights, weights_similarity
-from realm_fairseq.models.realm import NO_INIT, RealmConfig, resolve_similarity
-from realm_fairseq.models.similarity import REALM_SIMILARITY, Similarity
+from realm_fairseq.models.hf_convert import (convert_hf_bert, load_into_encoder, load_lm_head, load_weights,
+                                               weights_similarity)
+from realm_fairseq.models.similarity import REALM_SIMILARITY, Similarity, resolve_retriever_config
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,6 +52,184 @@ def _realm_cfg(model_cfg) -> RealmConfig:
     names = {f for f in RealmConfig.__dataclass_fields__ if not f.startswith("_")}
     return RealmConfig(**{k: v for k, v in dict(model_cfg).items() if k in names})
 
+
+def _part(state: dict, prefix: str) -> dict:
+    """The weights under ``prefix`` of a checkpoint's ``model`` state, with the prefix dropped."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+# ---------------------------------------------------------------- resolving a config from its weights
+
+def resolve_similarity(cfg) -> Similarity:
+    """Set the retriever pooling and score a ``realm`` model config leaves unset (None) to those of the
+    weights its towers start from: the ``--realm-init``/``--retriever-init`` checkpoint's (or REALM
+    weights'), else those recorded with the ``--encoder-init`` weights, else REALM's (cls, dot). A flag that
+    contradicts the checkpoint the retriever starts from is refused. The fields that say how the towers
+    compute are resolved the same way (:func:`resolve_form`). Tasks call this on the training config before
+    building the model, so that checkpoints record what the model uses."""
+    with open_dict(cfg) if OmegaConf.is_config(cfg) else contextlib.nullcontext():
+        resolve_form(cfg)
+        return _resolve_similarity(cfg)
+
+
+def _resolve_similarity(cfg) -> Similarity:
+    init = cfg.realm_init or cfg.retriever_init
+    if cfg.retriever_pooling and cfg.retriever_score and not init:
+        return Similarity(cfg.retriever_pooling, cfg.retriever_score)
+    recorded = checkpoint_similarity(init) if init else (
+        weights_similarity(encoder_init_weights(cfg.encoder_init)) if cfg.encoder_init else None)
+    for name, flag in (("pooling", cfg.retriever_pooling), ("score", cfg.retriever_score)):
+        if init and flag and flag != getattr(recorded, name):
+            raise ValueError(f"--retriever-{name} {flag}: the retriever starts from {init}, trained with "
+                             f"--retriever-{name} {getattr(recorded, name)}; leave --retriever-{name} unset to "
+                             f"keep it")
+    return resolve_retriever_config(cfg, recorded)
+
+
+def checkpoint_similarity(path: str) -> Similarity:
+    """The retriever pooling and score a ``realm`` checkpoint (or REALM weights file) was trained with."""
+    if realm_hf.is_realm_weights(path):
+        return Similarity(**realm_hf.load_realm_weights(path)["retriever"])
+    model = checkpoint_model_cfg(path)
+    return Similarity(model.get("retriever_pooling") or "cls", model.get("retriever_score") or "dot")
+
+
+def checkpoint_form(path: str) -> dict:
+    """How the towers of a ``realm`` checkpoint (or of a model starting from REALM weights) compute: the
+    :data:`~realm_fairseq.models.config.FORM_DEFAULTS` fields."""
+    if realm_hf.is_realm_weights(path):
+        return dict(realm_hf.load_realm_weights(path)["form"])
+    model = checkpoint_model_cfg(path)
+    return {name: model.get(name) or default for name, default in FORM_DEFAULTS.items()}
+
+
+def checkpoint_model_cfg(path: str) -> dict:
+    """The model config of a ``realm`` checkpoint. Building a model consults it several times (similarity,
+    form, once for the task's config and once for the model's), so it is read once per version of the file."""
+    stat = os.stat(path)
+    return _checkpoint_model_cfg(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _checkpoint_model_cfg(path: str, mtime_ns: int, size: int) -> dict:
+    model = checkpoint_utils.load_checkpoint_to_cpu(path)["cfg"]["model"]
+    return OmegaConf.to_container(model) if OmegaConf.is_config(model) else dict(model)
+
+
+def encoder_init_weights(path: str) -> dict:
+    """The ``--encoder-init`` weights (:func:`~realm_fairseq.models.hf_convert.load_weights`, memory-mapped).
+    Building a model reads them for its config (similarity, activation), its towers and then the head its
+    task registers, so they are loaded once per version of the file; callers must not change what it
+    returns."""
+    stat = os.stat(path)
+    return _encoder_init_weights(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _encoder_init_weights(path: str, mtime_ns: int, size: int) -> dict:
+    return load_weights(path)
+
+
+def resolve_form(cfg) -> None:
+    """Set the :data:`~realm_fairseq.models.config.FORM_DEFAULTS` fields ``cfg`` leaves unset (None): from
+    the ``--realm-init`` weights, else the ``--retriever-init`` ones (retriever fields and activation), else
+    the activation recorded with the ``--encoder-init`` weights, else the defaults. The towers share one
+    activation: starting parts from weights that disagree on it is refused."""
+    if all(getattr(cfg, name, None) is not None for name in FORM_DEFAULTS):
+        return
+    sources = []  # (path, the fields it decides)
+    if cfg.realm_init:
+        sources.append((cfg.realm_init, checkpoint_form(cfg.realm_init)))
+    if cfg.retriever_init:
+        form = checkpoint_form(cfg.retriever_init)
+        sources.append((cfg.retriever_init, {k: form[k] for k in ("retriever_head", "doc_segments", "activation_fn")}))
+    if cfg.encoder_init:
+        activation = encoder_init_weights(cfg.encoder_init)["config"].get("activation_fn") or "gelu"
+        sources.append((cfg.encoder_init, {"activation_fn": activation}))
+    activations = {path: form["activation_fn"] for path, form in sources}
+    if len(set(activations.values())) > 1 and getattr(cfg, "activation_fn", None) is None:
+        raise ValueError(f"the weights the towers start from disagree on the activation ({activations}); one "
+                         f"--activation-fn serves every tower")
+    for name, default in FORM_DEFAULTS.items():
+        if getattr(cfg, name, None) is None:
+            decided = next((form[name] for _, form in sources if name in form), default)
+            setattr(cfg, name, decided)
+
+
+# ---------------------------------------------------------------- building the realm model
+
+def start_towers(cfg, towers: Sequence[Embedder], dictionary) -> None:
+    """Fill the query and document embedders (``towers``, in that order) of a model built from ``cfg``:
+    every encoder from ``--encoder-init``, then both embedders from ``--retriever-init``, then from
+    ``--realm-init`` (each later source replaces what the earlier loaded)."""
+    if cfg.encoder_init:
+        load_encoder_init(cfg.encoder_init, towers, None, None, dictionary)
+    if cfg.retriever_init:
+        load_retriever(towers, cfg.retriever_init, cfg, dictionary)
+    if cfg.realm_init:
+        load_retriever(towers, cfg.realm_init, cfg, dictionary)
+
+
+def start_heads(cfg, dictionary, reader=None, span_reader=None) -> None:
+    """Fill the reader (masked-LM) or span reader a task registers on a model built from ``cfg``: its encoder
+    (and masked-LM head) from ``--encoder-init``, then from ``--realm-init``."""
+    if cfg.encoder_init:
+        load_encoder_init(cfg.encoder_init, [], reader, span_reader, dictionary)
+    if cfg.realm_init:
+        load_reader(reader, span_reader, cfg.realm_init, cfg, dictionary)
+
+
+def load_encoder_init(path: str, towers, reader, span_reader, dictionary) -> None:
+    """Start every tower's encoder from converted BERT weights, and the reader's masked-LM head from BERT's
+    when the weights hold it."""
+    weights = encoder_init_weights(path)
+    encoders = [t.encoder for t in towers] + [r.encoder for r in (reader, span_reader) if r is not None]
+    for encoder in encoders:
+        load_into_encoder(encoder, weights, dictionary, path)
+    if reader is None:
+        return
+    if "lm_head" in weights:
+        load_lm_head(reader.lm_head, weights["lm_head"], path)
+    else:
+        logger.warning("%s holds no masked-LM head (converted from a BERT without cls.predictions.*, or by an "
+                       "older realm-convert-hf): the reader's head starts random", path)
+
+
+def load_retriever(towers, path: str, cfg=None, dictionary=None) -> None:
+    """Load the query and document embedders of a realm checkpoint (or REALM weights) into ``towers``."""
+    if realm_hf.is_realm_weights(path):
+        weights = realm_hf.load_realm_weights(path)
+        realm_hf.check_fits(weights, cfg, path)
+        realm_hf.load_towers(towers, weights, dictionary, path)
+        return
+    state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
+    for tower, prefix in zip(towers, ("query_embedder.", "doc_embedder.")):
+        weights = _part(state, prefix)
+        if not weights:
+            raise ValueError(f"{path}: no {prefix[:-1]} weights; expected a checkpoint of the realm model")
+        tower.load_state_dict(weights)
+
+
+def load_reader(reader, span_reader, path: str, cfg=None, dictionary=None) -> None:
+    """Load the reader's encoder of a realm checkpoint (masked-LM or span reader) into the reader and span
+    reader the model has; from REALM weights, their heads too."""
+    if realm_hf.is_realm_weights(path):
+        weights = realm_hf.load_realm_weights(path)
+        realm_hf.check_fits(weights, cfg, path)
+        realm_hf.load_readers(reader, span_reader, weights, dictionary, path)
+        return
+    encoders = [r.encoder for r in (reader, span_reader) if r is not None]
+    state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
+    for prefix in ("reader.encoder.", "span_reader.encoder."):
+        weights = _part(state, prefix)
+        if weights:
+            for encoder in encoders:
+                encoder.load_state_dict(weights)
+            return
+    raise ValueError(f"{path}: no reader weights; expected a checkpoint of realm_pretrain or realm_open_qa")
+
+
+# ---------------------------------------------------------------- embedders on their own, snapshots
 
 def doc_embedder_from_checkpoint(path: str, corpus: BlockCorpus, tower: str = "doc_embedder",
                                  score: Optional[str] = None) -> EmbedderSource:
@@ -55,8 +247,7 @@ def embedder_from_state(state: dict, path: str, corpus: BlockCorpus, tower: str 
     cfg.retriever_score = score or cfg.retriever_score
     resolve_similarity(cfg)
     embedder = retriever_tower(cfg, corpus.dictionary, tower)
-    prefix = tower + "."
-    weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    weights = _part(state["model"], tower + ".")
     if not weights:
         raise ValueError(f"{path}: no {tower} weights; expected a checkpoint of the realm model")
     embedder.load_state_dict(weights)

@@ -11,7 +11,7 @@ import numpy as np
 from fairseq.tasks import FairseqTask
 
 from realm_fairseq.data.corpus import BlockCorpus
-from realm_fairseq.models.realm import resolve_similarity
+from realm_fairseq.models.loading import resolve_similarity
 
 
 def split_blocks(num_blocks: int, valid_percent: float) -> dict:

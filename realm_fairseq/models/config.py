@@ -1,0 +1,80 @@
+"""The options of the ``realm`` model (``RealmConfig``), and the two groups of them that loading reads.
+
+The config is the encoder's (:class:`~realm_fairseq.models.encoder.EncoderConfig`) plus the retriever's
+pooling, projection and score (paper, section 3.2), how the towers compute, the span reader's size, and the
+weights the model starts from. Fields left None are resolved before the model is built from the weights it
+starts from (:func:`realm_fairseq.models.loading.resolve_similarity`), so that a checkpoint records what its
+model uses. fairseq registers it under the model's name, ``realm`` (:mod:`realm_fairseq.models.realm`), and
+stores it in every checkpoint as a plain dict of these fields.
+"""
+from dataclasses import dataclass, field
+from typing import Optional
+
+from fairseq.dataclass import ChoiceEnum
+
+from realm_fairseq.models.embedder import DOC_SEGMENTS, HEADS
+from realm_fairseq.models.encoder import EncoderConfig
+from realm_fairseq.models.similarity import POOLINGS, SCORES
+from realm_fairseq.models.span_reader import SPAN_HEADS
+
+#: the options that start a model from other weights; a checkpoint's own config drops them when the model is
+#: rebuilt from the checkpoint's weights (its resolved fields already say how its towers compute)
+NO_INIT = {"encoder_init": None, "retriever_init": None, "realm_init": None}
+#: how the towers compute (see :mod:`realm_fairseq.models.realm`), each field's value when no weights say
+#: otherwise
+FORM_DEFAULTS = {"retriever_head": "linear", "doc_segments": "none", "span_head": "mlp", "activation_fn": "gelu"}
+
+
+@dataclass
+class RealmConfig(EncoderConfig):
+    retriever_pooling: Optional[ChoiceEnum(list(POOLINGS))] = field(
+        default=None, metadata={"help": "how an embedder pools its states: cls (REALM) or mean; default: as "
+                                "recorded with the --encoder-init weights (mean for a sentence-transformers "
+                                "model such as MiniLM), else cls"}
+    )
+    retriever_projection_dim: int = field(
+        default=128, metadata={"help": "retrieval embedding size after a linear projection (REALM: "
+                               "128); 0 keeps the encoder's width"}
+    )
+    retriever_score: Optional[ChoiceEnum(list(SCORES))] = field(
+        default=None, metadata={"help": "relevance f(x, z): dot, the inner product of the embeddings (REALM); "
+                                "cosine, --retriever-scale times their cosine (keeps p(z|x) from collapsing "
+                                "onto one block); default: the score the --encoder-init weights were trained "
+                                "for (cosine for MiniLM), else dot"}
+    )
+    retriever_scale: float = field(
+        default=20.0, metadata={"help": "with --retriever-score cosine: f(x, z) = scale * cos, the inverse "
+                                "temperature of p(z|x)"}
+    )
+    retriever_head: Optional[ChoiceEnum(list(HEADS))] = field(
+        default=None, metadata={"help": "what turns the pooled state into the embedding: linear (a projection, "
+                                "or none) or realm (REALM's released embedders: BERT's pooler, tanh, "
+                                "projection, LayerNorm); default: as the weights the retriever starts from, "
+                                "else linear"}
+    )
+    doc_segments: Optional[ChoiceEnum(list(DOC_SEGMENTS))] = field(
+        default=None, metadata={"help": "segments of a block for the document embedder: none (all 0) or "
+                                "title_body (REALM: 1 for the body); default: as the weights the retriever "
+                                "starts from, else none"}
+    )
+    span_head: Optional[ChoiceEnum(list(SPAN_HEADS))] = field(
+        default=None, metadata={"help": "span reader head: mlp, or orqa (a LayerNorm after the ReLU, as "
+                                "ORQA's and REALM's open-QA readers); default: orqa when starting from REALM's "
+                                "weights, else as the --realm-init checkpoint, else mlp"}
+    )
+    encoder_init: Optional[str] = field(
+        default=None, metadata={"help": "weights from realm-convert-hf to start every tower from (and the "
+                                "reader's masked-LM head, when converted from a BERT with one)"}
+    )
+    retriever_init: Optional[str] = field(
+        default=None, metadata={"help": "realm checkpoint (e.g. from realm_ict), or REALM weights from "
+                                "realm-convert-hf, whose query and document embedders start the retriever"}
+    )
+    realm_init: Optional[str] = field(
+        default=None, metadata={"help": "realm checkpoint (from realm_pretrain) whose embedders and reader "
+                                "encoder start this model (REALM fine-tuning; the reader's head starts anew), "
+                                "or REALM weights from realm-convert-hf: every part they hold"}
+    )
+    span_hidden_dim: int = field(
+        default=256, metadata={"help": "hidden size of the span reader's MLP over start and end states"}
+    )
