@@ -13,7 +13,7 @@ option naming the devices, ``--retrieval-devices``, is the same for training, ev
 - ``cuda``: every visible GPU, the index split between them; ``cuda:0,cuda:1``: those GPUs.
 """
 from dataclasses import field
-from typing import List
+from typing import Callable, List
 
 import torch
 
@@ -64,12 +64,13 @@ def faiss_gpu_count() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "GpuMultipleClonerOptions") else 0
 
 
-def gpu_searcher(index: MipsIndex, embeddings, devices: str):
-    """The search of one index version on the GPUs ``devices``: ``index`` moved there by faiss-gpu when it
-    can, else exact torch search over ``embeddings`` ((n, d) float16, memory-mapped) copied there."""
+def gpu_searcher(load_index: Callable[[], MipsIndex], embeddings, devices: str):
+    """The search of one index version on the GPUs ``devices``: its faiss index (``load_index()``, read only
+    here) moved there by faiss-gpu when it can, else exact torch search over ``embeddings`` ((n, d) float16,
+    memory-mapped) copied there."""
     gpus: List[torch.device] = parse_devices(devices)
     if faiss_gpu_count() > max(g.index for g in gpus):
-        index.to_gpu([g.index for g in gpus])
+        index = load_index().to_gpu([g.index for g in gpus])
         if index.devices:
             return index
     return TorchMipsSearch.from_array(embeddings, gpus)

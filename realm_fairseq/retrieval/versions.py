@@ -479,6 +479,13 @@ class IndexStore:
                         f"{expected!r}; this index was built from another corpus ({BUILD_HINT} for this one)"
                     )
         embeddings = self._embeddings(manifest)  # the file exists, has the recorded shape and checksum
+        if placement.on_gpus(devices):  # the faiss file is read only if faiss-gpu will search it
+            return placement.gpu_searcher(lambda: self._load_index(manifest), embeddings, devices), manifest
+        return self._load_index(manifest), manifest
+
+    def _load_index(self, manifest: dict) -> MipsIndex:
+        """The faiss index of a version, its file checked against the manifest (checksum, count, dim)."""
+        vdir = self.version_dir(manifest["version"])
         path = os.path.join(vdir, INDEX)
         if os.path.isfile(path):
             verify_file(path, manifest, os.path.join(vdir, MANIFEST))
@@ -486,9 +493,7 @@ class IndexStore:
         if (index.ntotal, index.dim) != (manifest["count"], manifest["dim"]):
             raise ValueError(f"{path}: holds {index.ntotal} vectors of dimension {index.dim}, expected "
                              f"{manifest['count']} of dimension {manifest['dim']} ({MANIFEST})")
-        if placement.on_gpus(devices):
-            return placement.gpu_searcher(index, embeddings, devices), manifest
-        return index, manifest
+        return index
 
     # ---------------------------------------------------------------- sharded builds
     def shard_dir(self, tag: str) -> str:
