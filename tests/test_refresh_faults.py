@@ -1,16 +1,23 @@
 """Index refresh faults during realm-train (realm_fairseq/indexing/refresh.py), with real training on the
 small corpus of test_refresh.py: an INDEX that becomes unwritable, a full disk and a manifest whose index
 options are not ones a refresh may pass on are failed refreshes that training survives, each named by its
-cause; --refresh-max-failures in a row stop training after a checkpoint is saved."""
+cause; --refresh-max-failures in a row stop training after a checkpoint is saved. Versions a rank cannot load
+(a GPU out of memory or lost) count as failed refreshes too."""
 import json
+import logging
 import os
 import re
 import subprocess
 import uuid
 
+import numpy as np
 import pytest
 import torch
 
+from realm_fairseq.data import BlockCorpus
+from realm_fairseq.indexing.config import RefreshConfig
+from realm_fairseq.indexing.refresh import IndexRefresher, RefreshFailedError
+from realm_fairseq.retrieval.retriever import Retriever
 from realm_fairseq.retrieval.versions import IndexStore
 
 from test_index_faults import unwritable
@@ -117,3 +124,54 @@ def test_too_many_failed_refreshes_save_a_checkpoint_and_name_the_cause(small_co
     saved = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=False)
     assert saved["optimizer_history"][-1]["num_updates"] == 4
     assert IndexStore(index).versions() == [1]
+
+
+def test_versions_a_gpu_cannot_load_are_failed_refreshes_counted_in_a_row(small_corpus, first_index, tmp_path,
+                                                                         monkeypatch, caplog):
+    """A GPU that runs out of memory or is lost while a refreshed version loads onto it: torch raises a
+    RuntimeError in the loader's thread. No GPU here, so IndexStore.load raises what torch raises there; the
+    loader, the counting and the swap are the real ones. Such a version is skipped and training keeps the one
+    in use; a version that loads resets the count; --refresh-max-failures in a row stop training."""
+    index = copy_index(first_index, tmp_path / "index")
+    store, corpus = IndexStore(index), BlockCorpus(small_corpus)
+    retriever = Retriever(corpus, store.load(corpus=corpus)[0], topk=2, null_document=True, version=1,
+                          version_update=0)
+    refresher = IndexRefresher(RefreshConfig(refresh_interval_updates=10**6, refresh_max_failures=2), small_corpus,
+                               store, retriever)
+    refresher.loader.poll_s = 0.0
+    real_load, lost = IndexStore.load, set()
+
+    def load(self, version=None, **kwargs):
+        if version in lost:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 44.00 MiB (GPU 0; 139.81 GiB "
+                                         "total capacity)")
+        return real_load(self, version, **kwargs)
+
+    monkeypatch.setattr(IndexStore, "load", load)
+    embeddings = store.embeddings(1)
+
+    def commit_and_load(fails: bool, update: int) -> int:
+        version = store.commit(np.asarray(embeddings), corpus.checksum, {"kind": "refresh", "update": update})
+        if fails:
+            lost.add(version)
+        refresher.after_update(None, update)  # starts the loader thread
+        refresher.loader.close()  # waits for it
+        refresher.after_update(None, update + 1)  # swaps what loaded, or stops
+        return version
+
+    with caplog.at_level(logging.WARNING):
+        v2 = commit_and_load(fails=True, update=10)
+    assert re.search(rf"could not load {re.escape(store.version_dir(v2))} on cpu: OutOfMemoryError: CUDA out of "
+                     r"memory.* \(1 version\(s\) in a row\); training goes on with the version in use", caplog.text)
+    assert retriever.version == 1 and refresher.loader.failures == 1
+
+    v3 = commit_and_load(fails=False, update=20)  # loads: swapped in, the count starts again
+    assert retriever.version == v3 and refresher.loader.failures == 0
+
+    commit_and_load(fails=True, update=30)
+    with pytest.raises(RefreshFailedError, match=r"index refresh failed 2 times in a row \(--refresh-max-failures\); "
+                                                 rf"could not load {re.escape(store.version_dir(v3 + 2))} on cpu: "
+                                                 r"OutOfMemoryError: CUDA out of memory"):
+        commit_and_load(fails=True, update=40)
+    assert retriever.version == v3
+    refresher.close()

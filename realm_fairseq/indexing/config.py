@@ -36,7 +36,8 @@ class RefreshConfig(FairseqDataclass):
                              "per --refresh-devices GPU, else 1)"}
     )
     refresh_max_failures: int = field(
-        default=3, metadata={"help": "stop training after this many refreshes in a row failed"}
+        default=3, metadata={"help": "stop training after this many refreshes in a row failed (to build, or to "
+                             "load on a rank: e.g. its GPU ran out of memory or was lost)"}
     )
     refresh_keep: int = field(
         default=2, metadata={"help": "index versions to keep (the newest ones; the one in use is never "

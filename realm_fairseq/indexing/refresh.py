@@ -11,8 +11,9 @@ corpus every few hundred updates in separate jobs while training goes on, and sw
 - every rank watches the INDEX for a newly committed version and loads it in a background thread;
   after each update one small all-reduce tells whether every rank holds the same new version, and if
   so all of them switch to it before the next update;
-- a failed or killed refresh leaves training on the current index and logs the refresher's log; after
-  ``--refresh-max-failures`` consecutive failures every rank stops with an error. Versions beyond
+- a failed or killed refresh leaves training on the current index and logs the refresher's log; so does
+  a committed version that a rank cannot load (e.g. its GPU ran out of memory or was lost); after
+  ``--refresh-max-failures`` consecutive failures of either kind every rank stops with an error. Versions beyond
   ``--refresh-keep`` are pruned, never the one in use. At the end a refresh in flight is cancelled or
   waited for (``--refresh-at-end``).
 
@@ -75,7 +76,7 @@ class IndexRefresher:
         if self.scheduler is not None:
             self.scheduler.step(model, num_updates, in_use)
         self.loader.poll(in_use)
-        failed = self.scheduler is not None and self.scheduler.failed_out
+        failed = self._failed_out()
         ready = self.loader.ready  # read once: the loader may hold a newer one by the time all agree
         version, abort = agree(ready[0] if ready else 0, failed)
         if abort:
@@ -83,11 +84,23 @@ class IndexRefresher:
         elif version > in_use:
             self._swap(*ready, num_updates)
 
+    def _failed_out(self) -> bool:
+        """Whether ``--refresh-max-failures`` refreshes in a row failed to build (rank 0) or to load here."""
+        return ((self.scheduler is not None and self.scheduler.failed_out)
+                or self.loader.failures >= self.cfg.refresh_max_failures)
+
+    def _why(self) -> str:
+        if self.loader.failures >= self.cfg.refresh_max_failures:
+            return self.loader.last_failure
+        if self.scheduler is not None and self.scheduler.failed_out:
+            return self.scheduler.last_failure
+        return "see the logs of the other ranks (rank 0 launches the refreshes)"
+
     def _stop(self, num_updates: int) -> None:
         """Stop training after this update, for too many failed refreshes in a row: fairseq then saves a
         checkpoint as at ``--max-update``, and :meth:`after_save` raises the error once it is saved. Without
         fairseq's training config (or with ``--no-save``) the error is raised at once."""
-        why = self.scheduler.last_failure if self.scheduler else "see the log of rank 0"
+        why = self._why()
         self.stopping = RefreshFailedError(f"index refresh failed {self.cfg.refresh_max_failures} times in a row "
                                            f"(--refresh-max-failures); {why}")
         self.close()

@@ -1,7 +1,11 @@
 """Load a newly committed index version in a background thread, ready to be swapped in (REALM, section 3.3).
 
 Every rank watches the INDEX while training goes on; loading a version (reading and building its MIPS
-index) happens off the training thread, so that training never waits for it.
+index) happens off the training thread, so that training never waits for it. A version that fails to load
+(pruned meanwhile, built from another corpus, a damaged file, or a GPU that ran out of memory or was lost:
+torch raises those as RuntimeError) is logged and skipped, and training goes on with the version in use;
+:attr:`VersionLoader.failures` counts such versions in a row, which the refresh's
+``--refresh-max-failures`` rule counts as failed refreshes.
 """
 import logging
 import threading
@@ -26,6 +30,8 @@ class VersionLoader:
         self._thread: Optional[threading.Thread] = None
         self._looked = 0.0
         self._bad = set()  # versions that failed to load: not retried
+        self.failures = 0  # versions in a row that failed to load (0 after one loads)
+        self.last_failure = ""  # why the latest of them failed
 
     @property
     def ready(self) -> Optional[Tuple[int, Searcher, dict]]:
@@ -59,12 +65,18 @@ class VersionLoader:
     def _load(self, version: int) -> None:
         try:
             index, manifest = self.store.load(version, corpus=self.corpus, devices=self.devices)
-        except (OSError, ValueError, RuntimeError) as e:  # pruned meanwhile, or not built for this corpus
-            logger.warning("index refresh: could not load %s: %s", self.store.version_dir(version), e)
-            self._bad.add(version)
+        except (OSError, ValueError, RuntimeError) as e:  # pruned, another corpus, a GPU out of memory or lost
+            with self._lock:
+                self.failures += 1
+                self.last_failure = (f"could not load {self.store.version_dir(version)} on {self.devices}: "
+                                     f"{describe_fault(e)}")
+                self._bad.add(version)
+            logger.warning("index refresh: %s (%d version(s) in a row); training goes on with the version in use",
+                           self.last_failure, self.failures)
             return
         with self._lock:
             self._ready = (version, index, manifest)
+            self.failures = 0
 
     def swapped_in(self, version: int) -> None:
         """Forget what was loaded up to ``version``, which is now in use."""
