@@ -8,7 +8,7 @@ import torch
 
 from realm_fairseq.retrieval.mips import MipsIndex
 from realm_fairseq.retrieval.torch_search import (
-    IndexTooLargeError, TorchMipsSearch, check_fits, parse_devices, shard_bounds,
+    IndexTooLargeError, TorchMipsSearch, check_fits, chunk_rows, parse_devices, shard_bounds,
 )
 from realm_fairseq.retrieval.versions import IndexStore
 from test_retrieval_index import text_embeddings, wiki_passages
@@ -215,3 +215,16 @@ def test_gpu_fp16_and_load_in_chunks(text, text_flat):
     ref_ids, ref_scores = text_flat.search(queries, K)
     np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=2e-3)  # float16 queries
     assert (ids[:, 0] == ref_ids[:, 0]).mean() > 0.97
+    chunked = TorchMipsSearch.from_array(emb, "cuda:0", precision="fp16", working_bytes=4 * 300 * 999)
+    np.testing.assert_array_equal(chunked.search(queries, K)[0], ids)  # chunks of 999 rows: the same top k
+
+
+@pytest.mark.parametrize("b, d, upcast", [(8, 128, True), (8, 128, False), (64, 128, True), (1, 32, False)])
+def test_a_chunk_is_the_longest_whose_scratch_fits_the_working_bytes(b, d, upcast):
+    def scratch(rows):  # scores (b, rows) float32, and the rows' float32 copy when upcast
+        return 4 * rows * (b + (d if upcast else 0))
+
+    for working in (1 << 30, 123_457, 4 * (b + d)):
+        rows = chunk_rows(b, d, upcast, working)
+        assert scratch(rows) <= working < scratch(rows + 1)
+    assert chunk_rows(8, 128, False, 1 << 30) > 13_353_718  # REALM's corpus is one chunk in fp16 on a GPU

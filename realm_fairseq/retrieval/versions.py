@@ -51,6 +51,7 @@ import numpy as np
 from realm_fairseq.atomic_io import atomic_file, fsync, make_public, sha256_files, write_faults_named
 from realm_fairseq.retrieval import placement
 from realm_fairseq.retrieval.mips import MipsIndex, check_options
+from realm_fairseq.retrieval.torch_search import shard_bounds
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def shard_range(count: int, shard_id: int, num_shards: int) -> Tuple[int, int]:
         raise ValueError(f"shard {shard_id} of {num_shards}: expected 0 <= shard_id < num_shards")
     if count < 0:
         raise ValueError(f"count={count}: expected a non-negative number of blocks")
-    return count * shard_id // num_shards, count * (shard_id + 1) // num_shards
+    return shard_bounds(count, num_shards)[shard_id]
 
 
 
