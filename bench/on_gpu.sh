@@ -7,8 +7,10 @@
 # install:  pip-installs the wheels in .whl/ (fairseq, faiss-cpu, hydra, ...; fetched beforehand with
 #           `pip download --python-version 3.12 ...`, see bench/gpu-notes.md) and this checkout, offline.
 # scale:    bench/scale.py at 100k, 1M and 13,353,718 vectors on the GPU (torch search) and the CPU.
-# embed:    bench/embed_corpus.py at realm_base bf16: fairseq's attention against the SDPA path.
-# pretrain: a short realm_pretrain run (realm_tiny) retrieving on the GPU with a refresh, then the GPU tests.
+# embed:    bench/embed_corpus.py at realm_base bf16: fairseq's attention against the SDPA path, also
+#           with the weights in bf16 and under torch.compile.
+# pretrain: a short realm_pretrain run (realm_tiny) retrieving on the GPU, refreshed every 20 updates (fails
+#           unless a refreshed version is swapped in during training), then the GPU tests.
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 data=examples/realm/data
@@ -32,6 +34,7 @@ install() {
 
 pretrain() {  # corpus -> realm_tiny checkpoint -> its index -> 40 updates retrieving on the GPU, refreshed at 20
   local work=/tmp/realm-gpu common dev=${DEVICE:-cuda}  # DEVICE=cpu: the same steps on the CPU, to try them
+  set -o pipefail  # realm-train's status, not tee's
   rm -rf "$work" && mkdir -p "$work"
   common=(--task realm_pretrain --criterion realm_mlm --arch realm_tiny --optimizer adam --lr 1e-4
           --lr-scheduler fixed --batch-size 8 --num-workers 0 --required-batch-size-multiple 1 --seed 1
@@ -42,9 +45,10 @@ pretrain() {  # corpus -> realm_tiny checkpoint -> its index -> 40 updates retri
     && realm-train "$work/corpus" "${common[@]}" --retrieval-topk 0 --max-update 1 --save-dir "$work/init" \
     && realm-build-index --corpus "$work/corpus" --checkpoint "$work/init/checkpoint_last.pt" --out "$work/index" \
       --device "$dev" --dtype bf16 \
-    && realm-train "$work/corpus" "${common[@]}" --index "$work/index" --retrieval-topk 8 --max-update 40 \
+    && realm-train "$work/corpus" "${common[@]}" --index "$work/index" --retrieval-topk 8 --max-update 120 \
       --retrieval-devices auto --refresh-interval-updates 20 --refresh-launcher local --refresh-at-end wait \
-      --save-dir "$work/pretrain" \
+      --save-dir "$work/pretrain" 2>&1 | tee "$work/pretrain.log" \
+    && grep -q "index refresh: swapped in" "$work/pretrain.log" \
     && python3 -m pytest -q -p no:cacheprovider tests/test_torch_search.py tests/test_retrieval_placement.py
 }
 
@@ -54,7 +58,7 @@ for what in "$@"; do
     scale) step scale timeout "${SCALE_S:-330}" python3 bench/scale.py --device cuda --sizes ${SIZES:-13353718 1000000 100000} \
              --repeat "${REPEAT:-5}" --out "$OUT/scale.json" ;;
     embed) step embed timeout "${EMBED_S:-150}" python3 bench/embed_corpus.py --device cuda --arch realm_base --dtype bf16 \
-             --blocks 0 --max-tokens 65536 --repeat 2 --weights-in-dtype --inputs $data/enwiki-sample-articles.jsonl.gz \
+             --blocks 0 --max-tokens 65536 --repeat 2 --weights-in-dtype --compile --inputs $data/enwiki-sample-articles.jsonl.gz \
              $data/squad-v1.1-dev.json.gz $data/squadshifts-new-wiki-v1.0.json.gz ;;
     pretrain) step pretrain timeout "${PRETRAIN_S:-300}" bash -c "$(declare -f pretrain); data=$data; pretrain" ;;
     *) echo "unknown step $what (install, scale, embed, pretrain)"; exit 2 ;;
