@@ -64,9 +64,10 @@ class RenamingPathManager(PathManager):
         return True
 
 
-def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
-    """fairseq's ``load_checkpoint_to_cpu`` for local files, read by :func:`checkpoints.read_state`."""
-    state = checkpoints.read_state(PathManager.get_local_path(path))
+def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False, mmap: bool = False):
+    """fairseq's ``load_checkpoint_to_cpu`` for local files, read by :func:`checkpoints.read_state`
+    (``mmap``: tensors memory-mapped, read when used)."""
+    state = checkpoints.read_state(PathManager.get_local_path(path), mmap=mmap)
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: a torch file of {type(state).__name__}, not a fairseq checkpoint")
     check_encoder_classes(state, path, arg_overrides or {})

@@ -118,13 +118,14 @@ def damage(path: str) -> Optional[str]:
     return None
 
 
-def read_state(path: str):
-    """What ``torch.save`` wrote to ``path``, loaded with ``weights_only=True`` onto the CPU."""
+def read_state(path: str, mmap: bool = False):
+    """What ``torch.save`` wrote to ``path``, loaded with ``weights_only=True`` onto the CPU; with ``mmap``
+    its tensors are memory-mapped (read from the file when used; not for torch's legacy format)."""
     reason = damage(path)
     if reason is not None:
         raise CheckpointError(f"{path}: {reason}; expected a whole checkpoint")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         if not str(e).startswith("Weights only load failed"):
             raise CheckpointError(f"{path}: damaged checkpoint ({_first_line(e)})") from None

@@ -3,6 +3,7 @@ training killed with SIGKILL while it saves leaves every checkpoint whole and re
 ``checkpoint_last.pt`` is named and skipped for the newest intact checkpoint; checkpoints load with
 ``weights_only=True`` and never import an ``encoder_class`` nobody chose; ``--force`` and ``--out`` never
 destroy an input; CLI errors are one line naming the file and what was expected."""
+import gc
 import json
 import os
 import resource
@@ -24,6 +25,7 @@ from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
 from realm_fairseq.data.documents import read_tsv
 from realm_fairseq.data.questions import read_questions, squad_questions
 from realm_fairseq.data.vocab import Vocab
+from realm_fairseq.models import loading
 
 from conftest import BIN, VOCAB, WIKI, run
 
@@ -169,6 +171,32 @@ def test_checkpoints_load_weights_only(trained, tmp_path):
     assert checkpoints.damage(tensors) is None and checkpoints.read_state(tensors)["weight"].tolist() == [0, 0]
     with pytest.raises(CheckpointError, match="tensors.pt: a torch file of dict, not a fairseq checkpoint"):
         checkpoint_utils.load_checkpoint_to_cpu(tensors)
+
+
+def mapped(path: str) -> bool:
+    """Whether this process maps ``path`` into memory."""
+    with open("/proc/self/maps") as f:
+        return any(line.rstrip().endswith(os.path.abspath(path)) for line in f)
+
+
+def test_a_checkpoint_read_for_its_towers_is_memory_mapped_and_checked_alike(trained, tmp_path):
+    """--realm-init and realm-build-index --checkpoint read a checkpoint's towers memory-mapped (the optimizer's
+    state is not read); the weights are the same and the same loads are refused."""
+    path = os.path.join(trained, "checkpoint_1_2.pt")
+    whole = checkpoint_utils.load_checkpoint_to_cpu(path)
+    state = loading.checkpoint_state(path)
+    assert mapped(path)
+    assert state["model"].keys() == whole["model"].keys()
+    assert all(torch.equal(state["model"][k], whole["model"][k]) for k in whole["model"])
+    del state
+    gc.collect()
+    assert not mapped(path)  # not kept: a replaced checkpoint's disk space is not held
+    foreign = str(tmp_path / "foreign.pt")
+    whole = checkpoints.read_state(path)
+    whole["cfg"]["model"]["encoder_class"] = "some_module:Encoder"
+    checkpoints.save_state(whole, foreign)
+    with pytest.raises(CheckpointError, match="foreign.pt: its encoder_class 'some_module:Encoder' is not one"):
+        loading.checkpoint_state(foreign)
 
 
 def test_a_checkpoint_names_no_encoder_class_that_would_import_code(trained, tmp_path, monkeypatch):

@@ -103,6 +103,13 @@ def checkpoint_form(path: str) -> dict:
     return {name: model.get(name) or default for name, default in FORM_DEFAULTS.items()}
 
 
+def checkpoint_state(path: str) -> dict:
+    """A ``realm`` checkpoint as fairseq loads it, its tensors memory-mapped: only those used are read from
+    the file (a tower's weights, not the optimizer's state). Not kept: a mapping would hold the disk space of
+    a checkpoint replaced meanwhile."""
+    return checkpoint_utils.load_checkpoint_to_cpu(path, mmap=True)
+
+
 def checkpoint_model_cfg(path: str) -> dict:
     """The model config of a ``realm`` checkpoint. Building a model consults it several times (similarity,
     form, once for the task's config and once for the model's), so it is read once per version of the file."""
@@ -112,7 +119,7 @@ def checkpoint_model_cfg(path: str) -> dict:
 
 @functools.lru_cache(maxsize=8)
 def _checkpoint_model_cfg(path: str, mtime_ns: int, size: int) -> dict:
-    model = checkpoint_utils.load_checkpoint_to_cpu(path)["cfg"]["model"]
+    model = checkpoint_state(path)["cfg"]["model"]
     return OmegaConf.to_container(model) if OmegaConf.is_config(model) else dict(model)
 
 
@@ -202,7 +209,7 @@ def load_retriever(towers, path: str, cfg=None, dictionary=None) -> None:
         realm_hf.check_fits(weights, cfg, path)
         realm_hf.load_towers(towers, weights, dictionary, path)
         return
-    state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
+    state = checkpoint_state(path)["model"]
     for tower, prefix in zip(towers, ("query_embedder.", "doc_embedder.")):
         weights = _part(state, prefix)
         if not weights:
@@ -219,7 +226,7 @@ def load_reader(reader, span_reader, path: str, cfg=None, dictionary=None) -> No
         realm_hf.load_readers(reader, span_reader, weights, dictionary, path)
         return
     encoders = [r.encoder for r in (reader, span_reader) if r is not None]
-    state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
+    state = checkpoint_state(path)["model"]
     for prefix in ("reader.encoder.", "span_reader.encoder."):
         weights = _part(state, prefix)
         if weights:
@@ -236,7 +243,7 @@ def doc_embedder_from_checkpoint(path: str, corpus: BlockCorpus, tower: str = "d
     """The document embedder (or the ``query_embedder``, by ``tower``) of a ``realm`` model checkpoint
     (ICT, REALM pre-training or open QA), for the checkpoint's retriever score or for ``score`` (e.g. an
     ICT retriever trained with dot that starts a model scoring with the cosine)."""
-    return embedder_from_state(checkpoint_utils.load_checkpoint_to_cpu(path), path, corpus, tower, score)
+    return embedder_from_state(checkpoint_state(path), path, corpus, tower, score)
 
 
 def embedder_from_state(state: dict, path: str, corpus: BlockCorpus, tower: str = "doc_embedder",
