@@ -55,7 +55,8 @@ def main():
     docs = [d for _, d in read_documents(args.inputs, resolve_formats(args.inputs))]
     vocab = Vocab.load(args.vocab)
     tok = vocab.tokenizer()
-    wordpieces = sum(len(tok.encode(d.title).ids) + len(tok.encode(d.text).ids) for d in docs)
+    sizes = [len(tok.encode(d.title).ids) + len(tok.encode(d.text).ids) for d in docs]  # wordpieces a document
+    wordpieces = sum(sizes)
     texts = [t for d in docs for t in (d.title, d.text)]
 
     def bare_one_thread():
@@ -89,16 +90,19 @@ def main():
     base = rows[0][1] / rows[0][2]
     print(f"\n{n} documents, {wordpieces:,} wordpieces, {cores} cores, python {sys.version.split()[0]}")
     print(f"| {'what':48s} | {'docs':>5s} | {'seconds':>8s} | {'docs/s':>8s} | {'docs/s/core':>11s} | "
-          f"{'x tokenizer':>11s} |")
-    print(f"|{'-' * 50}|{'-' * 7}|{'-' * 10}|{'-' * 10}|{'-' * 13}|{'-' * 13}|")
+          f"{'wordpieces/s/core':>17s} | {'x tokenizer':>11s} |")
+    print(f"|{'-' * 50}|{'-' * 7}|{'-' * 10}|{'-' * 10}|{'-' * 13}|{'-' * 19}|{'-' * 13}|")
     for name, t, count, procs in rows:
-        print(f"| {name:48s} | {count:5d} | {t:8.2f} | {count / t:8.1f} | {count / t / min(procs, cores):11.1f} | "
-              f"{t / count / base:11.2f} |")
+        per_core = t * min(procs, cores)  # core-seconds
+        print(f"| {name:48s} | {count:5d} | {t:8.2f} | {count / t:8.1f} | {count / per_core:11.1f} | "
+              f"{sum(sizes[:count]) / per_core:17,.0f} | {t / count / base:11.2f} |")
     one, two = rows[2][1], rows[3][1]
     print()
     print(goal_line("preparation / tokenizing alone (1 worker vs 1 thread)", one / rows[0][1], "<=", 1.5))
-    print(goal_line("speed-up from 1 to 2 workers", one / two, ">=", 1.5,
-                    note="" if cores >= 2 else f" (only {cores} core: 2 workers cannot run side by side)"))
+    note = "" if cores >= 2 else f" (only {cores} core: 2 workers cannot run side by side)"
+    print(goal_line("speed-up from 1 to 2 workers", one / two, ">=", 1.5, note=note))
+    if len(rows) > 4:  # the spaCy rows
+        print(goal_line("speed-up from 1 to 2 workers, spaCy NER", rows[4][1] / rows[5][1], ">=", 1.5, note=note))
 
 
 def spacy_rows(docs, prepare):
