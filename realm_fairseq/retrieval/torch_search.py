@@ -39,7 +39,7 @@ elsewhere on real text).
 import logging
 import math
 import warnings
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ WORKING_BYTES = 1 << 30  # scratch a device may use for one chunk: upcast rows a
 QUERY_BATCH = 1024  # queries searched together
 PRECISIONS = ("fp32", "fp16")
 DEVICES_FLAG = "--retrieval-devices"
-_NO_OUT_DTYPE: list = []  # set once torch.mm(..., out_dtype=) failed: fp16 falls back to fp32
+_FP16_PRODUCTS: Dict[str, bool] = {}  # device -> whether torch.mm(..., out_dtype=float32) runs there
 
 Devices = Union[str, torch.device, Sequence[Union[str, torch.device]]]
 
@@ -195,9 +195,28 @@ def _merge(a: Tuple[torch.Tensor, torch.Tensor], b: Tuple[torch.Tensor, torch.Te
     return scores[:, :f], torch.gather(ids, 1, order[:, :f])
 
 
+def fp16_products(device: torch.device) -> bool:
+    """Whether torch multiplies float16 into float32 on ``device`` (``torch.mm(..., out_dtype=)``, which recent
+    torch has on CUDA, not on the CPU). Probed once a device, before a chunk is sized for it (a chunk sized
+    for fp16 products and then upcast would need 17 times its working memory); without it fp16 searches as
+    fp32."""
+    key = str(device)
+    if key not in _FP16_PRODUCTS:
+        probe = torch.ones((1, 1), dtype=torch.float16, device=device)
+        try:
+            torch.mm(probe, probe, out_dtype=torch.float32)
+            _FP16_PRODUCTS[key] = True
+        except (TypeError, RuntimeError) as e:  # a torch without mm(..., out_dtype=), or not on this device
+            _FP16_PRODUCTS[key] = False
+            logger.warning("torch %s cannot multiply float16 into float32 on %s (%s): searching in fp32",
+                           torch.__version__, device, str(e).strip().splitlines()[0])
+    return _FP16_PRODUCTS[key]
+
+
 def _in_fp16(rows: torch.Tensor, precision: str) -> bool:
     """Whether ``rows`` are multiplied as float16 (no float32 copy of a chunk): fp16 on a GPU's float16 rows."""
-    return precision == "fp16" and rows.is_cuda and rows.dtype == torch.float16 and not _NO_OUT_DTYPE
+    return (precision == "fp16" and rows.is_cuda and rows.dtype == torch.float16
+            and fp16_products(rows.device))
 
 
 def chunk_rows(b: int, d: int, upcast: bool, working_bytes: int) -> int:
@@ -210,12 +229,7 @@ def chunk_rows(b: int, d: int, upcast: bool, working_bytes: int) -> int:
 def _scores(queries: torch.Tensor, rows: torch.Tensor, precision: str) -> torch.Tensor:
     """queries (b, d) float32 times rows (c, d) float16/32: (b, c) float32."""
     if _in_fp16(rows, precision):
-        try:
-            return torch.mm(queries.half(), rows.T, out_dtype=torch.float32)
-        except (TypeError, RuntimeError) as e:  # a torch without mm(..., out_dtype=)
-            _NO_OUT_DTYPE.append(e)
-            logger.warning("torch %s cannot multiply float16 into float32 (%s): searching in fp32",
-                           torch.__version__, e)
+        return torch.mm(queries.half(), rows.T, out_dtype=torch.float32)
     return queries @ rows.to(torch.float32).T
 
 
