@@ -13,9 +13,9 @@ corpus every few hundred updates in separate jobs while training goes on, and sw
   so all of them switch to it before the next update;
 - a failed or killed refresh leaves training on the current index and logs the refresher's log; so does
   a committed version that a rank cannot load (e.g. its GPU ran out of memory or was lost); after
-  ``--refresh-max-failures`` consecutive failures of either kind every rank stops with an error. Versions beyond
-  ``--refresh-keep`` are pruned, never the one in use. At the end a refresh in flight is cancelled or
-  waited for (``--refresh-at-end``).
+  ``--refresh-max-failures`` consecutive failures of either kind every rank stops with an error.
+  Versions beyond ``--refresh-keep`` are pruned, never the one in use. At the end a refresh in flight is
+  cancelled or waited for (``--refresh-at-end``).
 
 Training itself never waits for a refresh: the snapshot is written, the job polled and the new index
 loaded off the training thread.

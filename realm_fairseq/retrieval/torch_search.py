@@ -21,14 +21,14 @@ against each GPU's free memory; too little raises :class:`IndexTooLargeError` wi
 Search: for each chunk of rows, ``scores = queries @ rows.T`` (b, c) and its top ``k + m`` (``m``
 excluded ids per query), merged into a running top list, so the (b, n) score matrix never exists; a
 chunk has at most ``working_bytes / (4 * (d + b))`` rows, or ``working_bytes / (4 * b)`` where no float32
-copy of it is made (``"fp16"`` on a GPU: 33.5M rows for 8 queries, so 13.35M blocks are one chunk). ``precision="fp32"`` (the default) upcasts
-each chunk and computes in float32, as faiss does on the same float16-stored rows: scores equal faiss
-``flat``'s up to summation order (unless the process lets CUDA matmuls use TF32,
-``torch.backends.cuda.matmul.allow_tf32``, which rounds like float16). ``"fp16"`` multiplies float16
-queries by the float16 rows with float32 accumulation (CUDA only, no float32 copy of a chunk: a third of
-the memory traffic): scores within ~1e-3 relative, and near ties may order differently. Exclusion uses
-:mod:`~realm_fairseq.retrieval.mips`'s own helpers: ``k + m`` are fetched, the excluded dropped, missing
-results are id -1 with score -inf.
+copy of it is made (``"fp16"`` on a GPU: 33.5M rows for 8 queries, so 13.35M blocks are one chunk).
+``precision="fp32"`` (the default) upcasts each chunk and computes in float32, as faiss does on the same
+float16-stored rows: scores equal faiss ``flat``'s up to summation order (unless the process lets CUDA
+matmuls use TF32, ``torch.backends.cuda.matmul.allow_tf32``, which rounds like float16). ``"fp16"``
+multiplies float16 queries by the float16 rows with float32 accumulation (CUDA only, no float32 copy of a
+chunk: a third of the memory traffic): scores within ~1e-3 relative, and near ties may order differently.
+Exclusion uses :mod:`~realm_fairseq.retrieval.mips`'s own helpers: ``k + m`` are fetched, the excluded
+dropped, missing results are id -1 with score -inf.
 
 Ties, as faiss ``flat`` resolves them (IndexFlatIP with k below 100, whose heap keeps the first of equal
 scores): among equal scores at the k-th place the lowest ids are kept, and equal scores are listed in
