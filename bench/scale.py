@@ -19,7 +19,8 @@ not pollute each other:
   baseline taken after a warm-up search (RssAnon: private to the rank; RssFile: page cache a node's ranks
   share, counted once), the median search ms of ``--repeat`` batches of each ``--queries`` size (k =
   ``--k`` plus ``--exclude`` excluded ids, as pre-training excludes the source block), and the version swap:
-  loading v2 while v1 is in use (seconds, and the peak host memory it adds);
+  loading v2 while v1 is in use (seconds, and the peak host memory it adds); for torch, also the inner
+  products alone (every chunk multiplied, nothing selected), so the rest is selection and merging;
 - the step: a realm_base bf16 training step at batch 8 measured by bench/pretrain_step.py in the same run
   on a GPU (``--step-arch`` realm_tiny fp32 on a CPU, labelled), or ``--step-ms`` when given.
 
@@ -192,6 +193,26 @@ def search_ms(index, batches: dict, k: int, repeat: int) -> dict:
             for q, (queries, exclude) in batches.items()}
 
 
+def products_ms(search, batches: dict, repeat: int) -> dict:
+    """{batch size: median ms of a torch search's inner products alone}: every chunk of every shard multiplied
+    as the search multiplies it, nothing selected or merged. What the search takes beyond this is top-k
+    selection, merging and the copy of the results to the host."""
+    import torch
+
+    from realm_fairseq.retrieval.torch_search import _in_fp16, _scores, chunk_rows
+
+    def products(queries):
+        for shard in search.shards:
+            q = torch.from_numpy(queries).to(shard.device)  # (b, d) float32
+            chunk = chunk_rows(len(q), q.shape[1], not _in_fp16(shard, search.precision), search.working_bytes)
+            for start in range(0, len(shard), chunk):
+                _scores(q, shard[start : start + chunk], search.precision)  # (b, c)
+            if shard.is_cuda:
+                torch.cuda.synchronize(shard.device)
+
+    return {str(q): median_ms(lambda: products(queries), repeat) for q, (queries, _) in batches.items()}
+
+
 def child_serve(spec: dict) -> dict:
     """Load v1 as a rank does and measure memory, search ms per query batch, and the swap to v2."""
     make = _torch_searcher if spec["kind"] == "torch" else _faiss_searcher
@@ -207,6 +228,8 @@ def child_serve(spec: dict) -> dict:
     index = load(1)
     out = {"load_s": time.perf_counter() - start, "loaded": memory_since(base)}
     out["search_ms"] = search_ms(index, batches, spec["k"], spec["repeat"])
+    if spec["kind"] == "torch":
+        out["products_ms"] = products_ms(index, batches, spec["repeat"])
     out["searched"] = memory_since(base)  # a CPU search reads every page: RssFile grows to a copy
     reset_peak()
     before_swap = proc_status()
@@ -373,6 +396,10 @@ def print_goals(result: dict, step: dict, args) -> None:
             print(info_line(line, copies, "the goal is for 13,353,718 blocks"))
         if not step["ms"]:
             continue
+        if "products_ms" in s:
+            shares = ", ".join(f"{q} queries {s['products_ms'][q]:.1f} of {s['search_ms'][q]:.1f} ms"
+                               for q in s["search_ms"])
+            print(f"{what}: inner products alone: {shares} (the rest: top-k selection, merging, copy back)")
         ratio = s["search_ms"][str(min(args.queries))] / step["ms"]
         line = f"{what}: search {min(args.queries)} queries / step"
         if n == PAPER_N and "GPU" in s["label"] and "realm_base" in step["what"]:
