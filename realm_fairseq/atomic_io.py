@@ -5,6 +5,7 @@ complete result or nothing at all, and an interrupted run never damages what was
 """
 import errno
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -68,6 +69,13 @@ def atomic_file(path: str, force: bool = False) -> Iterator[str]:
     make_public(tmp, 0o666)
     os.replace(tmp, path)
     fsync(os.path.dirname(path))
+
+
+def write_json(path: str, obj) -> None:
+    """``obj`` as indented JSON and a final newline (a manifest or record inside a directory being written)."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
 
 
 def fsync(path: str) -> None:

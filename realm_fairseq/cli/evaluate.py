@@ -23,7 +23,6 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
-from fairseq import checkpoint_utils
 
 from realm_fairseq.atomic_io import atomic_file
 from realm_fairseq.cli import log_to_stderr
@@ -140,11 +139,12 @@ def _check_sources(args: argparse.Namespace) -> None:
 def retriever_for(args: argparse.Namespace):
     """The retriever the options name, and the corpus it retrieves from."""
     from realm_fairseq.indexing import retrievers
+    from realm_fairseq.models.loading import checkpoint_state
 
     progress = not args.no_progress
     embed_options = {"max_tokens": args.max_tokens, "progress": progress}
     if args.checkpoint:
-        state = checkpoint_utils.load_checkpoint_to_cpu(args.checkpoint)
+        state = checkpoint_state(args.checkpoint)  # memory-mapped: the towers are read, not the optimizer
         corpus = BlockCorpus(args.corpus or retrievers.checkpoint_corpus(state))
         return retrievers.from_checkpoint(state, args.checkpoint, corpus, args.index, args.index_version,
                                           args.device, embed_options), corpus

@@ -36,7 +36,7 @@ from fairseq.data.indexed_dataset import MMapIndexedDataset, best_fitting_int_dt
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from tqdm import tqdm
 
-from realm_fairseq.atomic_io import atomic_directory, check_writable_target, sha256_files
+from realm_fairseq.atomic_io import atomic_directory, check_writable_target, sha256_files, write_json
 from realm_fairseq.data import corpus as files
 from realm_fairseq.data import corpus_shards as shards
 from realm_fairseq.data.blocking import BlockedChunk, TokenizedDocument, block_documents
@@ -396,7 +396,7 @@ def prepare_corpus(inputs: List[str], vocab_path: str, out: str, cfg: CorpusConf
             check_one_block_per_record(_concat(writer.block_meta, (0, 4)), writer.num_docs,
                                        np.concatenate(writer.blocks.sizes), cfg.block_size, inputs[0])
         manifest = _manifest(cfg, vocab, inputs, formats, docs_per_input, writer.counts(), finder.description, root)
-        _write_json(os.path.join(root, files.MANIFEST), manifest)
+        write_json(os.path.join(root, files.MANIFEST), manifest)
     _log_written(out, manifest["counts"], started)
     return manifest
 
@@ -411,12 +411,6 @@ def _finder(cfg: CorpusConfig) -> SalientSpanFinder:
     else:
         logger.info("salient spans: %s", finder.description)
     return finder
-
-
-def _write_json(path: str, obj: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
 
 
 def _log_written(out: str, counts: dict, started: float) -> None:
@@ -483,7 +477,7 @@ def _merge(cfg: CorpusConfig, vocab: Vocab, inputs, formats, out: str) -> dict:
             check_one_block_per_record(np.load(os.path.join(root, files.BLOCK_META), mmap_mode="r"),
                                        counts["documents"], sizes, cfg.block_size, inputs[0])
         manifest = _manifest(cfg, vocab, inputs, formats, totals, counts, first["salient_span_source"], root)
-        _write_json(os.path.join(root, files.MANIFEST), manifest)
+        write_json(os.path.join(root, files.MANIFEST), manifest)
     shards.remove_shards(out, cfg.num_shards)
     _log_written(out, counts, started)
     return manifest

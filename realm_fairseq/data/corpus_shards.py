@@ -26,6 +26,7 @@ from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 from fairseq.data.indexed_dataset import MMapIndexedDataset, _dtype_header_code
 
+from realm_fairseq.atomic_io import write_json
 from realm_fairseq.data import corpus as files
 from realm_fairseq.errors import InputError
 
@@ -78,9 +79,7 @@ def read_record(path: str) -> Optional[dict]:
 
 def write_record(root: str, record: dict, token_counts: np.ndarray) -> None:
     np.save(os.path.join(root, TOKEN_COUNTS), token_counts.astype(np.int64))
-    with open(os.path.join(root, RECORD), "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
+    write_json(os.path.join(root, RECORD), record)
 
 
 def _differences(a, b, where: str = "") -> Iterator[Tuple[str, object, object]]:
