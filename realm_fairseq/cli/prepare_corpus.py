@@ -8,12 +8,11 @@ skips shards already written), then ``--merge --num-shards n`` to write CORPUS, 
 """
 import argparse
 import json
-from dataclasses import fields
 from typing import List, Optional, Tuple
 
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 
-from realm_fairseq.cli import log_to_stderr
+from realm_fairseq.cli import config_from_args, log_to_stderr
 from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
 from realm_fairseq.errors import cli_errors
 
@@ -36,8 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, CorpusConfig]:
     """The command line's arguments and its :class:`CorpusConfig`."""
     args = build_parser().parse_args(argv)
-    names = [f.name for f in fields(CorpusConfig) if f.init and not f.name.startswith("_")]
-    return args, CorpusConfig(**{name: getattr(args, name) for name in names})
+    return args, config_from_args(CorpusConfig, args)
 
 
 def run(argv: Optional[List[str]] = None) -> dict:

@@ -15,13 +15,13 @@ import logging
 import os
 import shlex
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 from fairseq.dataclass import FairseqDataclass
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 
-from realm_fairseq.launch.submit import SlurmConfig, executor_parameters, python_command
+from realm_fairseq.launch.submit import SlurmConfig, command_of, executor_parameters, python_command
 
 logger = logging.getLogger(__name__)
 
@@ -145,18 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(cls, args):
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.init and not f.name.startswith("_")})
-
-
 def cli_main(argv: Optional[List[str]] = None) -> None:
-    from realm_fairseq.cli import log_to_stderr
+    from realm_fairseq.cli import config_from_args, log_to_stderr
 
     log_to_stderr()
     args = build_parser().parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    slurm, array = config_from_args(SlurmConfig, args), config_from_args(ArrayConfig, args)
     try:
-        submitted = submit(_config(SlurmConfig, args), command, _config(ArrayConfig, args))
+        submitted = submit(slurm, command_of(args), array)
     except ValueError as e:
         sys.exit(f"slurm/prepare_corpus.py: error: {e}")
     if submitted is not None:

@@ -19,7 +19,7 @@ import os
 import random
 import shlex
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 from fairseq.dataclass.utils import gen_parser_from_dataclass
@@ -144,13 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_of(args: argparse.Namespace) -> List[str]:
+    """The command line given after the Slurm options (and an optional ``--``)."""
+    return args.command[1:] if args.command[:1] == ["--"] else args.command
+
+
 def cli_main(argv: Optional[List[str]] = None) -> None:
+    from realm_fairseq.cli import config_from_args
     from realm_fairseq.cli.train import use_fairseq_train_logging
 
     use_fairseq_train_logging()
     args = build_parser().parse_args(argv)
-    cfg = SlurmConfig(**{f.name: getattr(args, f.name) for f in fields(SlurmConfig) if f.init and not f.name.startswith("_")})
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    cfg = config_from_args(SlurmConfig, args)
+    command = command_of(args)
     try:
         job = submit(cfg, command)
     except ValueError as e:
