@@ -2,13 +2,15 @@
 # Set up a bare GPU machine that has python3 with CUDA torch but none of our other packages, then run
 # the GPU checks named as arguments, each logged to $OUT (or ./gpu-out) as it runs.
 #
-#   bash bench/on_gpu.sh [install] [scale] [embed] [pretrain]
+#   bash bench/on_gpu.sh [install] [scale] [embed] [ict] [pretrain]
 #
 # install:  pip-installs the wheels in .whl/ (fairseq, faiss-cpu, hydra, ...; fetched beforehand with
 #           `pip download --python-version 3.12 ...`, see bench/gpu-notes.md) and this checkout, offline.
 # scale:    bench/scale.py at 100k, 1M and 13,353,718 vectors on the GPU (torch search) and the CPU.
 # embed:    bench/embed_corpus.py at realm_base bf16: fairseq's attention against the SDPA path, also
 #           with the weights in bf16 and under torch.compile.
+# ict:      bench/ict_step.py: an Inverse Cloze Task step at realm_base bf16, 64 pseudo-queries (ORQA's batch
+#           of 4,096 on 64 GPUs), against query and block embedding timed alone.
 # pretrain: a short realm_pretrain run (realm_tiny) retrieving on the GPU, refreshed every 20 updates (fails
 #           unless a refreshed version is swapped in during training), then the GPU tests.
 set -uo pipefail
@@ -60,7 +62,9 @@ for what in "$@"; do
     embed) step embed timeout "${EMBED_S:-150}" python3 bench/embed_corpus.py --device cuda --arch realm_base --dtype bf16 \
              --blocks 0 --max-tokens 65536 --repeat 2 --weights-in-dtype --compile --inputs $data/enwiki-sample-articles.jsonl.gz \
              $data/squad-v1.1-dev.json.gz $data/squadshifts-new-wiki-v1.0.json.gz ;;
+    ict) step ict timeout "${ICT_S:-150}" python3 bench/ict_step.py --device cuda --arch realm_base --dtype bf16 \
+           --batch-size 64 --steps 10 ;;
     pretrain) step pretrain timeout "${PRETRAIN_S:-300}" bash -c "$(declare -f pretrain); data=$data; pretrain" ;;
-    *) echo "unknown step $what (install, scale, embed, pretrain)"; exit 2 ;;
+    *) echo "unknown step $what (install, scale, embed, ict, pretrain)"; exit 2 ;;
   esac
 done

@@ -45,6 +45,68 @@ def timed(fn, batches, device):
     return statistics.median(times)
 
 
+def shipped_corpus(tmp: str):
+    """The shipped Wikipedia articles prepared as a CORPUS under ``tmp`` (blocks of up to 288 wordpieces)."""
+    from realm_fairseq.data.corpus import BlockCorpus
+    from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
+
+    prepare_corpus([os.path.join(DATA, "enwiki-sample-articles.jsonl.gz")],
+                   os.path.join(DATA, "bert-base-uncased-vocab.txt"), os.path.join(tmp, "corpus"),
+                   CorpusConfig(workers=2, salient_spans="regex", no_progress=True))
+    return BlockCorpus(os.path.join(tmp, "corpus"))
+
+
+def build_model(arch: str, corpus, device: str, dtype: str, reader: bool):
+    """A ``realm`` model of architecture ``arch`` with random weights and no dropout, in ``dtype`` on
+    ``device``; with the knowledge-augmented encoder (``reader``) as realm_pretrain grows it, or the
+    retriever alone as realm_ict trains it."""
+    from fairseq.models import ARCH_CONFIG_REGISTRY
+
+    from realm_fairseq.models.config import RealmConfig
+    from realm_fairseq.models.realm import RealmModel
+
+    model_args = argparse.Namespace(dropout=0.0, attention_dropout=0.0)
+    ARCH_CONFIG_REGISTRY[arch](model_args)
+    task = argparse.Namespace(source_dictionary=corpus.dictionary)
+    model = RealmModel.build_model(RealmConfig(**vars(model_args)), task)
+    if reader:
+        model.register_reader()  # as realm_pretrain does
+    model = model.to(device)
+    return model.bfloat16() if dtype == "bf16" else model
+
+
+def sample_batches(ds, count: int, batch_size: int, device: str) -> list:
+    """``count`` batches of ``batch_size`` items of ``ds`` drawn without replacement (a fixed seed), collated
+    and on ``device``."""
+    rng = np.random.RandomState(0)
+    batches = []
+    for _ in range(count):
+        batch = ds.collater([ds[int(i)] for i in rng.choice(len(ds), batch_size, replace=False)])
+        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        batch["net_input"] = {k: v.to(device) for k, v in batch["net_input"].items()}
+        batches.append(batch)
+    return batches
+
+
+def criterion_step(model, criterion):
+    """A training step without the optimizer: ``criterion``'s forward and backward on one batch."""
+    def step(batch):
+        model.zero_grad()
+        loss, _, _ = criterion(model, batch)
+        loss.backward()
+    return step
+
+
+def print_parts(parts: dict, step_name: str, total: float) -> None:
+    """The table of the parts' and the step's median seconds (as ms), and the overhead beside its goal."""
+    print("| part | ms |\n|---|---|")
+    for name, t in parts.items():
+        print(f"| {name} | {1000 * t:.1f} |")
+    print(f"| sum of the parts | {1000 * sum(parts.values()):.1f} |")
+    print(f"| {step_name} | {1000 * total:.1f} |")
+    print("\n" + goal_line("overhead: step / sum of parts", total / sum(parts.values()), "<=", 1.15))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="realm_tiny", help="realm architecture")
@@ -56,53 +118,29 @@ def main():
     parser.add_argument("--profile", type=int, default=0, help="print the N functions the step spends most in")
     args = parser.parse_args()
 
-    from fairseq.models import ARCH_CONFIG_REGISTRY
-
     import realm_fairseq  # noqa: F401  (registers the task, model and criterion)
     from realm_fairseq.criterions.realm_mlm import RealmMlmCriterion
-    from realm_fairseq.data.corpus import BlockCorpus, with_cls_sep_batch
-    from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
+    from realm_fairseq.data.corpus import with_cls_sep_batch
     from realm_fairseq.data.masking import MaskedExamplesDataset
     from realm_fairseq.models.reader import join_query_and_blocks
-    from realm_fairseq.models.config import RealmConfig
-    from realm_fairseq.models.realm import RealmModel
     from realm_fairseq.indexing.embed import embed_blocks
     from realm_fairseq.models.loading import EmbedderSource
     from realm_fairseq.retrieval.mips import MipsIndex
     from realm_fairseq.retrieval.retriever import Retriever
 
     tmp = tempfile.mkdtemp(prefix="bench-step-")
-    prepare_corpus([os.path.join(DATA, "enwiki-sample-articles.jsonl.gz")],
-                   os.path.join(DATA, "bert-base-uncased-vocab.txt"), os.path.join(tmp, "corpus"),
-                   CorpusConfig(workers=2, salient_spans="regex", no_progress=True))
-    corpus = BlockCorpus(os.path.join(tmp, "corpus"))
+    corpus = shipped_corpus(tmp)
     d, device = corpus.dictionary, args.device
-    model_args = argparse.Namespace(dropout=0.0, attention_dropout=0.0)
-    ARCH_CONFIG_REGISTRY[args.arch](model_args)
-    task = argparse.Namespace(source_dictionary=d)
-    model = RealmModel.build_model(RealmConfig(**vars(model_args)), task)
-    model.register_reader()  # as realm_pretrain does
-    model = model.to(device)
-    if args.dtype == "bf16":
-        model = model.bfloat16()
+    model = build_model(args.arch, corpus, device, args.dtype, reader=True)
     index = MipsIndex.build(embed_blocks(EmbedderSource(model.doc_embedder, {}), corpus, device=device,
                                          progress=False))
+    task = argparse.Namespace(source_dictionary=d)
     task.retriever = retriever = Retriever(corpus, index, args.topk, null_document=True)
     criterion = RealmMlmCriterion(task)
 
     ds = MaskedExamplesDataset(corpus.examples, np.arange(len(corpus.examples)), d)
-    rng = np.random.RandomState(0)
-    batches = []
-    for _ in range(args.steps):
-        batch = ds.collater([ds[int(i)] for i in rng.choice(len(ds), args.batch_size, replace=False)])
-        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        batch["net_input"] = {k: v.to(device) for k, v in batch["net_input"].items()}
-        batches.append(batch)
-
-    def step(batch):
-        model.zero_grad()
-        loss, _, _ = criterion(model, batch)
-        loss.backward()
+    batches = sample_batches(ds, args.steps, args.batch_size, device)
+    step = criterion_step(model, criterion)
 
     def query_part(batch):
         model.zero_grad()
@@ -152,12 +190,7 @@ def main():
 
     print(f"\n{args.arch}, batch {args.batch_size}, k={args.topk} + null document, {device} {args.dtype}, "
           f"median of {args.steps} steps")
-    print("| part | ms |\n|---|---|")
-    for name, t in parts.items():
-        print(f"| {name} | {1000 * t:.1f} |")
-    print(f"| sum of the parts | {1000 * sum(parts.values()):.1f} |")
-    print(f"| REALM step | {1000 * total:.1f} |")
-    print("\n" + goal_line("overhead: step / sum of parts", total / sum(parts.values()), "<=", 1.15))
+    print_parts(parts, "REALM step", total)
     print(info_line("step / plain masked-LM step on the same joined sequences",
                     total / parts["reader (masked LM on joined sequences)"],
                     "re-embedding the candidates is REALM's price, not overhead"))
