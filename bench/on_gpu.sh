@@ -6,7 +6,8 @@
 #
 # install:  pip-installs the wheels in .whl/ (fairseq, faiss-cpu, hydra, ...; fetched beforehand with
 #           `pip download --python-version 3.12 ...`, see bench/gpu-notes.md) and this checkout, offline.
-# scale:    bench/scale.py at 100k, 1M and 13,353,718 vectors on the GPU (torch search) and the CPU.
+# scale:    bench/scale.py at 100k, 1M and 13,353,718 vectors on the GPU (torch search) and the CPU (faiss
+#           flat16, the default type of a version; TYPES="flat16 flat ..." adds others).
 # embed:    bench/embed_corpus.py at realm_base bf16: fairseq's attention against the SDPA path, also
 #           with the weights in bf16 and under torch.compile.
 # ict:      bench/ict_step.py: an Inverse Cloze Task step at realm_base bf16, 64 pseudo-queries (ORQA's batch
@@ -58,7 +59,7 @@ for what in "$@"; do
   case $what in
     install) step install install ;;
     scale) step scale timeout "${SCALE_S:-330}" python3 bench/scale.py --device cuda --sizes ${SIZES:-13353718 1000000 100000} \
-             --repeat "${REPEAT:-5}" --out "$OUT/scale.json" ;;
+             --types ${TYPES:-flat16} --repeat "${REPEAT:-5}" --out "$OUT/scale.json" ;;
     embed) step embed timeout "${EMBED_S:-150}" python3 bench/embed_corpus.py --device cuda --arch realm_base --dtype bf16 \
              --blocks 0 --max-tokens 65536 --repeat 2 --weights-in-dtype --compile --inputs $data/enwiki-sample-articles.jsonl.gz \
              $data/squad-v1.1-dev.json.gz $data/squadshifts-new-wiki-v1.0.json.gz ;;

@@ -10,6 +10,8 @@ N, synthetic standard normal vectors (float16, as an index version stores them) 
 IndexStore (v1 and v2, as a refresh does), then measured, each part in a process of its own so that sizes do
 not pollute each other:
 
+- commit: seconds to commit v1 and v2 (embeddings and an index of ``--commit-type``, by default the type
+  a version gets, checksummed and flushed to disk), and their bytes;
 - build: ``MipsIndex.build`` of each faiss type in ``--types`` (seconds) and the bytes of its file; types
   above their ``--build-limits`` size are skipped (defaults: ivf_flat and ivf_pq up to 1M, hnsw up to 100k:
   their builds take minutes at 13.35M; ``TYPE=0`` removes a limit);
@@ -50,7 +52,7 @@ from goals import goal_line, info_line  # noqa: E402  (bench/goals.py, this scri
 
 PAPER_N = 13_353_718
 DIM = 128
-FAISS_TYPES = ("flat", "ivf_flat", "ivf_pq", "hnsw", "sq8")
+FAISS_TYPES = ("flat16", "flat", "ivf_flat", "ivf_pq", "hnsw", "sq8")
 BUILD_LIMITS = {"ivf_flat": 1_000_000, "ivf_pq": 1_000_000, "hnsw": 100_000}
 GEN_ROWS = 1 << 20  # rows generated at a time
 MIB = float(1 << 20)
@@ -114,7 +116,8 @@ def light_package() -> None:
 
 
 def child_make(spec: dict) -> dict:
-    """Commit v1 and v2 of N synthetic vectors (float16) to the IndexStore at spec['store']."""
+    """Commit v1 and v2 of N synthetic vectors (float16) to the IndexStore at spec['store'], each with the
+    index type a version gets by default (seconds to commit, bytes of its files)."""
     from realm_fairseq.retrieval.versions import IndexStore
 
     store, n, out = IndexStore(spec["store"]), spec["n"], {}
@@ -124,13 +127,14 @@ def child_make(spec: dict) -> dict:
         for s in range(0, n, GEN_ROWS):  # (GEN_ROWS, DIM) float32 at a time
             emb[s : s + GEN_ROWS] = rng.standard_normal((min(GEN_ROWS, n - s), DIM), dtype=np.float32)
         start = time.perf_counter()
-        version = store.commit(emb, f"synthetic-{n}", {"seed": seed}, "flat")
+        version = store.commit(emb, f"synthetic-{n}", {"seed": seed}, **spec["commit_type"])
         out[f"commit_s_v{version}"] = time.perf_counter() - start
         del emb
         gc.collect()
     vdir = store.version_dir(1)
     out["embeddings_bytes"] = os.path.getsize(os.path.join(vdir, "embeddings.npy"))
-    out["flat_bytes"] = os.path.getsize(os.path.join(vdir, "index.faiss"))
+    out["index_bytes"] = os.path.getsize(os.path.join(vdir, "index.faiss"))
+    out["index_type"] = store.manifest(1)["index_type"]
     return out
 
 
@@ -155,7 +159,7 @@ def _faiss_searcher(spec: dict):
     store, gpu = IndexStore(spec["store"]), spec["kind"] == "faiss-gpu"
 
     def load(version):
-        if spec["type"] == "flat":  # a committed version, as a rank loads it (checksums included)
+        if spec["type"] == spec["committed"]:  # a committed version, as a rank loads it (checksums included)
             index = store.load(version)[0]
         else:  # other types exist for v1 only (built by child_build)
             index = MipsIndex.load(spec["path"], spec["type"])
@@ -285,9 +289,11 @@ def measure_step(args) -> dict:
 
 
 # ---------------------------------------------------------------- the runs
-def serve_specs(args, n: int, store: str, built: dict) -> list:
-    """What to serve at size ``n``: faiss types built, torch on the CPU (and GPU), faiss-gpu if present."""
-    common = dict(store=store, n=n, queries=args.queries, k=args.k, exclude=args.exclude, repeat=args.repeat)
+def serve_specs(args, n: int, store: str, built: dict, committed: str) -> list:
+    """What to serve at size ``n``: faiss types built, torch on the CPU (and GPU), faiss-gpu if present.
+    ``committed`` is the index type of the committed versions."""
+    common = dict(store=store, n=n, queries=args.queries, k=args.k, exclude=args.exclude, repeat=args.repeat,
+                  committed=committed)
     specs = [dict(common, kind="faiss", type=t, path=built[t]["path"], label=f"faiss {t} (CPU)")
              for t in args.types if "path" in built.get(t, {})]  # built, not skipped or failed
     specs.append(dict(common, kind="torch", device="cpu", precision="fp32", label="torch fp32 (CPU)"))
@@ -308,7 +314,8 @@ def faiss_gpus() -> int:
 
 def run_size(args, n: int, root: str) -> dict:
     store = os.path.join(root, f"n{n}")
-    made = run_child({"kind": "make", "store": store, "n": n}, args.timeout)
+    commit_type = {"index_type": args.commit_type} if args.commit_type else {}  # else the versions' default
+    made = run_child({"kind": "make", "store": store, "n": n, "commit_type": commit_type}, args.timeout)
     print(f"\nN = {n:,}: committed v1, v2 {json.dumps(made)}", file=sys.stderr, flush=True)
     if "error" in made:
         return {"n": n, "made": made, "built": {}, "served": []}
@@ -322,7 +329,7 @@ def run_size(args, n: int, root: str) -> dict:
         built[t] = dict(run_child({"kind": "build", "store": store, "type": t, "path": path}, args.timeout), path=path)
         print(f"  build {t}: {json.dumps(built[t])}", file=sys.stderr, flush=True)
     served = []
-    for spec in serve_specs(args, n, store, built):
+    for spec in serve_specs(args, n, store, built, made["index_type"]):
         result = dict(run_child(spec, args.timeout), label=spec["label"], kind=spec["kind"])
         print(f"  serve {spec['label']}: {json.dumps(result)}", file=sys.stderr, flush=True)
         served.append(result)
@@ -376,6 +383,12 @@ def print_report(results: list, step: dict, args) -> None:
         for t, b in result["built"].items():
             if "skipped" in b or "error" in b:
                 print(f"({result['n']:,} {t}: {b.get('skipped') or b.get('error')})")
+    for result in results:
+        made = result["made"]
+        if "commit_s_v1" in made:
+            print(f"{result['n']:,}: committing a version (embeddings and a {made['index_type']} index, checksummed, "
+                  f"flushed to disk) took {made['commit_s_v1']:.1f} s and {made['commit_s_v2']:.1f} s; files "
+                  f"{made['embeddings_bytes'] / MIB:,.0f} + {made['index_bytes'] / MIB:,.0f} MiB")
     print()
     for result in results:
         print_goals(result, step, args)
@@ -425,8 +438,10 @@ def parse_args(argv=None):
                    help="numbers of vectors (default: %(default)s)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="cuda adds torch (and faiss-gpu) search on the GPU; auto: cuda when torch sees one")
-    p.add_argument("--types", nargs="+", default=["flat", "ivf_flat", "ivf_pq", "hnsw"], choices=FAISS_TYPES,
+    p.add_argument("--types", nargs="+", default=["flat16", "flat", "ivf_flat", "ivf_pq", "hnsw"], choices=FAISS_TYPES,
                    help="faiss index types built and searched on the CPU (default: %(default)s)")
+    p.add_argument("--commit-type", choices=FAISS_TYPES,
+                   help="index type of the committed versions v1 and v2 (default: what a version gets by default)")
     p.add_argument("--build-limits", nargs="*", metavar="TYPE=N",
                    help="build TYPE only up to N vectors (0: no limit); defaults "
                         + ", ".join(f"{t}={v}" for t, v in BUILD_LIMITS.items()))

@@ -145,7 +145,7 @@ def test_a_failed_build_removes_its_own_shards_only(tmp_path):
 @pytest.mark.parametrize("field, value, expected", [
     ("index_options", {"out": "/elsewhere"}, r"field index_type/index_options: unknown index option 'out'"),
     ("index_options", {"nlist": 4}, r"field index_type/index_options: option 'nlist' does not apply to index "
-                                    r"type 'flat'"),
+                                    r"type 'flat16'"),
     ("index_options", ["nlist"], r"field index_options is \['nlist'\], expected an object of index options"),
     ("index_type", "ivf_sq", r"field index_type/index_options: unknown index type 'ivf_sq'"),
     ("files", {"index.faiss": {"bytes": 1}}, r"field files.embeddings.npy is None, expected"),
@@ -244,7 +244,7 @@ def test_build_index_checks_its_options_and_output_before_embedding(small_corpus
     common = ["--corpus", small_corpus, "--checkpoint", checkpoint, "--no-progress"]
     out = ["--out", str(tmp_path / "INDEX")]
     for extra, expected in [
-        (["--pq-m", "4"], "--pq-m does not apply to --index-type flat (its options: none)"),
+        (["--pq-m", "4"], "--pq-m does not apply to --index-type flat16 (its options: none)"),
         (["--index-type", "ivf_pq", "--pq-m", "0"], "--pq-m 0: expected a positive integer"),
         (["--index-type", "ivf_pq", "--pq-m", "5"], "pq_m=5 must divide the embedding dimension 32"),
         (["--index-type", "ivf_flat", "--nlist", "100000"], "nlist=100000 cells need at least 100000 vectors"),

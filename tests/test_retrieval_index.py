@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from realm_fairseq.retrieval.mips import MipsIndex, default_nlist, resolve_options
+from realm_fairseq.retrieval.mips import DEFAULT_INDEX_TYPE, MipsIndex, default_nlist, resolve_options
 from realm_fairseq.retrieval.versions import IndexStore, shard_range
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,6 +134,37 @@ def test_flat_equals_brute_force_on_text_embeddings(text_data, text_flat):
     assert_matches_brute_force(text_flat[0], emb, queries, k=RECALL_K)
 
 
+def test_flat16_is_flat_over_float16_embeddings_in_half_the_bytes(text_data, tmp_path):
+    """The default type of index versions: the top k of ``flat`` over the float16 embeddings a version
+    stores (scores within float32 rounding), in 256 bytes a vector at d=128 instead of 512, read back
+    memory-mapped, excluded ids honoured alike."""
+    emb, queries = text_data
+    emb16 = emb.astype(np.float16)
+    flat, flat16 = MipsIndex.build(emb16, "flat"), MipsIndex.build(emb16, "flat16")
+    assert flat16.index_type == DEFAULT_INDEX_TYPE == "flat16"
+    assert_matches_brute_force(flat16, emb16, queries, k=RECALL_K)
+    exclude = flat.search(queries, 1)[0]  # (q, 1): each query's best block, as a pre-training source block
+    ids, scores = flat.search(queries, RECALL_K, exclude)  # (q, k) each
+    gaps = -np.diff(scores, axis=1)  # (q, k - 1)
+    untied = np.ones(ids.shape, dtype=bool)  # ids whose score is apart from their neighbours'
+    untied[:, :-1] &= gaps > 1e-4
+    untied[:, 1:] &= gaps > 1e-4
+    assert untied.mean() > 0.9
+    for index in (flat16, MipsIndex.load(_saved(flat16, tmp_path / "v.faiss"), "flat16")):
+        ids16, scores16 = index.search(queries, RECALL_K, exclude)
+        np.testing.assert_allclose(scores16, scores, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(ids16[untied], ids[untied])
+        assert not (ids16 == exclude).any()
+    big = random_unit(2000, 128, seed=5).astype(np.float16)
+    sizes = {t: MipsIndex.build(big, t).bytes_per_vector for t in ("flat", "flat16")}
+    assert 256 <= sizes["flat16"] < 257 and 512 <= sizes["flat"] < 513, sizes
+
+
+def _saved(index, path) -> str:
+    index.save(str(path))
+    return str(path)
+
+
 # ---------------------------------------------------------------- approximate search
 @pytest.mark.parametrize("index_type", ["ivf_flat", "hnsw", "sq8", "ivf_pq"])
 def test_approximate_recall_on_text_embeddings(index_type, text_data, text_flat):
@@ -228,7 +259,7 @@ def test_excluded_ids_never_appear_and_k_results_remain():
 
 
 # ---------------------------------------------------------------- save / load / GPU
-@pytest.mark.parametrize("index_type", ["flat", "ivf_flat", "ivf_pq", "hnsw", "sq8"])
+@pytest.mark.parametrize("index_type", ["flat16", "flat", "ivf_flat", "ivf_pq", "hnsw", "sq8"])
 def test_save_load_round_trip(index_type, tmp_path):
     emb = random_unit(3000, 32, seed=7)
     queries = random_unit(50, 32, seed=8)
@@ -248,10 +279,10 @@ def test_save_load_round_trip(index_type, tmp_path):
 
 def test_bytes_per_vector_orders_the_types():
     emb = random_unit(5000, 128, seed=9)
-    size = {t: MipsIndex.build(emb, t).bytes_per_vector for t in ["flat", "hnsw", "sq8"]}
+    size = {t: MipsIndex.build(emb, t).bytes_per_vector for t in ["flat", "flat16", "hnsw", "sq8"]}
     size["ivf_pq"] = MipsIndex.build(emb, "ivf_pq", pq_m=16).bytes_per_vector
-    assert 512 <= size["flat"] < 513 and 128 <= size["sq8"] < 130
-    assert size["ivf_pq"] < size["sq8"] < size["flat"] < size["hnsw"], size
+    assert 512 <= size["flat"] < 513 and 256 <= size["flat16"] < 257 and 128 <= size["sq8"] < 130
+    assert size["ivf_pq"] < size["sq8"] < size["flat16"] < size["flat"] < size["hnsw"], size
 
 
 def test_load_errors_name_the_file(tmp_path):
@@ -307,7 +338,7 @@ def test_commit_list_and_load_versions(tmp_path):
     np.testing.assert_array_equal(index.search(emb2[:3], 1)[0][:, 0], [0, 1, 2])
 
     index1, manifest1 = store.load(1, corpus=FakeCorpus("sum-a", 300))
-    assert manifest1["version"] == 1 and index1.index_type == "flat"
+    assert manifest1["version"] == 1 and index1.index_type == DEFAULT_INDEX_TYPE
     np.testing.assert_array_equal(index1.search(emb1[:3], 1)[0][:, 0], [0, 1, 2])
     stored = store.embeddings(1)
     assert stored.dtype == np.float16 and isinstance(stored, np.memmap)

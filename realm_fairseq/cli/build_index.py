@@ -16,7 +16,7 @@ from realm_fairseq.errors import cli_errors
 from realm_fairseq.indexing.build import BuildRequest, run_build
 from realm_fairseq.indexing.embed import DTYPES
 from realm_fairseq.models.similarity import POOLINGS, SCORES
-from realm_fairseq.retrieval.mips import INDEX_TYPES, IndexOptions
+from realm_fairseq.retrieval.mips import DEFAULT_INDEX_TYPE, INDEX_TYPES, IndexOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "the block embeddings); default: the checkpoint's own, or the one --hf weights were "
                              "trained with (cosine for MiniLM, dot for BERT)")
     parser.add_argument("--out", required=True, help="INDEX directory (versions v1, v2, ... inside)")
-    parser.add_argument("--index-type", choices=INDEX_TYPES, default="flat", help="faiss index type")
+    parser.add_argument("--index-type", choices=INDEX_TYPES, default=DEFAULT_INDEX_TYPE,
+                        help="faiss index type (default: %(default)s)")
     for f in dataclasses.fields(IndexOptions):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=None,
                             help=f"{f.metadata['help']} (default: {f.default})".replace("%", "%%"))

@@ -18,7 +18,7 @@ from realm_fairseq.cli import log_to_stderr
 from realm_fairseq.errors import InputError, cli_errors
 from realm_fairseq.models import realm_hf
 from realm_fairseq.models.hf_convert import convert_hf_bert, save_weights
-from realm_fairseq.retrieval.mips import INDEX_TYPES
+from realm_fairseq.retrieval.mips import DEFAULT_INDEX_TYPE, INDEX_TYPES
 
 logger = logging.getLogger("realm-convert-hf")
 
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "block_records.npy --format realm-blocks)")
     qa.add_argument("--index", help="INDEX directory: commit the checkpoint's block_emb as its next version "
                                     "(no re-embedding); needs --corpus")
-    qa.add_argument("--index-type", choices=INDEX_TYPES, default="flat", help="faiss index type for --index")
+    qa.add_argument("--index-type", choices=INDEX_TYPES, default=DEFAULT_INDEX_TYPE,
+                    help="faiss index type for --index (default: %(default)s)")
     qa.add_argument("--qa-checkpoint", metavar="QA.pt",
                     help="also write a realm_open_qa checkpoint of the converted model over --corpus and "
                          "--index, for realm-evaluate and realm-answer")

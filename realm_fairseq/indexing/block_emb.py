@@ -3,8 +3,9 @@
 REALM's open-QA checkpoints carry Embed_doc(z) for every block of its Wikipedia corpus (paper, sections
 3.2 and 4.2), made by its document embedder. ``block_emb`` is read in chunks (memory-mapped from the
 checkpoint), written as the float16 embeddings an index version stores, and the faiss index is built from
-that file. Peak memory is the faiss index itself (the embeddings as float32 for ``flat``). The CORPUS must
-be REALM's blocks in their order (:func:`realm_fairseq.data.realm_blocks.check_corpus_for`).
+that file. Peak memory is the faiss index itself (the embeddings as float16 for ``flat16``, the default; as
+float32 for ``flat``). The CORPUS must be REALM's blocks in their order
+(:func:`realm_fairseq.data.realm_blocks.check_corpus_for`).
 """
 import os
 
@@ -12,12 +13,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from realm_fairseq.retrieval.mips import DEFAULT_INDEX_TYPE
 from realm_fairseq.retrieval.versions import IndexStore
 
 IMPORT_CHUNK = 1 << 16  # rows of block_emb converted at a time
 
 
-def import_block_emb(block_emb: torch.Tensor, corpus, index_dir: str, source: str, index_type: str = "flat",
+def import_block_emb(block_emb: torch.Tensor, corpus, index_dir: str, source: str,
+                     index_type: str = DEFAULT_INDEX_TYPE,
                      progress: bool = True, **options) -> int:
     """Commit ``block_emb`` (n, d), row i embedding block i of ``corpus``, as the next version of
     ``index_dir`` (see the module docstring); returns the version number."""

@@ -21,7 +21,7 @@ import torch
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.indexing.embed import embed_blocks
 from realm_fairseq.models.loading import EmbedderSource, doc_embedder_from_bert, doc_embedder_from_checkpoint
-from realm_fairseq.retrieval.mips import APPLIES, min_index_bytes, resolve_options
+from realm_fairseq.retrieval.mips import APPLIES, DEFAULT_INDEX_TYPE, min_index_bytes, resolve_options
 from realm_fairseq.retrieval.versions import IndexStore, shard_range
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def build_index(
     corpus: BlockCorpus,
     index_dir: str,
     source: EmbedderSource,
-    index_type: str = "flat",
+    index_type: str = DEFAULT_INDEX_TYPE,
     shard: Tuple[int, int] = (0, 1),
     merge: bool = False,
     embed_options: Optional[dict] = None,
@@ -97,7 +97,7 @@ class BuildRequest:
     hf: Optional[str] = None
     pooling: Optional[str] = None  # with ``hf``: default as the weights were trained
     score: Optional[str] = None  # default: the checkpoint's, or the one ``hf`` weights were trained for
-    index_type: str = "flat"
+    index_type: str = DEFAULT_INDEX_TYPE
     index_options: Dict[str, int] = field(default_factory=dict)
     max_tokens: int = 16384
     device: str = "cpu"

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
 from realm_fairseq.indexing.build import BuildRequest, run_build
-from realm_fairseq.retrieval.mips import check_options
+from realm_fairseq.retrieval.mips import DEFAULT_INDEX_TYPE, check_options
 from realm_fairseq.slurm import SlurmResources
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class RefreshPlan:
     corpus: str
     index_dir: str
     workdir: str  # plan, log and job files of this refresh
-    index_type: str = "flat"
+    index_type: str = DEFAULT_INDEX_TYPE
     index_options: Dict[str, int] = field(default_factory=dict)
     num_shards: int = 1
     devices: List[str] = field(default_factory=list)  # CUDA_VISIBLE_DEVICES entries for the shards; [] = CPU

@@ -9,22 +9,21 @@ The retriever itself is :class:`~realm_fairseq.retrieval.dense.DenseRetriever`.
 import logging
 from typing import Optional
 
-import numpy as np
-
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.indexing.embed import embed_blocks
 from realm_fairseq.models.loading import EmbedderSource, embedder_from_state, weights_embedders, weights_source
 from realm_fairseq.retrieval.dense import DenseRetriever, open_index
-from realm_fairseq.retrieval.mips import MipsIndex
+from realm_fairseq.retrieval.mips import DEFAULT_INDEX_TYPE, MipsIndex
 from realm_fairseq.retrieval.placement import beside
 
 logger = logging.getLogger(__name__)
 
 
 def index_now(source: EmbedderSource, corpus: BlockCorpus, embed_options: dict) -> MipsIndex:
-    """An exact index of every block embedded now by ``source`` (nothing written)."""
+    """An exact index of every block embedded now by ``source`` (nothing written), over the float16
+    embeddings an index version would store."""
     logger.info("embedding the %d blocks of %s with %s", len(corpus), corpus.path, source.info)
-    return MipsIndex.build(embed_blocks(source, corpus, **embed_options).astype(np.float32), "flat")
+    return MipsIndex.build(embed_blocks(source, corpus, **embed_options), DEFAULT_INDEX_TYPE)
 
 
 def checkpoint_corpus(state: dict) -> Optional[str]:

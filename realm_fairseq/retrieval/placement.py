@@ -17,7 +17,7 @@ from typing import Callable, List
 
 import torch
 
-from realm_fairseq.retrieval.mips import MipsIndex
+from realm_fairseq.retrieval.mips import GPU_TYPES, MipsIndex
 from realm_fairseq.retrieval.torch_search import DEVICES_FLAG, TorchMipsSearch, parse_devices
 
 AUTO = "auto"
@@ -64,12 +64,12 @@ def faiss_gpu_count() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "GpuMultipleClonerOptions") else 0
 
 
-def gpu_searcher(load_index: Callable[[], MipsIndex], embeddings, devices: str):
+def gpu_searcher(load_index: Callable[[], MipsIndex], index_type: str, embeddings, devices: str):
     """The search of one index version on the GPUs ``devices``: its faiss index (``load_index()``, read only
-    here) moved there by faiss-gpu when it can, else exact torch search over ``embeddings`` ((n, d) float16,
-    memory-mapped) copied there."""
+    here) moved there by faiss-gpu when it can (a type faiss-gpu has), else exact torch search over
+    ``embeddings`` ((n, d) float16, memory-mapped) copied there."""
     gpus: List[torch.device] = parse_devices(devices)
-    if faiss_gpu_count() > max(g.index for g in gpus):
+    if index_type in GPU_TYPES and faiss_gpu_count() > max(g.index for g in gpus):
         index = load_index().to_gpu([g.index for g in gpus])
         if index.devices:
             return index

@@ -27,8 +27,8 @@ is removed only when its writer's process, on this host, is gone.
 Each manifest records the size and sha256 of ``embeddings.npy`` and ``index.faiss`` (field ``files``):
 loading a version checks both, so a file replaced or damaged after the build is refused with its
 name. The hash reads each file once per process (about 0.6 s a GB at 1.6 GB/s, plus reading the file:
-at paper scale, 13M blocks of 128 dimensions, ~3.3 GB of embeddings and a ~6.7 GB flat index, some
-6 s, which the refresher spends in its background loading thread). Versions written before checksums
+at paper scale, 13M blocks of 128 dimensions, ~3.3 GB of embeddings and a ~3.4 GB ``flat16`` index, some
+4 s (6 s with a 6.7 GB ``flat`` one), which the refresher spends in its background loading thread). Versions written before checksums
 were recorded load with a warning. Shards are written to a temporary file and renamed the same way,
 so a rerun of a job array skips the shards that exist (:meth:`IndexStore.has_shard`).
 """
@@ -50,7 +50,7 @@ import numpy as np
 
 from realm_fairseq.atomic_io import atomic_file, fsync, make_public, sha256_files, write_faults_named
 from realm_fairseq.retrieval import placement
-from realm_fairseq.retrieval.mips import MipsIndex, check_options
+from realm_fairseq.retrieval.mips import DEFAULT_INDEX_TYPE, MipsIndex, check_options
 from realm_fairseq.retrieval.torch_search import shard_bounds
 
 logger = logging.getLogger(__name__)
@@ -313,7 +313,7 @@ class IndexStore:
             raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {free / 1e6:.1f} MB free, but the version "
                           f"needs at least {need_bytes / 1e6:.1f} MB", self.root)
 
-    def commit(self, embeddings: np.ndarray, corpus_checksum: str, encoder: dict, index_type: str = "flat",
+    def commit(self, embeddings: np.ndarray, corpus_checksum: str, encoder: dict, index_type: str = DEFAULT_INDEX_TYPE,
                **options) -> int:
         """Build the index over ``embeddings`` (n, d) and write it as the next version; returns its number.
 
@@ -481,7 +481,8 @@ class IndexStore:
                     )
         embeddings = self._embeddings(manifest)  # the file exists, has the recorded shape and checksum
         if placement.on_gpus(devices):  # the faiss file is read only if faiss-gpu will search it
-            return placement.gpu_searcher(lambda: self._load_index(manifest), embeddings, devices), manifest
+            return placement.gpu_searcher(lambda: self._load_index(manifest), manifest["index_type"], embeddings,
+                                          devices), manifest
         return self._load_index(manifest), manifest
 
     def _load_index(self, manifest: dict) -> MipsIndex:
@@ -542,7 +543,7 @@ class IndexStore:
             os.rmdir(root)  # only if empty
 
     def merge_shards(self, tag: str, num_shards: int, corpus_checksum: str, encoder: dict,
-                     index_type: str = "flat", **options) -> int:
+                     index_type: str = DEFAULT_INDEX_TYPE, **options) -> int:
         """Concatenate shards 0..num_shards-1 in order, commit them as a version, remove the shards.
 
         Returns the new version. Raises ``FileNotFoundError`` listing the shard ids that are missing.
