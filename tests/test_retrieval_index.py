@@ -16,6 +16,7 @@ import textwrap
 import time
 import zlib
 
+import faiss
 import numpy as np
 import pytest
 import torch
@@ -155,6 +156,10 @@ def test_flat16_is_flat_over_float16_embeddings_in_half_the_bytes(text_data, tmp
         np.testing.assert_allclose(scores16, scores, rtol=0, atol=1e-5)
         np.testing.assert_array_equal(ids16[untied], ids[untied])
         assert not (ids16 == exclude).any()
+    # float16 rows become the codes by a copy: the index faiss itself encodes from them, to the byte
+    encoded = faiss.IndexScalarQuantizer(emb16.shape[1], faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    encoded.add(emb16.astype(np.float32))
+    assert bytes(faiss.serialize_index(encoded)) == bytes(faiss.serialize_index(flat16._cpu))
     big = random_unit(2000, 128, seed=5).astype(np.float16)
     sizes = {t: MipsIndex.build(big, t).bytes_per_vector for t in ("flat", "flat16")}
     assert 256 <= sizes["flat16"] < 257 and 512 <= sizes["flat"] < 513, sizes
@@ -206,6 +211,8 @@ def test_default_options_are_resolved_and_checked():
     bad[7, 2] = np.nan
     with pytest.raises(ValueError, match="row 7 is not finite"):
         MipsIndex.build(bad)
+    with pytest.raises(ValueError, match="row 7 is not finite"):  # float16 rows are copied, still checked
+        MipsIndex.build(bad.astype(np.float16), "flat16")
 
 
 @pytest.mark.parametrize("index_type", ["ivf_flat", "hnsw", "sq8"])

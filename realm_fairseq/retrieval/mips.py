@@ -246,6 +246,17 @@ def _options_of(index: "faiss.Index", index_type: str) -> dict:
     return {}
 
 
+def _check_finite(rows: np.ndarray, start: int = 0) -> np.ndarray:
+    """``rows`` (m, d), rows ``start``.. of the embeddings, unless one holds a NaN or inf (a ValueError naming
+    it); checked ``ADD_BATCH`` rows at a time."""
+    for offset in range(0, len(rows), ADD_BATCH):
+        bad = ~np.isfinite(rows[offset : offset + ADD_BATCH])
+        if bad.any():
+            raise ValueError(f"embeddings: row {start + offset + int(np.argwhere(bad)[0, 0])} is not finite "
+                             "(NaN or inf)")
+    return rows
+
+
 def _as_float32(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
@@ -356,12 +367,14 @@ class MipsIndex:
                            MIN_PER_CELL * 2 ** opts["pq_nbits"])
         if not index.is_trained:
             _train(index, _train_sample(embeddings, opts.get("train_size", min(n, SQ_TRAIN_SIZE))))
-        for start in range(0, n, ADD_BATCH):
-            chunk = _as_float32(embeddings[start : start + ADD_BATCH])  # (<= ADD_BATCH, d)
-            if not np.isfinite(chunk).all():
-                row = start + int(np.argwhere(~np.isfinite(chunk))[0, 0])
-                raise ValueError(f"embeddings: row {row} is not finite (NaN or inf)")
-            index.add(chunk)
+        if index_type == "flat16" and embeddings.dtype == np.float16:
+            _check_finite(embeddings)
+            # float16 rows are already flat16's codes (faiss encodes them to these bytes): copied, not encoded
+            faiss.copy_array_to_vector(np.ascontiguousarray(embeddings).view(np.uint8).reshape(-1), index.codes)
+            index.ntotal = n
+        else:
+            for start in range(0, n, ADD_BATCH):
+                index.add(_check_finite(_as_float32(embeddings[start : start + ADD_BATCH]), start))
         logger.info("built a %s index of %d vectors of dimension %d (%s)", index_type, n, d, opts)
         return cls(index, index_type, opts)
 
