@@ -116,8 +116,8 @@ def light_package() -> None:
 
 
 def child_make(spec: dict) -> dict:
-    """Commit v1 and v2 of N synthetic vectors (float16) to the IndexStore at spec['store'], each with the
-    index type a version gets by default (seconds to commit, bytes of its files)."""
+    """Commit v1 and v2 of N synthetic vectors (float16) to the IndexStore at spec['store'], with the index
+    type spec['commit_type'] names (else a version's default): seconds to commit, bytes of the files."""
     from realm_fairseq.retrieval.versions import IndexStore
 
     store, n, out = IndexStore(spec["store"]), spec["n"], {}
