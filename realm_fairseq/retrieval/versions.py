@@ -28,8 +28,8 @@ Each manifest records the size and sha256 of ``embeddings.npy`` and ``index.fais
 loading a version checks both, so a file replaced or damaged after the build is refused with its
 name. The hash reads each file once per process (about 0.6 s a GB at 1.6 GB/s, plus reading the file:
 at paper scale, 13M blocks of 128 dimensions, ~3.3 GB of embeddings and a ~3.4 GB ``flat16`` index, some
-4 s (6 s with a 6.7 GB ``flat`` one), which the refresher spends in its background loading thread). Versions written before checksums
-were recorded load with a warning. Shards are written to a temporary file and renamed the same way,
+4 s (6 s with a 6.7 GB ``flat`` one), which the refresher spends in its background loading thread).
+Versions written before checksums were recorded load with a warning. Shards are written to a temporary file and renamed the same way,
 so a rerun of a job array skips the shards that exist (:meth:`IndexStore.has_shard`).
 """
 import contextlib
