@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
+from realm_fairseq.atomic_io import write_json
 from realm_fairseq.indexing.build import BuildRequest, run_build
 from realm_fairseq.retrieval.mips import DEFAULT_INDEX_TYPE, check_options
 from realm_fairseq.slurm import SlurmResources
@@ -62,8 +63,7 @@ class RefreshPlan:
 
     def save(self) -> str:
         os.makedirs(self.workdir, exist_ok=True)
-        with open(self.path, "w", encoding="utf-8") as f:
-            json.dump(asdict(self), f, indent=2)
+        write_json(self.path, asdict(self))
         return self.path
 
     @classmethod
