@@ -169,7 +169,7 @@ BAD_INPUTS = [
     ("badtype.jsonl", '{"id": "1", "text": ["a", "list"]}\n', r'badtype\.jsonl, line 1: "text" is list'),
     ("latin1.jsonl", '{"id": "1", "text": "ok"}\n'.encode() + '{"id": "2", "text": "café"}\n'.encode("latin-1"),
      r"latin1\.jsonl, line 2, byte 25: invalid UTF-8"),
-    ("empty.jsonl", "", r"empty\.jsonl: file is empty"),
+    ("empty.jsonl", "", r"empty\.jsonl: file is empty; expected documents"),
     ("columns.tsv", "id\ttext\ttitle\n1\tsome text\n", r"columns\.tsv, line 2: expected 3 tab-separated"),
     ("header.tsv", "text\tid\n", r"header\.tsv, line 1: expected the DPR header"),
     ("latin1.json", '{"data": [\n{"title": "Caf'.encode() + "é".encode("latin-1") + b'"}]}',

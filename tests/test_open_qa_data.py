@@ -71,6 +71,13 @@ def test_bad_question_lines_are_reported_with_file_and_line(tmp_path, line, answ
     assert str(e.value).startswith(f"{path}, ") and message in str(e.value)
 
 
+def test_an_empty_question_file_is_reported(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    with pytest.raises(InputError, match=rf"^{path}: file is empty; expected questions$"):
+        read_questions(str(path))
+
+
 def test_squad_converter_splits_by_article(tmp_path):
     with gzip.open(SQUAD_DEV, "rt", encoding="utf-8") as f:
         squad = json.load(f)

@@ -17,7 +17,7 @@ import logging
 import os
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from realm_fairseq.data.input_files import Document, decode_utf8, open_binary, read_all, utf8_lines
+from realm_fairseq.data.input_files import Document, decode_utf8, jsonl_objects, open_binary, read_all, utf8_lines
 from realm_fairseq.data.realm_blocks import read_realm_blocks
 from realm_fairseq.errors import InputError
 
@@ -43,16 +43,7 @@ def _string_field(obj: dict, key: str, where: str, default=None) -> str:
 
 def read_jsonl(path: str) -> Iterator[Document]:
     name = os.path.basename(path)
-    for lineno, line in utf8_lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}, line {lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{where}, column {e.colno}: invalid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise InputError(f"{where}: expected a JSON object {{\"id\", \"title\", \"text\"}}")
+    for lineno, where, obj in jsonl_objects(path, "documents", '"id", "title", "text"'):
         yield Document(
             id=_string_field(obj, "id", where, default=f"{name}:{lineno}"),
             title=_string_field(obj, "title", where, default=""),

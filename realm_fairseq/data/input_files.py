@@ -7,6 +7,7 @@ it imports none of them, so that the document formats can be registered in ``doc
 readers without an import cycle.
 """
 import gzip
+import json
 from dataclasses import dataclass
 from typing import Iterator, Tuple
 
@@ -52,8 +53,9 @@ def decode_utf8(path: str, raw: bytes, first_line: int = 1) -> str:
         ) from None
 
 
-def utf8_lines(path: str) -> Iterator[Tuple[int, str]]:
-    """(line number, decoded line) pairs; raises for an empty file and for non-UTF-8 bytes."""
+def utf8_lines(path: str, expected: str = "documents") -> Iterator[Tuple[int, str]]:
+    """(line number, decoded line) pairs; raises for an empty file (which should hold ``expected``) and for
+    non-UTF-8 bytes."""
     empty = True
     try:
         with open_binary(path) as f:
@@ -65,4 +67,21 @@ def utf8_lines(path: str) -> Iterator[Tuple[int, str]]:
     except (OSError, EOFError) as e:
         raise InputError(f"{path}: cannot read ({e})") from None
     if empty:
-        raise InputError(f"{path}: file is empty; expected documents")
+        raise InputError(f"{path}: file is empty; expected {expected}")
+
+
+def jsonl_objects(path: str, expected: str, fields: str) -> Iterator[Tuple[int, str, dict]]:
+    """(line number, ``"PATH, line N"``, object) for each non-blank line of a JSON-lines file of ``expected``
+    (e.g. "questions"); a line that is not a JSON object raises an :class:`InputError` naming it and the
+    ``fields`` an object should have."""
+    for lineno, line in utf8_lines(path, expected):
+        if not line.strip():
+            continue
+        where = f"{path}, line {lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}, column {e.colno}: invalid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise InputError(f"{where}: expected a JSON object {{{fields}}}")
+        yield lineno, where, obj

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from realm_fairseq.atomic_io import atomic_file
-from realm_fairseq.data.input_files import decode_utf8, read_all, utf8_lines
+from realm_fairseq.data.input_files import decode_utf8, jsonl_objects, read_all
 from realm_fairseq.errors import InputError
 
 ANSWER_TYPES = ("text", "regex")
@@ -68,16 +68,7 @@ def read_questions(path: str, answer_type: str = "text") -> List[Question]:
     if answer_type not in ANSWER_TYPES:
         raise ValueError(f"answer type {answer_type!r}: expected one of {', '.join(ANSWER_TYPES)}")
     questions = []
-    for lineno, line in utf8_lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}, line {lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{where}, column {e.colno}: invalid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise InputError(f"{where}: expected a JSON object {{\"question\", \"answer\"}}")
+    for lineno, where, obj in jsonl_objects(path, "questions", '"question", "answer"'):
         text = obj.get("question")
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"{where}: \"question\" is {json.dumps(text)[:80]}; expected a non-empty string")
