@@ -203,14 +203,13 @@ def products_ms(search, batches: dict, repeat: int) -> dict:
     selection, merging and the copy of the results to the host."""
     import torch
 
-    from realm_fairseq.retrieval.torch_search import _in_fp16, _scores, chunk_rows
+    from realm_fairseq.retrieval.torch_search import chunks, scores
 
     def products(queries):
         for shard in search.shards:
             q = torch.from_numpy(queries).to(shard.device)  # (b, d) float32
-            chunk = chunk_rows(len(q), q.shape[1], not _in_fp16(shard, search.precision), search.working_bytes)
-            for start in range(0, len(shard), chunk):
-                _scores(q, shard[start : start + chunk], search.precision)  # (b, c)
+            for _, rows in chunks(shard, len(q), search.precision, search.working_bytes):
+                scores(q, rows, search.precision)  # (b, c)
             if shard.is_cuda:
                 torch.cuda.synchronize(shard.device)
 

@@ -39,7 +39,7 @@ elsewhere on real text).
 import logging
 import math
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -226,8 +226,15 @@ def chunk_rows(b: int, d: int, upcast: bool, working_bytes: int) -> int:
     return max(1, working_bytes // (4 * (b + (d if upcast else 0))))
 
 
-def _scores(queries: torch.Tensor, rows: torch.Tensor, precision: str) -> torch.Tensor:
-    """queries (b, d) float32 times rows (c, d) float16/32: (b, c) float32."""
+def chunks(shard: torch.Tensor, b: int, precision: str, working_bytes: int) -> Iterator[Tuple[int, torch.Tensor]]:
+    """(first row, rows (c, d)) of each chunk of ``shard`` that a search of ``b`` queries multiplies at once."""
+    chunk = chunk_rows(b, shard.shape[1], not _in_fp16(shard, precision), working_bytes)
+    for start in range(0, len(shard), chunk):
+        yield start, shard[start : start + chunk]
+
+
+def scores(queries: torch.Tensor, rows: torch.Tensor, precision: str) -> torch.Tensor:
+    """queries (b, d) float32 times rows (c, d) float16/32: (b, c) float32, as a search multiplies them."""
     if _in_fp16(rows, precision):
         return torch.mm(queries.half(), rows.T, out_dtype=torch.float32)
     return queries @ rows.to(torch.float32).T
@@ -236,26 +243,24 @@ def _scores(queries: torch.Tensor, rows: torch.Tensor, precision: str) -> torch.
 def _chunk_top(queries, rows, offset: int, f: int, precision: str, exact_ties: bool):
     """The top ``f`` of one chunk, ordered (score desc, id asc), and which rows have more than ``f``
     scores reaching the f-th (a tie at the boundary, where torch.topk may keep any of them)."""
-    scores = _scores(queries, rows, precision)  # (b, c)
-    f = min(f, scores.shape[1])
+    products = scores(queries, rows, precision)  # (b, c)
+    f = min(f, products.shape[1])
     if exact_ties:  # a stable sort keeps the lowest ids of equal scores
-        top, idx = torch.sort(scores, dim=1, descending=True, stable=True)
+        top, idx = torch.sort(products, dim=1, descending=True, stable=True)
         top, idx = top[:, :f], idx[:, :f]
-        tied = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
+        tied = torch.zeros(len(products), dtype=torch.bool, device=products.device)
     else:
-        top, idx = torch.topk(scores, f, dim=1)  # (b, f)
-        tied = (scores >= top[:, -1:]).sum(dim=1) > f  # (b,)
+        top, idx = torch.topk(products, f, dim=1)  # (b, f)
+        tied = (products >= top[:, -1:]).sum(dim=1) > f  # (b,)
     return _order(top, idx + offset), tied
 
 
 def _shard_top(queries, shard: torch.Tensor, offset: int, f: int, precision: str, working_bytes: int,
                exact_ties: bool):
     """The top ``f`` of one shard (ids offset by its first row) and its boundary-tie flags, chunk by chunk."""
-    b, d = queries.shape
-    chunk = chunk_rows(b, d, not _in_fp16(shard, precision), working_bytes)
-    best, tied = None, torch.zeros(b, dtype=torch.bool, device=shard.device)
-    for start in range(0, len(shard), chunk):
-        top, chunk_tied = _chunk_top(queries, shard[start : start + chunk], offset + start, f, precision, exact_ties)
+    best, tied = None, torch.zeros(len(queries), dtype=torch.bool, device=shard.device)
+    for start, rows in chunks(shard, len(queries), precision, working_bytes):
+        top, chunk_tied = _chunk_top(queries, rows, offset + start, f, precision, exact_ties)
         best = top if best is None else _merge(best, top, f)
         tied |= chunk_tied
     return best, tied
