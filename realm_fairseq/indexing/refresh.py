@@ -76,7 +76,7 @@ class IndexRefresher:
         if self.scheduler is not None:
             self.scheduler.step(model, num_updates, in_use)
         self.loader.poll(in_use)
-        failed = self._failed_out()
+        failed = self._failure_here() is not None
         ready = self.loader.ready  # read once: the loader may hold a newer one by the time all agree
         version, abort = agree(ready[0] if ready else 0, failed)
         if abort:
@@ -84,23 +84,19 @@ class IndexRefresher:
         elif version > in_use:
             self._swap(*ready, num_updates)
 
-    def _failed_out(self) -> bool:
-        """Whether ``--refresh-max-failures`` refreshes in a row failed to build (rank 0) or to load here."""
-        return ((self.scheduler is not None and self.scheduler.failed_out)
-                or self.loader.failures >= self.cfg.refresh_max_failures)
-
-    def _why(self) -> str:
+    def _failure_here(self) -> Optional[str]:
+        """Why ``--refresh-max-failures`` refreshes in a row failed to load here or to build (rank 0), or None."""
         if self.loader.failures >= self.cfg.refresh_max_failures:
             return self.loader.last_failure
         if self.scheduler is not None and self.scheduler.failed_out:
             return self.scheduler.last_failure
-        return "see the logs of the other ranks (rank 0 launches the refreshes)"
+        return None
 
     def _stop(self, num_updates: int) -> None:
         """Stop training after this update, for too many failed refreshes in a row: fairseq then saves a
         checkpoint as at ``--max-update``, and :meth:`after_save` raises the error once it is saved. Without
         fairseq's training config (or with ``--no-save``) the error is raised at once."""
-        why = self._why()
+        why = self._failure_here() or "see the logs of the other ranks (rank 0 launches the refreshes)"
         self.stopping = RefreshFailedError(f"index refresh failed {self.cfg.refresh_max_failures} times in a row "
                                            f"(--refresh-max-failures); {why}")
         self.close()
