@@ -118,7 +118,7 @@ def light_package() -> None:
 def child_make(spec: dict) -> dict:
     """Commit v1 and v2 of N synthetic vectors (float16) to the IndexStore at spec['store'], with the index
     type spec['commit_type'] names (else a version's default): seconds to commit, bytes of the files."""
-    from realm_fairseq.retrieval.versions import IndexStore
+    from realm_fairseq.retrieval.versions import IndexStore, embeddings_file
 
     store, n, out = IndexStore(spec["store"]), spec["n"], {}
     for seed in (0, 1):
@@ -131,10 +131,10 @@ def child_make(spec: dict) -> dict:
         out[f"commit_s_v{version}"] = time.perf_counter() - start
         del emb
         gc.collect()
-    vdir = store.version_dir(1)
-    out["embeddings_bytes"] = os.path.getsize(os.path.join(vdir, "embeddings.npy"))
-    out["index_bytes"] = os.path.getsize(os.path.join(vdir, "index.faiss"))
-    out["index_type"] = store.manifest(1)["index_type"]
+    manifest = store.manifest(1)
+    out["files"] = {name: record["bytes"] for name, record in manifest["files"].items()}
+    out["embeddings_file"] = embeddings_file(manifest)  # what a torch search reads its rows from
+    out["index_type"] = manifest["index_type"]
     return out
 
 
@@ -356,7 +356,8 @@ def table_rows(result: dict, step_ms, ranks: int) -> list:
             continue
         mem = {k: max(s["loaded"][k], s["searched"][k]) for k in ("anon", "file")}
         ms = s["search_ms"]
-        disk = build.get("bytes") if t else result["made"].get("embeddings_bytes")
+        made = result["made"]
+        disk = build.get("bytes") if t else made["files"][made["embeddings_file"]] if "files" in made else None
         rows.append([
             f"{n:,}", label, f"{build['build_s']:.1f}" if "build_s" in build else "-",
             f"{disk / MIB:,.0f}" if disk else "-", f"{s['load_s']:.2f}",
@@ -385,9 +386,10 @@ def print_report(results: list, step: dict, args) -> None:
     for result in results:
         made = result["made"]
         if "commit_s_v1" in made:
-            print(f"{result['n']:,}: committing a version (embeddings and a {made['index_type']} index, checksummed, "
-                  f"flushed to disk) took {made['commit_s_v1']:.1f} s and {made['commit_s_v2']:.1f} s; files "
-                  f"{made['embeddings_bytes'] / MIB:,.0f} + {made['index_bytes'] / MIB:,.0f} MiB")
+            files = ", ".join(f"{name} {size / MIB:,.0f} MiB" for name, size in sorted(made["files"].items()))
+            print(f"{result['n']:,}: committing a version (a {made['index_type']} index and its embeddings, "
+                  f"checksummed, flushed to disk) took {made['commit_s_v1']:.1f} s and {made['commit_s_v2']:.1f} s; "
+                  f"files: {files}")
     print()
     for result in results:
         print_goals(result, step, args)

@@ -26,6 +26,7 @@ from realm_fairseq.models.realm import realm_tiny
 from realm_fairseq.indexing.embed import embed_blocks
 from realm_fairseq.indexing.scheduler import write_snapshot
 from realm_fairseq.models.loading import doc_embedder_from_checkpoint, snapshot_state
+from realm_fairseq.retrieval.mips import MipsIndex
 from realm_fairseq.retrieval.versions import IndexStore
 
 from conftest import BIN, ROOT
@@ -121,16 +122,32 @@ def test_a_version_in_progress_is_never_removed_but_an_abandoned_one_is(tmp_path
     assert temporary_dirs(store) == []  # its writer is gone: removed
 
 
-def test_a_replaced_file_is_refused_with_its_name(tmp_path):
+@pytest.mark.parametrize("index_type, files", [("flat16", ["index.faiss"]), ("flat", ["embeddings.npy", "index.faiss"])])
+def test_a_replaced_file_is_refused_with_its_name(tmp_path, index_type, files):
+    """A file replaced by one of the same size is refused by loading the version and by reading its
+    embeddings (for flat16, the index file holds them)."""
     store = IndexStore(str(tmp_path / "INDEX"))
-    store.commit(np.ones((50, 8), np.float16), "sum", {})
-    manifest = store.manifest()
-    assert set(manifest["files"]) == {"embeddings.npy", "index.faiss"}
-    path = os.path.join(store.version_dir(1), "embeddings.npy")
-    np.save(path, np.full((50, 8), 3, np.float16))  # same shape and size, other values
-    with pytest.raises(ValueError, match=r"v1/embeddings.npy: its sha256 is not the one .*v1/manifest.json "
-                                         r"records; the file was replaced or damaged after the build"):
-        IndexStore(store.root).load()
+    store.commit(np.ones((50, 8), np.float16), "sum", {}, index_type)
+    assert sorted(store.manifest()["files"]) == files
+    other = np.full((50, 8), 3, np.float16)
+    for name in files:
+        path = os.path.join(store.version_dir(1), name)
+        saved = open(path, "rb").read()
+        if name == "index.faiss":
+            MipsIndex.build(other, index_type).save(path)
+        else:
+            np.save(path, other)
+        assert os.path.getsize(path) == len(saved)
+        reads = [IndexStore(store.root).load]
+        if name == store.manifest()["embeddings_file"]:
+            reads.append(lambda: IndexStore(store.root).embeddings(1))
+        for read in reads:
+            with pytest.raises(ValueError, match=rf"v1/{name}: its sha256 is not the one .*v1/manifest.json "
+                                                 r"records; the file was replaced or damaged after the build"):
+                read()
+        with open(path, "wb") as f:
+            f.write(saved)
+    np.testing.assert_array_equal(IndexStore(store.root).embeddings(1), np.ones((50, 8), np.float16))
 
 
 def test_a_failed_build_removes_its_own_shards_only(tmp_path):
@@ -148,7 +165,8 @@ def test_a_failed_build_removes_its_own_shards_only(tmp_path):
                                     r"type 'flat16'"),
     ("index_options", ["nlist"], r"field index_options is \['nlist'\], expected an object of index options"),
     ("index_type", "ivf_sq", r"field index_type/index_options: unknown index type 'ivf_sq'"),
-    ("files", {"index.faiss": {"bytes": 1}}, r"field files.embeddings.npy is None, expected"),
+    ("files", {"index.faiss": {"bytes": 1}}, r"field files.index.faiss is \{'bytes': 1\}, expected"),
+    ("embeddings_file", "embeddings.npy", r"field files.embeddings.npy is None, expected"),
 ])
 def test_manifest_fields_are_checked_against_the_known_names(tmp_path, field, value, expected):
     store = IndexStore(str(tmp_path / "INDEX"))

@@ -335,6 +335,8 @@ def test_commit_list_and_load_versions(tmp_path):
     assert store.versions() == [1, 2] and store.latest() == 2
     assert sorted(os.listdir(store.root)) == [".lock", "v1", "v2"]
     assert sorted(os.listdir(store.version_dir(2))) == ["embeddings.npy", "index.faiss", "manifest.json"]
+    # a flat16 version (the default) holds its embeddings once: as its index's codes
+    assert sorted(os.listdir(store.version_dir(1))) == ["index.faiss", "manifest.json"]
 
     index, manifest = store.load()  # the newest
     assert manifest["version"] == 2 and manifest["encoder"] == {"checkpoint": "ckpt/b.pt", "update": 200}
@@ -347,9 +349,11 @@ def test_commit_list_and_load_versions(tmp_path):
     index1, manifest1 = store.load(1, corpus=FakeCorpus("sum-a", 300))
     assert manifest1["version"] == 1 and index1.index_type == DEFAULT_INDEX_TYPE
     np.testing.assert_array_equal(index1.search(emb1[:3], 1)[0][:, 0], [0, 1, 2])
-    stored = store.embeddings(1)
-    assert stored.dtype == np.float16 and isinstance(stored, np.memmap)
-    np.testing.assert_array_equal(stored, emb1.astype(np.float16))
+    for v, emb in ((1, emb1), (2, emb2)):
+        stored = store.embeddings(v)  # v1: a view of index.faiss's last bytes; v2: embeddings.npy
+        assert stored.dtype == np.float16 and isinstance(stored, np.memmap) and stored.shape == (300, 16)
+        assert os.path.basename(stored.filename) == ("index.faiss" if v == 1 else "embeddings.npy")
+        np.testing.assert_array_equal(stored, emb.astype(np.float16))
     with pytest.raises(FileNotFoundError, match=r"v7: no such committed version \(found v1, v2\)"):
         store.load(7)
 
@@ -392,7 +396,7 @@ def test_index_of_a_real_corpus(tmp_path, wiki_corpus):
 
 def test_damaged_versions_give_clear_errors(tmp_path):
     store = IndexStore(str(tmp_path / "INDEX"))
-    store.commit(random_unit(500, 16, seed=0), "sum", {})
+    store.commit(random_unit(500, 16, seed=0), "sum", {}, "flat")  # a type that keeps embeddings.npy
     vdir = store.version_dir(1)
     manifest_path = os.path.join(vdir, "manifest.json")
     good = open(manifest_path).read()
@@ -446,6 +450,48 @@ def test_damaged_versions_give_clear_errors(tmp_path):
     os.remove(index_path)
     with pytest.raises(FileNotFoundError, match=r"v1/index.faiss"):
         store.load()
+
+
+def test_damaged_flat16_versions_give_clear_errors(tmp_path):
+    """A flat16 version's one file holds the index and the embeddings: damage to it is named as for any
+    version, and without checksums (a legacy manifest) a file not ending in the rows is refused."""
+    store = IndexStore(str(tmp_path / "INDEX"))
+    store.commit(random_unit(500, 16, seed=0), "sum", {})
+    vdir = store.version_dir(1)
+    manifest_path, index_path = os.path.join(vdir, "manifest.json"), os.path.join(vdir, "index.faiss")
+    good = json.loads(open(manifest_path).read())
+    assert good["embeddings_file"] == "index.faiss" and set(good["files"]) == {"index.faiss"}
+    data = open(index_path, "rb").read()
+
+    def write_manifest(**changes):
+        with open(manifest_path, "w") as f:
+            json.dump({k: v for k, v in {**good, **changes}.items() if v is not None}, f)
+
+    write_manifest(embeddings_file="rows.npy")
+    with pytest.raises(ValueError, match=r"v1/manifest.json: field embeddings_file is 'rows.npy', expected "
+                                         r"'embeddings.npy' or, for index types flat16, 'index.faiss'"):
+        store.load()
+    write_manifest(index_type="flat", index_options={})
+    with pytest.raises(ValueError, match=r"field embeddings_file is 'index.faiss', expected 'embeddings.npy'"):
+        store.embeddings(1)
+    write_manifest()
+    with open(index_path, "wb") as f:
+        f.write(data[:-2] + b"\0\0")  # the last row changed, same size
+    for read in (store.load, store.embeddings):
+        with pytest.raises(ValueError, match=r"v1/index.faiss: its sha256 is not the one \S+/v1/manifest.json "
+                                             r"records; the file was replaced or damaged after the build"):
+            read()
+    os.remove(index_path)
+    with pytest.raises(FileNotFoundError, match=r"v1/index.faiss: missing \(the index and the block embeddings"):
+        store.load()
+    write_manifest(files=None)  # built before checksums: the file's end is still checked
+    with open(index_path, "wb") as f:
+        f.write(data[:-32])  # a row short
+    with pytest.raises(ValueError, match=r"v1/index.faiss: does not end with 500 x 16 float16 rows"):
+        store.embeddings(1)
+    with open(index_path, "wb") as f:
+        f.write(data)
+    np.testing.assert_array_equal(store.embeddings(1), random_unit(500, 16, seed=0).astype(np.float16))
 
 
 def test_shards_write_check_and_merge(tmp_path):
@@ -516,7 +562,7 @@ KILLED_BUILD = textwrap.dedent("""
 
     save = MipsIndex.save
 
-    def save_then_stall(self, path):  # the parent kills us here, with the embeddings and index written
+    def save_then_stall(self, path):  # the parent kills us here, with the index (and the embeddings) written
         save(self, path)
         print("WRITING", flush=True)
         time.sleep(120)
@@ -543,7 +589,7 @@ def test_killed_build_leaves_no_version(tmp_path):
             proc.wait()
     lock, partial, v1 = sorted(os.listdir(store.root))  # the partial build, beside v1
     assert (lock, v1) == (".lock", "v1") and partial.startswith(".tmp-")
-    assert os.path.getsize(os.path.join(store.root, partial, "embeddings.npy")) > 50_000_000
+    assert os.path.getsize(os.path.join(store.root, partial, "index.faiss")) > 50_000_000
     assert store.versions() == [1]
     assert store.load()[1]["encoder"] == {"update": 1}
     assert store.commit(random_unit(30, 8, seed=1), "sum", {"update": 3}) == 2

@@ -21,8 +21,8 @@ import torch
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.indexing.embed import embed_blocks
 from realm_fairseq.models.loading import EmbedderSource, doc_embedder_from_bert, doc_embedder_from_checkpoint
-from realm_fairseq.retrieval.mips import APPLIES, DEFAULT_INDEX_TYPE, min_index_bytes, resolve_options
-from realm_fairseq.retrieval.versions import IndexStore, shard_range
+from realm_fairseq.retrieval.mips import APPLIES, DEFAULT_INDEX_TYPE, resolve_options
+from realm_fairseq.retrieval.versions import IndexStore, min_version_bytes, shard_range
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def check_output(store: IndexStore, corpus: BlockCorpus, source: EmbedderSource,
         start, end = shard_range(count, shard_id, num_shards)
         store.check_writable((end - start) * dim * 2)
     else:
-        store.check_writable(count * dim * 2 + min_index_bytes(index_type, count, dim, options))
+        store.check_writable(min_version_bytes(index_type, count, dim, options))
 
 
 def build_index(

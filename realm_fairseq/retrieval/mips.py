@@ -107,6 +107,7 @@ APPLIES = {
 GPU_TYPES = ("flat", "ivf_flat", "ivf_pq")  # the types faiss-gpu can search (MipsIndex.to_gpu)
 # the types faiss stores as IndexScalarQuantizer, and its code type for each
 SQ_TYPES = {"flat16": faiss.ScalarQuantizer.QT_fp16, "sq8": faiss.ScalarQuantizer.QT_8bit}
+ROWS_IN_FILE = ("flat16",)  # types whose index file holds the float16 rows themselves (float16_rows)
 SEARCH_OPTIONS = ("nprobe", "ef_search")  # may differ between build and search
 OPTION_HELP = {f.name: f.metadata["help"] for f in fields(IndexOptions)}
 
@@ -180,6 +181,23 @@ def min_index_bytes(index_type: str, n: int, d: int, opts: dict) -> int:
     if index_type == "ivf_pq":
         return n * -(-opts["pq_m"] * opts["pq_nbits"] // 8)
     return n * d * {"sq8": 1, "flat16": 2}.get(index_type, 4)
+
+
+def float16_rows(path: str, count: int, dim: int) -> np.ndarray:
+    """The (count, dim) float16 rows of a ``flat16`` index file, memory-mapped (no copy). They are its codes,
+    which faiss writes last, after their length in bytes (8, little-endian); a ValueError names ``path``
+    unless the file ends so. They start at an odd offset (81): numpy and torch read them unaligned."""
+    nbytes = count * dim * 2
+    offset = os.path.getsize(path) - nbytes
+    recorded = None
+    if offset >= 8:
+        with open(path, "rb") as f:
+            f.seek(offset - 8)
+            recorded = int.from_bytes(f.read(8), "little")
+    if recorded != nbytes:
+        raise ValueError(f"{path}: does not end with {count} x {dim} float16 rows (a flat16 index's codes); "
+                         f"expected a flat16 index of {count} vectors of dimension {dim}")
+    return np.memmap(path, dtype=np.float16, mode="r", offset=offset, shape=(count, dim))
 
 
 def _new_index(index_type: str, d: int, opts: dict) -> "faiss.Index":

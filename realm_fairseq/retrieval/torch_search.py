@@ -12,8 +12,8 @@ dimensions). faiss-gpu is not always installable; this is the same exact search 
 
 Storage: on a GPU the rows are float16 (13.35M x 128 is 3.2 GiB); with several devices each holds a
 contiguous slice of rows (a shard) and the per-shard top k are merged. On the CPU the array is used as
-given, without a copy: a memory-mapped ``embeddings.npy`` of an index version stays in the page cache,
-shared by every rank of a node (one copy per node). Loading to a GPU copies ``LOAD_ROWS`` rows at a time,
+given, without a copy: an index version's memory-mapped embeddings (``embeddings.npy``, or the rows of a
+``flat16`` index file) stay in the page cache, shared by every rank of a node (one copy per node). Loading to a GPU copies ``LOAD_ROWS`` rows at a time,
 so the host never holds a second full copy. Before loading, the rows plus ``working_bytes`` are checked
 against each GPU's free memory; too little raises :class:`IndexTooLargeError` with the sizes and the flags
 ``--retrieval-devices cuda:0,cuda:1,...`` (shard over more GPUs) and ``--retrieval-devices cpu``.
@@ -312,8 +312,8 @@ class TorchMipsSearch:
                    **kwargs) -> "TorchMipsSearch":
         """Search the float16 embeddings of ``version`` (default the newest) of an IndexStore.
 
-        The memory-mapped ``embeddings.npy`` (checked against its manifest) is copied to each GPU in chunks;
-        on the CPU it is searched in place, through the page cache. ``kwargs``: as :meth:`from_array`.
+        The memory-mapped embeddings (checked against the manifest) are copied to each GPU in chunks; on
+        the CPU they are searched in place, through the page cache. ``kwargs``: as :meth:`from_array`.
         """
         manifest = store.manifest(version)
         search = cls.from_array(store.embeddings(manifest["version"]), devices, **kwargs)

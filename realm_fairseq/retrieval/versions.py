@@ -4,11 +4,13 @@ REALM re-embeds every block with the current document encoder and rebuilds the M
 hundred training steps, while training goes on with the previous index (section 3.3, "asynchronous
 refresh"). An INDEX directory holds those versions side by side:
 
-    INDEX/v1/  embeddings.npy   float16 (count, dim): row i embeds block i of the corpus
-               index.faiss      the MipsIndex over those rows (realm_fairseq.retrieval.mips)
+    INDEX/v1/  index.faiss      the MipsIndex over the block embeddings (realm_fairseq.retrieval.mips)
+               embeddings.npy   float16 (count, dim): row i embeds block i of the corpus; not written for
+                                a flat16 index, whose file holds these rows (mips.float16_rows)
                manifest.json    version, corpus_checksum, count, dim, index_type, index_options,
                                 encoder (who embedded: e.g. checkpoint path and update number), created,
-                                files (bytes and sha256 of embeddings.npy and index.faiss)
+                                embeddings_file (which file holds the rows), files (bytes and sha256 of
+                                each file)
     INDEX/v2/  ...
     INDEX/.lock                  held (flock) while a writer claims a version number
     INDEX/.tmp-XXXX/             a version being written
@@ -24,13 +26,18 @@ removed by the next commit, never one still being written. On a file system with
 claim still cannot collide (a rename never replaces a committed version) and a temporary directory
 is removed only when its writer's process, on this host, is gone.
 
-Each manifest records the size and sha256 of ``embeddings.npy`` and ``index.faiss`` (field ``files``):
-loading a version checks both, so a file replaced or damaged after the build is refused with its
-name. The hash reads each file once per process (about 0.6 s a GB at 1.6 GB/s, plus reading the file:
-at paper scale, 13M blocks of 128 dimensions, ~3.3 GB of embeddings and a ~3.4 GB ``flat16`` index, some
-4 s (6 s with a 6.7 GB ``flat`` one), which the refresher spends in its background loading thread).
-Versions written before checksums were recorded load with a warning. Shards are written to a temporary file and renamed the same way,
-so a rerun of a job array skips the shards that exist (:meth:`IndexStore.has_shard`).
+A ``flat16`` version (the default) stores its float16 embeddings once, as the codes of its faiss file, and
+reads them from there as a memory-mapped view: at paper scale, 13M blocks of 128 dimensions, that is 3.4 GB
+written, hashed and held in the page cache instead of 6.7 GB. Other types keep ``embeddings.npy`` beside
+their index, as versions written before this do.
+
+Each manifest records the size and sha256 of each file (field ``files``): loading a version checks them,
+so a file replaced or damaged after the build is refused with its name. The hash reads each file once per
+process (about 0.6 s a GB at 1.6 GB/s, plus reading the file: some 2 s for a ``flat16`` version at paper
+scale, 6 s with a 6.7 GB ``flat`` index beside its embeddings), which the refresher spends in its
+background loading thread. Versions written before checksums were recorded load with a warning. Shards
+are written to a temporary file and renamed the same way, so a rerun of a job array skips the shards that
+exist (:meth:`IndexStore.has_shard`).
 """
 import contextlib
 import datetime
@@ -50,7 +57,9 @@ import numpy as np
 
 from realm_fairseq.atomic_io import atomic_file, fsync, make_public, sha256_files, write_faults_named
 from realm_fairseq.retrieval import placement
-from realm_fairseq.retrieval.mips import DEFAULT_INDEX_TYPE, MipsIndex, check_options
+from realm_fairseq.retrieval.mips import (
+    DEFAULT_INDEX_TYPE, ROWS_IN_FILE, MipsIndex, check_options, float16_rows, min_index_bytes,
+)
 from realm_fairseq.retrieval.torch_search import shard_bounds
 
 logger = logging.getLogger(__name__)
@@ -63,7 +72,7 @@ SHARD_SOURCE = "source"  # in INDEX/shards/<tag>/: the weights file its shards w
 MANIFEST_FIELDS = ("version", "corpus_checksum", "count", "dim", "index_type", "index_options", "encoder",
                    "created")
 FILES = "files"  # manifest field: {file name: {"bytes": size, "sha256": hex digest}}
-CHECKED_FILES = (EMBEDDINGS, INDEX)
+EMBEDDINGS_FILE = "embeddings_file"  # manifest field: the file that holds the rows (absent: embeddings.npy)
 LOCK = ".lock"
 TMP_PREFIX = ".tmp-"
 OWNER = "owner"  # inside a version being written: locked by its writer, names its host and pid
@@ -226,12 +235,29 @@ def _check_index_fields(manifest: dict, path: str) -> None:
         raise ValueError(f"{path}: field index_type/index_options: {e}") from None
 
 
+def min_version_bytes(index_type: str, count: int, dim: int, options: dict) -> int:
+    """A lower bound on the bytes a version of ``count`` rows of ``dim`` takes (``options`` resolved): its
+    index, and its float16 embeddings unless the index holds them."""
+    rows = 0 if index_type in ROWS_IN_FILE else count * dim * 2
+    return rows + min_index_bytes(index_type, count, dim, options)
+
+
+def embeddings_file(manifest: dict) -> str:
+    """The file of a version that holds its float16 rows: ``embeddings.npy``, or ``index.faiss`` (flat16)."""
+    return manifest.get(EMBEDDINGS_FILE, EMBEDDINGS)
+
+
 def _check_files_field(manifest: dict, path: str) -> None:
-    """``files`` records bytes and sha256 of each checked file (absent in versions built before it was)."""
+    """``embeddings_file`` names ``embeddings.npy`` or the index of a type that holds its rows, and ``files``
+    records bytes and sha256 of each file (absent in versions built before it was)."""
+    rows_in = embeddings_file(manifest)
+    if rows_in not in (EMBEDDINGS, INDEX) or (rows_in == INDEX and manifest["index_type"] not in ROWS_IN_FILE):
+        raise ValueError(f"{path}: field {EMBEDDINGS_FILE} is {rows_in!r}, expected {EMBEDDINGS!r} or, for "
+                         f"index types {', '.join(ROWS_IN_FILE)}, {INDEX!r}")
     files = manifest.get(FILES)
     if files is None:
         return
-    for name in CHECKED_FILES:
+    for name in sorted({rows_in, INDEX}):
         record = files.get(name) if isinstance(files, dict) else None
         if not (isinstance(record, dict) and isinstance(record.get("bytes"), int)
                 and isinstance(record.get("sha256"), str) and _SHA256.match(record["sha256"])):
@@ -342,12 +368,13 @@ class IndexStore:
             "index_options": index.options,
             "encoder": encoder,
         }
+        rows_in = INDEX if index_type in ROWS_IN_FILE else EMBEDDINGS
         tmp, owner = _begin_version(self.root)
         try:
-            files = {EMBEDDINGS: _save_npy(os.path.join(tmp, EMBEDDINGS), embeddings)}
+            files = {} if rows_in == INDEX else {EMBEDDINGS: _save_npy(os.path.join(tmp, EMBEDDINGS), embeddings)}
             index.save(os.path.join(tmp, INDEX))  # flushed to disk
             files[INDEX] = _file_record(os.path.join(tmp, INDEX))
-            version = self._claim(tmp, {**manifest, FILES: files})
+            version = self._claim(tmp, {**manifest, EMBEDDINGS_FILE: rows_in, FILES: files})
         except BaseException:  # a killed process leaves its directory behind; the next commit removes it
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -453,7 +480,12 @@ class IndexStore:
 
     def _embeddings(self, manifest: dict) -> np.ndarray:
         vdir = self.version_dir(manifest["version"])
-        path = os.path.join(vdir, EMBEDDINGS)
+        path = os.path.join(vdir, embeddings_file(manifest))
+        if embeddings_file(manifest) == INDEX:  # a flat16 index: its codes are the rows
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path}: missing (the index and the block embeddings it holds)")
+            verify_file(path, manifest, os.path.join(vdir, MANIFEST))
+            return float16_rows(path, manifest["count"], manifest["dim"])
         array = _load_npy(path, "block embeddings")
         expected = (manifest["count"], manifest["dim"])
         if array.shape != expected or array.dtype != np.float16:
