@@ -78,14 +78,14 @@ STALLED_COMMIT = textwrap.dedent("""
     from realm_fairseq.retrieval.mips import MipsIndex
     from realm_fairseq.retrieval.versions import IndexStore
 
-    save = MipsIndex.save
+    write_to = MipsIndex.write_to
 
-    def save_then_wait(self, path):  # the parent commits (or kills us) while we are here
-        save(self, path)
+    def write_then_wait(self, f):  # the parent commits (or kills us) while we are here
+        write_to(self, f)
         print("WRITING", flush=True)
         sys.stdin.readline()
 
-    MipsIndex.save = save_then_wait
+    MipsIndex.write_to = write_then_wait
     print(IndexStore(sys.argv[1]).commit(np.full((50, 8), 7, dtype=np.float16), "sum", {"writer": 7}))
 """)
 

@@ -5,6 +5,7 @@ hashed bag-of-words vectors (log tf, 2**14 buckets) projected to 128 dimensions 
 matrix and L2-normalised. Queries are windows of the same articles that straddle two passages.
 Run with ``-s`` to see the measured recalls and build times.
 """
+import errno
 import gzip
 import json
 import os
@@ -22,6 +23,7 @@ import pytest
 import torch
 
 from realm_fairseq.retrieval.mips import DEFAULT_INDEX_TYPE, MipsIndex, default_nlist, resolve_options
+from realm_fairseq.retrieval import versions
 from realm_fairseq.retrieval.versions import IndexStore, shard_range
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -545,12 +547,24 @@ def test_failure_while_writing_leaves_no_version(tmp_path, monkeypatch):
     store = IndexStore(str(tmp_path / "INDEX"))
     store.commit(random_unit(30, 8, seed=0), "sum", {})
 
-    def fail(self, path):
+    def fail(self, f):
         raise OSError("disk full")
 
-    monkeypatch.setattr(MipsIndex, "save", fail)
+    monkeypatch.setattr(MipsIndex, "write_to", fail)
     with pytest.raises(OSError, match="disk full"):
         store.commit(random_unit(30, 8, seed=1), "sum", {})
+    assert store.versions() == [1] and sorted(os.listdir(store.root)) == [".lock", "v1"]
+    monkeypatch.undo()
+
+    def full_after_a_megabyte(self, data):  # the disk fills while faiss hands over the index
+        if self.size + len(data) > 1 << 20:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.size += len(data)
+        return self.f.write(data)
+
+    monkeypatch.setattr(versions._HashingFile, "write", full_after_a_megabyte)
+    with pytest.raises(OSError, match=r"No space left on device: '\S+/INDEX/\.tmp-\w+/index\.faiss'"):
+        store.commit(random_unit(20000, 64, seed=1), "sum", {})  # 2.5 MB
     assert store.versions() == [1] and sorted(os.listdir(store.root)) == [".lock", "v1"]
 
 
@@ -560,14 +574,14 @@ KILLED_BUILD = textwrap.dedent("""
     from realm_fairseq.retrieval.mips import MipsIndex
     from realm_fairseq.retrieval.versions import IndexStore
 
-    save = MipsIndex.save
+    write_to = MipsIndex.write_to
 
-    def save_then_stall(self, path):  # the parent kills us here, with the index (and the embeddings) written
-        save(self, path)
+    def write_then_stall(self, f):  # the parent kills us here, with the index (and the embeddings) written
+        write_to(self, f)
         print("WRITING", flush=True)
         time.sleep(120)
 
-    MipsIndex.save = save_then_stall
+    MipsIndex.write_to = write_then_stall
     embeddings = np.random.default_rng(0).standard_normal((200000, 128)).astype(np.float16)  # 51 MB
     IndexStore(sys.argv[1]).commit(embeddings, "sum", {"update": 2})
 """)

@@ -498,6 +498,11 @@ class MipsIndex:
         with atomic_file(path, force=True) as tmp, write_faults_named(path):  # faiss: a full disk is a RuntimeError
             faiss.write_index(self._cpu, tmp)
 
+    def write_to(self, f) -> None:
+        """Write the (CPU) index, as :meth:`save` would, to ``f``: anything with ``write(bytes)`` (faiss hands
+        it the file in chunks; an error ``f`` raises reaches the caller as it is)."""
+        faiss.write_index(self._cpu, faiss.PyCallbackIOWriter(f.write))
+
     @classmethod
     def load(cls, path: str, index_type: str, **options) -> "MipsIndex":
         """Read an index saved by :meth:`save`; ``index_type`` must be what it was built as.

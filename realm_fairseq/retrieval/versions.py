@@ -51,7 +51,7 @@ import re
 import shutil
 import socket
 import tempfile
-from typing import Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -122,18 +122,21 @@ class _HashingFile:
         return self.f.write(data)
 
 
-def _save_npy(path: str, array: np.ndarray) -> dict:
-    """Write ``array`` as a .npy file, flushed to disk; returns its ``files`` record (bytes, sha256)."""
+def _write_hashed(path: str, write: Callable[[_HashingFile], None]) -> dict:
+    """Write ``path`` by ``write(f)``, hashed as it is written and flushed to disk; returns its ``files``
+    record (bytes, sha256)."""
     with write_faults_named(path), open(path, "wb") as f:
-        hashing = _HashingFile(f)  # not a real file, so numpy writes it in chunks, and adds no ".npy"
-        np.save(hashing, array)
+        hashing = _HashingFile(f)
+        write(hashing)
         f.flush()
         os.fsync(f.fileno())
     return {"bytes": hashing.size, "sha256": hashing.digest.hexdigest()}
 
 
-def _file_record(path: str) -> dict:
-    return {"bytes": os.path.getsize(path), "sha256": sha256_files(path)}
+def _save_npy(path: str, array: np.ndarray) -> dict:
+    """Write ``array`` as a .npy file, flushed to disk; returns its ``files`` record (bytes, sha256)."""
+    # to numpy ``f`` is not a real file, so it writes the array in chunks, and adds no ".npy"
+    return _write_hashed(path, lambda f: np.save(f, array))
 
 
 # ---------------------------------------------------------------- writers of one INDEX
@@ -372,8 +375,7 @@ class IndexStore:
         tmp, owner = _begin_version(self.root)
         try:
             files = {} if rows_in == INDEX else {EMBEDDINGS: _save_npy(os.path.join(tmp, EMBEDDINGS), embeddings)}
-            index.save(os.path.join(tmp, INDEX))  # flushed to disk
-            files[INDEX] = _file_record(os.path.join(tmp, INDEX))
+            files[INDEX] = _write_hashed(os.path.join(tmp, INDEX), index.write_to)
             version = self._claim(tmp, {**manifest, EMBEDDINGS_FILE: rows_in, FILES: files})
         except BaseException:  # a killed process leaves its directory behind; the next commit removes it
             shutil.rmtree(tmp, ignore_errors=True)
