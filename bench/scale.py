@@ -11,7 +11,9 @@ IndexStore (v1 and v2, as a refresh does), then measured, each part in a process
 not pollute each other:
 
 - commit: seconds to commit v1 and v2 (embeddings and an index of ``--commit-type``, by default the type
-  a version gets, checksummed and flushed to disk), and their bytes;
+  a version gets, checksummed and flushed to disk), and their bytes. Where the index file holds the rows
+  (``flat16``), the baseline in the same run: the seconds a separate ``embeddings.npy`` beside it (as
+  versions had before) adds, written, hashed and flushed once after the commits;
 - build: ``MipsIndex.build`` of each faiss type in ``--types`` (seconds) and the bytes of its file; types
   above their ``--build-limits`` size are skipped (defaults: ivf_flat and ivf_pq up to 1M, hnsw up to 100k:
   their builds take minutes at 13.35M; ``TYPE=0`` removes a limit);
@@ -129,6 +131,8 @@ def child_make(spec: dict) -> dict:
         start = time.perf_counter()
         version = store.commit(emb, f"synthetic-{n}", {"seed": seed}, **spec["commit_type"])
         out[f"commit_s_v{version}"] = time.perf_counter() - start
+        if seed == 1 and embeddings_file(store.manifest(version)) != "embeddings.npy":
+            out["separate_embeddings_s"] = separate_embeddings_s(emb, store.root)
         del emb
         gc.collect()
     manifest = store.manifest(1)
@@ -136,6 +140,28 @@ def child_make(spec: dict) -> dict:
     out["embeddings_file"] = embeddings_file(manifest)  # what a torch search reads its rows from
     out["index_type"] = manifest["index_type"]
     return out
+
+
+def separate_embeddings_s(emb: np.ndarray, directory: str) -> float:
+    """Seconds to write ``emb`` as an .npy file, hashed (sha256) while written and flushed to disk, as a
+    version kept it beside its index before a flat16 index held the rows; the file is removed."""
+    import hashlib
+
+    path = os.path.join(directory, "separate-embeddings.npy")
+    start = time.perf_counter()
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        class Hashing:  # numpy writes to it in chunks: each is hashed and written
+            def write(self, data):
+                digest.update(data)
+                return f.write(data)
+        np.save(Hashing(), emb)
+        f.flush()
+        os.fsync(f.fileno())
+    digest.hexdigest()
+    seconds = time.perf_counter() - start
+    os.remove(path)
+    return seconds
 
 
 def child_build(spec: dict) -> dict:
@@ -390,6 +416,9 @@ def print_report(results: list, step: dict, args) -> None:
             print(f"{result['n']:,}: committing a version (a {made['index_type']} index and its embeddings, "
                   f"checksummed, flushed to disk) took {made['commit_s_v1']:.1f} s and {made['commit_s_v2']:.1f} s; "
                   f"files: {files}")
+            if "separate_embeddings_s" in made:
+                print(f"{result['n']:,}: a separate embeddings.npy beside the index (as before flat16 held the rows) "
+                      f"would add {made['separate_embeddings_s']:.1f} s to a commit (same run)")
     print()
     for result in results:
         print_goals(result, step, args)
