@@ -213,8 +213,13 @@ def test_default_options_are_resolved_and_checked():
     bad[7, 2] = np.nan
     with pytest.raises(ValueError, match="row 7 is not finite"):
         MipsIndex.build(bad)
-    with pytest.raises(ValueError, match="row 7 is not finite"):  # float16 rows are copied, still checked
-        MipsIndex.build(bad.astype(np.float16), "flat16")
+    for value in (np.nan, np.inf, -np.inf):  # float16 rows are copied, still checked (by their bits)
+        bad16 = random_unit(10, 4, seed=0).astype(np.float16)
+        bad16[7, 2] = value
+        with pytest.raises(ValueError, match="row 7 is not finite"):
+            MipsIndex.build(bad16, "flat16")
+    extremes = np.array([[65504, -65504, 6e-8, -0.0]], np.float16)  # the largest, a subnormal, minus zero
+    assert MipsIndex.build(extremes, "flat16").ntotal == 1
 
 
 @pytest.mark.parametrize("index_type", ["ivf_flat", "hnsw", "sq8"])
