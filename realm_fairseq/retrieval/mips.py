@@ -28,7 +28,9 @@ in float32 rounding), in half the bytes on disk and in the page cache, and on th
 fast for batches of up to a few hundred queries, where an exact scan is bound by memory bandwidth (faiss
 computes ``flat`` batches as matrix products, which win from about 1,000 queries a call). ``flat`` keeps
 float32 vectors, for embeddings that are not float16; :meth:`MipsIndex.build` builds it unless told
-otherwise, while an index version gets ``DEFAULT_INDEX_TYPE`` (``flat16``) unless told otherwise.
+otherwise, while an index version gets ``DEFAULT_INDEX_TYPE`` (``flat16``) unless told otherwise. A
+``flat16`` file ends with the float16 rows themselves (its codes), so an index version reads its embeddings
+from there (:func:`float16_rows`) and keeps no second copy.
 
 The tunable settings are the fields of :class:`IndexOptions`, each with its default and help. Small
 collections are handled by shrinking ``nlist`` (down to one cell, i.e. an exact scan) so every cell has
