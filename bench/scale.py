@@ -3,7 +3,8 @@
     python bench/scale.py [--sizes 100000 1000000 13353718] [--device auto|cpu|cuda] [--types flat ivf_flat ...]
                           [--queries 8 64] [--k 8] [--exclude 1] [--repeat 5] [--precisions fp32 fp16]
                           [--build-limits ivf_flat=1000000 ivf_pq=1000000 hnsw=100000] [--ranks-per-node 8]
-                          [--step-ms MS] [--step-arch ARCH] [--workdir DIR] [--out results.json]
+                          [--merge-shards 16] [--step-ms MS] [--step-arch ARCH] [--workdir DIR]
+                          [--out results.json]
 
 REALM retrieves from 13,353,718 blocks of 128 dimensions (section 3.2 "MIPS", appendix A). For each size
 N, synthetic standard normal vectors (float16, as an index version stores them) are committed twice to an
@@ -14,6 +15,9 @@ not pollute each other:
   a version gets, checksummed and flushed to disk), and their bytes. Where the index file holds the rows
   (``flat16``), the baseline in the same run: the seconds a separate ``embeddings.npy`` beside it (as
   versions had before) adds, written, hashed and flushed once after the commits;
+- merge: v1's embeddings written as ``--merge-shards`` shards and merged into a version, as a sharded
+  build's merge job does (seconds, and the peak private memory, RssAnon sampled every 10 ms); the baseline
+  in the same process: the same shards concatenated in memory first and committed, as merges were before;
 - build: ``MipsIndex.build`` of each faiss type in ``--types`` (seconds) and the bytes of its file; types
   above their ``--build-limits`` size are skipped (defaults: ivf_flat and ivf_pq up to 1M, hnsw up to 100k:
   their builds take minutes at 13.35M; ``TYPE=0`` removes a limit);
@@ -43,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import types
 
@@ -80,6 +85,28 @@ def reset_peak() -> None:
             f.write("5")
     except OSError:
         pass
+
+
+def peak_private(fn) -> dict:
+    """Seconds of ``fn()`` and the most private memory (RssAnon) it added, sampled every 10 ms by a thread
+    (the plateau that a long native call keeps is seen even where that call holds the GIL)."""
+    base = proc_status()["RssAnon"]
+    peak, done = [base], threading.Event()
+
+    def sample():
+        while not done.wait(0.01):
+            peak[0] = max(peak[0], proc_status()["RssAnon"])
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    try:
+        fn()
+    finally:
+        seconds = time.perf_counter() - start
+        done.set()
+        sampler.join()
+    return {"s": seconds, "peak_anon": max(peak[0], proc_status()["RssAnon"]) - base}
 
 
 def memory_since(base: dict) -> dict:
@@ -162,6 +189,26 @@ def separate_embeddings_s(emb: np.ndarray, directory: str) -> float:
     seconds = time.perf_counter() - start
     os.remove(path)
     return seconds
+
+
+def child_merge(spec: dict) -> dict:
+    """Write v1's embeddings as spec['shards'] shards to a second store and merge them into a version, as a
+    sharded build's merge job does; first, the baseline: the same shards concatenated in memory and
+    committed. Seconds and peak private memory of each (:func:`peak_private`)."""
+    from realm_fairseq.retrieval.versions import IndexStore, shard_range
+
+    emb, num = IndexStore(spec["store"]).embeddings(1), spec["shards"]
+    store = IndexStore(spec["merge_store"])
+    for i in range(num):
+        store.write_shard("bench", i, num, emb[slice(*shard_range(len(emb), i, num))])
+    shards = [np.load(store.shard_path("bench", i, num), mmap_mode="r") for i in range(num)]
+    out = {"concatenated": peak_private(lambda: store.commit(np.concatenate(shards), "bench", {}))}
+    del shards
+    gc.collect()
+    out["merged"] = peak_private(lambda: store.merge_shards("bench", num, "bench", {}))
+    out["shards"] = num
+    shutil.rmtree(spec["merge_store"])
+    return out
 
 
 def child_build(spec: dict) -> dict:
@@ -280,7 +327,7 @@ def _gpu_memory(spec: dict) -> dict:
             torch.cuda.get_device_properties(0).total_memory}
 
 
-CHILDREN = {"make": child_make, "build": child_build, "serve": child_serve}
+CHILDREN = {"make": child_make, "merge": child_merge, "build": child_build, "serve": child_serve}
 
 
 def run_child(spec: dict, timeout: int) -> dict:
@@ -344,6 +391,10 @@ def run_size(args, n: int, root: str) -> dict:
     print(f"\nN = {n:,}: committed v1, v2 {json.dumps(made)}", file=sys.stderr, flush=True)
     if "error" in made:
         return {"n": n, "made": made, "built": {}, "served": []}
+    if args.merge_shards:
+        made["merge"] = run_child({"kind": "merge", "store": store, "shards": args.merge_shards,
+                                   "merge_store": os.path.join(root, f"n{n}-merge")}, args.timeout)
+        print(f"  merge {args.merge_shards} shards: {json.dumps(made['merge'])}", file=sys.stderr, flush=True)
     built = {}
     for t in args.types:
         limit = args.build_limits.get(t, 0)
@@ -419,9 +470,26 @@ def print_report(results: list, step: dict, args) -> None:
             if "separate_embeddings_s" in made:
                 print(f"{result['n']:,}: a separate embeddings.npy beside the index (as before flat16 held the rows) "
                       f"would add {made['separate_embeddings_s']:.1f} s to a commit (same run)")
+            print_merge(result["n"], made.get("merge", {}))
     print()
     for result in results:
         print_goals(result, step, args)
+
+
+def print_merge(n: int, merge: dict) -> None:
+    """The merge of a sharded build beside its baseline, in float16 copies of the embeddings."""
+    if "merged" not in merge:
+        if "error" in merge:
+            print(f"{n:,}: merging shards failed: {merge['error']}")
+        return
+    copy = n * DIM * 2
+    new, old = merge["merged"], merge["concatenated"]
+    print(f"{n:,}: merging {merge['shards']} shards into a version took {new['s']:.1f} s and at most "
+          f"{new['peak_anon'] / MIB:,.0f} MiB of private memory ({new['peak_anon'] / copy:.2f} copies); the shards "
+          f"concatenated first (as before, same run): {old['s']:.1f} s, {old['peak_anon'] / MIB:,.0f} MiB "
+          f"({old['peak_anon'] / copy:.2f} copies)")
+    print(info_line(f"{n:,}: merge private memory / concatenated", new["peak_anon"] / max(old["peak_anon"], 1),
+                    "the merge holds the index's copy only"))
 
 
 def print_goals(result: dict, step: dict, args) -> None:
@@ -482,12 +550,14 @@ def parse_args(argv=None):
     p.add_argument("--precisions", nargs="+", default=["fp32", "fp16"], choices=("fp32", "fp16"),
                    help="torch GPU search precisions (default: fp32 fp16)")
     p.add_argument("--ranks-per-node", type=int, default=8, help="ranks sharing a node's host memory (default: 8)")
+    p.add_argument("--merge-shards", type=int, default=16,
+                   help="shards a sharded build's merge is measured with; 0 skips it (default: %(default)s)")
     p.add_argument("--step-ms", type=float, help="the training step in ms (default: measured)")
     p.add_argument("--step-arch", help="arch of the measured step (default realm_base bf16 on GPU, realm_tiny "
                                        "fp32 on CPU)")
     p.add_argument("--step-steps", type=int, default=10, help="steps bench/pretrain_step.py times (default 10)")
     p.add_argument("--workdir", help="where versions are written (default: a temporary directory; needs ~2 x "
-                                     "(N x d x 6) bytes at the largest N)")
+                                     "(N x d x 6) bytes at the largest N, and N x d x 6 more to measure a merge)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds a measurement may take (default 1800)")
     p.add_argument("--out", help="write all measurements as JSON here")
     p.add_argument("--child", help=argparse.SUPPRESS)

@@ -7,6 +7,7 @@ Run with ``-s`` to see the measured recalls and build times.
 """
 import errno
 import gzip
+import io
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import tracemalloc
 import zlib
 
 import faiss
@@ -533,6 +535,45 @@ def test_shards_write_check_and_merge(tmp_path):
     with pytest.raises(ValueError, match="shard tag"):
         store.write_shard("../x", 0, 1, parts[0])
 
+
+
+@pytest.mark.parametrize("index_type", ["flat16", "flat", "sq8", "ivf_flat"])
+def test_a_version_of_parts_is_the_version_of_their_concatenation(tmp_path, index_type):
+    """A merge commits the shards as parts, never concatenated: its files are byte for byte those of one
+    commit of all the rows (an empty part included), and embeddings.npy is what np.save writes."""
+    emb = random_unit(3000, 16, seed=5).astype(np.float16)
+    whole, split = IndexStore(str(tmp_path / "whole")), IndexStore(str(tmp_path / "split"))
+    whole.commit(emb, "sum", {}, index_type)
+    split.commit([emb[:1000], emb[1000:1000], emb[1000:]], "sum", {}, index_type)
+    a, b = whole.manifest(1), split.manifest(1)
+    assert a["files"] == b["files"] and a["index_options"] == b["index_options"] and b["count"] == 3000
+    if index_type == "flat":  # a type that keeps embeddings.npy beside the index
+        expected = io.BytesIO()
+        np.save(expected, emb)
+        with open(os.path.join(split.version_dir(1), "embeddings.npy"), "rb") as f:
+            assert f.read() == expected.getvalue()
+    with pytest.raises(ValueError, match=r"part 1 is float32 \(5, 16\).*part 0: float16"):
+        MipsIndex.build([emb[:5], emb[:5].astype(np.float32)])
+    with pytest.raises(ValueError, match="every part is empty"):
+        MipsIndex.build([emb[:0], emb[:0]])
+
+
+def test_merging_shards_holds_no_concatenated_copy(tmp_path):
+    """At 13.35M blocks a concatenation is 3.4 GB beside the index's own copy: the merge reads the
+    memory-mapped shards part by part instead (numpy's allocations, which tracemalloc sees, stay a fraction
+    of the embeddings; the index's copy is faiss's)."""
+    store = IndexStore(str(tmp_path / "INDEX"))
+    emb = np.random.default_rng(0).standard_normal((200_000, 64), dtype=np.float32).astype(np.float16)
+    for i in range(4):
+        store.write_shard("t", i, 4, emb[slice(*shard_range(len(emb), i, 4))])
+    tracemalloc.start()
+    try:
+        store.merge_shards("t", 4, "sum", {})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < emb.nbytes / 2, f"the merge allocated {peak / 1e6:.1f} MB for {emb.nbytes / 1e6:.1f} MB of rows"
+    np.testing.assert_array_equal(store.embeddings(1), emb)
 
 def test_prune_keeps_newest_and_in_use(tmp_path):
     store = IndexStore(str(tmp_path / "INDEX"))

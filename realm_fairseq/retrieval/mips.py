@@ -47,7 +47,7 @@ import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import faiss
 import numpy as np
@@ -302,13 +302,58 @@ def _check_embeddings(embeddings) -> np.ndarray:
     return embeddings
 
 
-def _train_sample(embeddings: np.ndarray, size: int) -> np.ndarray:
-    """A fixed-seed random sample of ``size`` rows, float32: (size, d)."""
-    n = len(embeddings)
-    if size >= n:
-        return _as_float32(embeddings)
-    rows = np.sort(np.random.default_rng(TRAIN_SEED).choice(n, size=size, replace=False))
-    return _as_float32(embeddings[rows])
+def _check_parts(embeddings) -> List[np.ndarray]:
+    """``embeddings`` (n, d), or a list of parts (n_i, d) that are its rows in order (a sharded build's shards,
+    so that they need not be concatenated in memory), as a list of parts, each checked as
+    :func:`_check_embeddings` except that a part may be empty; all of one dtype and dimension."""
+    if not isinstance(embeddings, (list, tuple)):
+        return [_check_embeddings(embeddings)]
+    if not embeddings:
+        raise ValueError("embeddings: expected at least one part (n_i, d), got an empty list")
+    first = embeddings[0]
+    for i, part in enumerate(embeddings):
+        if not isinstance(part, np.ndarray) or part.ndim != 2 or part.dtype != getattr(first, "dtype", None) \
+                or part.shape[1] != first.shape[1]:
+            raise ValueError(f"embeddings: part {i} is {getattr(part, 'dtype', type(part).__name__)} "
+                             f"{getattr(part, 'shape', None)}; expected 2-d parts (n_i, d) of one dtype and d "
+                             f"(part 0: {getattr(first, 'dtype', None)} {getattr(first, 'shape', None)})")
+    if not any(len(part) for part in embeddings):
+        raise ValueError("embeddings: expected at least one vector, every part is empty")
+    _check_embeddings(next(part for part in embeddings if len(part)))
+    return list(embeddings)
+
+
+def _row_batches(parts: Sequence[np.ndarray]) -> Iterator[Tuple[int, np.ndarray]]:
+    """``(start, rows)``: the rows of ``parts`` in order, at most ``ADD_BATCH`` at a time, ``start`` being
+    the first row's number in the whole."""
+    start = 0
+    for part in parts:
+        for offset in range(0, len(part), ADD_BATCH):
+            yield start + offset, part[offset : offset + ADD_BATCH]
+        start += len(part)
+
+
+def _train_sample(parts: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """A fixed-seed random sample of ``size`` rows of ``parts`` (all rows if there are no more), float32:
+    (size, d). The same rows are drawn however the embeddings are split into parts."""
+    n = sum(len(part) for part in parts)
+    rows = np.arange(n) if size >= n else np.sort(np.random.default_rng(TRAIN_SEED).choice(n, size=size,
+                                                                                           replace=False))
+    starts = np.cumsum([0] + [len(part) for part in parts])
+    return np.concatenate([_as_float32(part[rows[(rows >= lo) & (rows < hi)] - lo])
+                           for part, lo, hi in zip(parts, starts[:-1], starts[1:])])
+
+
+def _copy_codes(index: "faiss.Index", parts: Sequence[np.ndarray]) -> None:
+    """Make float16 ``parts`` the codes of an empty ``flat16`` index: faiss encodes float16 to these same
+    bytes, so they are copied (once, part by part, each checked finite) instead of encoded."""
+    n, d = sum(len(part) for part in parts), parts[0].shape[1]
+    index.codes.resize(n * d * 2)
+    codes = faiss.rev_swig_ptr(index.codes.data(), n * d * 2)  # a numpy view of the index's codes
+    for start, rows in _row_batches(parts):
+        codes[start * d * 2 : (start + len(rows)) * d * 2] = \
+            np.ascontiguousarray(_check_finite(rows, start)).view(np.uint8).reshape(-1)
+    index.ntotal = n
 
 
 def _as_queries(queries, dim: int) -> np.ndarray:
@@ -384,10 +429,11 @@ class MipsIndex:
         self._apply_search_options()
 
     @classmethod
-    def build(cls, embeddings: np.ndarray, index_type: str = "flat", **options) -> "MipsIndex":
-        """Index ``embeddings`` (n, d), float16 or float32; row ``i`` gets id ``i``."""
-        embeddings = _check_embeddings(embeddings)
-        n, d = embeddings.shape
+    def build(cls, embeddings, index_type: str = "flat", **options) -> "MipsIndex":
+        """Index ``embeddings`` (n, d), float16 or float32, or a list of parts whose rows in order are the
+        embeddings (built as if concatenated, without concatenating them); row ``i`` gets id ``i``."""
+        parts = _check_parts(embeddings)
+        n, d = sum(len(part) for part in parts), parts[0].shape[1]
         opts = resolve_options(index_type, n, d, **options)
         index = _new_index(index_type, d, opts)
         if index_type == "ivf_pq" and opts["train_size"] < MIN_PER_CELL * 2 ** opts["pq_nbits"]:
@@ -395,15 +441,12 @@ class MipsIndex:
                            "%d or more (codebooks may be poor)", opts["train_size"], 2 ** opts["pq_nbits"],
                            MIN_PER_CELL * 2 ** opts["pq_nbits"])
         if not index.is_trained:
-            _train(index, _train_sample(embeddings, opts.get("train_size", min(n, SQ_TRAIN_SIZE))))
-        if index_type == "flat16" and embeddings.dtype == np.float16:
-            _check_finite(embeddings)
-            # float16 rows are already flat16's codes (faiss encodes them to these bytes): copied, not encoded
-            faiss.copy_array_to_vector(np.ascontiguousarray(embeddings).view(np.uint8).reshape(-1), index.codes)
-            index.ntotal = n
+            _train(index, _train_sample(parts, opts.get("train_size", min(n, SQ_TRAIN_SIZE))))
+        if index_type == "flat16" and parts[0].dtype == np.float16:
+            _copy_codes(index, parts)
         else:
-            for start in range(0, n, ADD_BATCH):
-                index.add(_check_finite(_as_float32(embeddings[start : start + ADD_BATCH]), start))
+            for start, rows in _row_batches(parts):
+                index.add(_check_finite(_as_float32(rows), start))
         logger.info("built a %s index of %d vectors of dimension %d (%s)", index_type, n, d, opts)
         return cls(index, index_type, opts)
 

@@ -51,7 +51,7 @@ import re
 import shutil
 import socket
 import tempfile
-from typing import Callable, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -83,6 +83,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _INDEX_ENTRY = re.compile(r"^(v[1-9][0-9]*(\.tmp)?|shards|refresh|lost\+found)$")
 NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)  # flock on a file system without it
 _TAG = re.compile(r"^[A-Za-z0-9_.-]+$")
+SAVE_ROWS = 65536  # rows of a .npy file written at a time (bounds the extra memory)
 BUILD_HINT = "build one with realm-build-index"
 REBUILD = "rebuild the version with realm-build-index"
 
@@ -133,10 +134,20 @@ def _write_hashed(path: str, write: Callable[[_HashingFile], None]) -> dict:
     return {"bytes": hashing.size, "sha256": hashing.digest.hexdigest()}
 
 
-def _save_npy(path: str, array: np.ndarray) -> dict:
-    """Write ``array`` as a .npy file, flushed to disk; returns its ``files`` record (bytes, sha256)."""
-    # to numpy ``f`` is not a real file, so it writes the array in chunks, and adds no ".npy"
-    return _write_hashed(path, lambda f: np.save(f, array))
+def _save_npy(path: str, parts: Sequence[np.ndarray]) -> dict:
+    """Write the rows of ``parts`` (n_i, d), in order, as one .npy file of their shared dtype (what
+    ``np.save`` of their concatenation writes, without concatenating them), flushed to disk; returns its
+    ``files`` record (bytes, sha256)."""
+    header = {"descr": np.lib.format.dtype_to_descr(parts[0].dtype), "fortran_order": False,
+              "shape": (sum(len(part) for part in parts), parts[0].shape[1])}
+
+    def write(f):
+        np.lib.format.write_array_header_1_0(f, header)
+        for part in parts:
+            for start in range(0, len(part), SAVE_ROWS):
+                f.write(np.ascontiguousarray(part[start : start + SAVE_ROWS]).tobytes())
+
+    return _write_hashed(path, write)
 
 
 # ---------------------------------------------------------------- writers of one INDEX
@@ -224,6 +235,15 @@ def _load_npy(path: str, what: str) -> np.ndarray:
         return np.load(path, mmap_mode="r")
     except (ValueError, OSError, EOFError) as e:  # truncated, or not a .npy file
         raise ValueError(f"{path}: not a readable .npy file of {what} ({e})") from e
+
+
+def _as_float16(embeddings, what: str = "embeddings") -> np.ndarray:
+    """``embeddings`` (n, d) as float16, what a version stores (no copy if they are); a ValueError naming
+    ``what`` unless they are a 2-d float array."""
+    embeddings = np.asarray(embeddings)
+    if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.floating):
+        raise ValueError(f"{what}: expected a float array (n, d), got {embeddings.dtype} {embeddings.shape}")
+    return embeddings.astype(np.float16, copy=False)
 
 
 def _check_index_fields(manifest: dict, path: str) -> None:
@@ -342,12 +362,14 @@ class IndexStore:
             raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {free / 1e6:.1f} MB free, but the version "
                           f"needs at least {need_bytes / 1e6:.1f} MB", self.root)
 
-    def commit(self, embeddings: np.ndarray, corpus_checksum: str, encoder: dict, index_type: str = DEFAULT_INDEX_TYPE,
+    def commit(self, embeddings, corpus_checksum: str, encoder: dict, index_type: str = DEFAULT_INDEX_TYPE,
                **options) -> int:
         """Build the index over ``embeddings`` (n, d) and write it as the next version; returns its number.
 
-        ``encoder`` is recorded as given (e.g. ``{"checkpoint": path, "update": 2000}``). Nothing is
-        visible under ``INDEX/vN`` until every file is written.
+        ``embeddings`` may also be a list of parts whose rows in order are the embeddings (a sharded
+        build's shards): the version is the same, and they are never concatenated in memory. ``encoder`` is
+        recorded as given (e.g. ``{"checkpoint": path, "update": 2000}``). Nothing is visible under
+        ``INDEX/vN`` until every file is written.
         """
         if not isinstance(encoder, dict):
             raise ValueError(f"encoder: expected a dict describing the encoder, got {type(encoder).__name__}")
@@ -357,16 +379,13 @@ class IndexStore:
             raise ValueError(f"encoder: must be JSON-serializable for {MANIFEST} ({e})") from e
         if not isinstance(corpus_checksum, str) or not corpus_checksum:
             raise ValueError(f"corpus_checksum: expected a non-empty string, got {corpus_checksum!r}")
-        embeddings = np.asarray(embeddings)
-        if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.floating):
-            raise ValueError(f"embeddings: expected a float array (n, d), got {embeddings.dtype} "
-                             f"{embeddings.shape}")
-        embeddings = embeddings.astype(np.float16, copy=False)  # what is stored; the index is built from it
-        index = MipsIndex.build(embeddings, index_type, **options)  # before any file: bad options fail early
+        parts = [_as_float16(part) for part in (embeddings if isinstance(embeddings, (list, tuple)) else
+                                                [embeddings])]
+        index = MipsIndex.build(parts, index_type, **options)  # before any file: bad options fail early
         manifest = {
             "corpus_checksum": corpus_checksum,
-            "count": int(embeddings.shape[0]),
-            "dim": int(embeddings.shape[1]),
+            "count": index.ntotal,
+            "dim": index.dim,
             "index_type": index_type,
             "index_options": index.options,
             "encoder": encoder,
@@ -374,7 +393,7 @@ class IndexStore:
         rows_in = INDEX if index_type in ROWS_IN_FILE else EMBEDDINGS
         tmp, owner = _begin_version(self.root)
         try:
-            files = {} if rows_in == INDEX else {EMBEDDINGS: _save_npy(os.path.join(tmp, EMBEDDINGS), embeddings)}
+            files = {} if rows_in == INDEX else {EMBEDDINGS: _save_npy(os.path.join(tmp, EMBEDDINGS), parts)}
             files[INDEX] = _write_hashed(os.path.join(tmp, INDEX), index.write_to)
             version = self._claim(tmp, {**manifest, EMBEDDINGS_FILE: rows_in, FILES: files})
         except BaseException:  # a killed process leaves its directory behind; the next commit removes it
@@ -549,12 +568,9 @@ class IndexStore:
         """Store the float16 embeddings (rows, d) of one shard through a temporary file; returns its path.
         ``source``, the weights file they were embedded with, is noted for :meth:`remove_shards_of`."""
         path = self.shard_path(tag, shard_id, num_shards)
-        embeddings = np.asarray(embeddings)
-        if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.floating):
-            raise ValueError(f"shard {shard_id}: expected a float array (rows, d), got {embeddings.dtype} "
-                             f"{embeddings.shape}")
+        embeddings = _as_float16(embeddings, f"shard {shard_id}")
         with atomic_file(path, force=True) as tmp:
-            _save_npy(tmp, embeddings.astype(np.float16, copy=False))
+            _save_npy(tmp, [embeddings])
         if source:
             with atomic_file(os.path.join(self.shard_dir(tag), SHARD_SOURCE), force=True) as tmp, \
                     open(tmp, "w", encoding="utf-8") as f:
@@ -578,7 +594,9 @@ class IndexStore:
 
     def merge_shards(self, tag: str, num_shards: int, corpus_checksum: str, encoder: dict,
                      index_type: str = DEFAULT_INDEX_TYPE, **options) -> int:
-        """Concatenate shards 0..num_shards-1 in order, commit them as a version, remove the shards.
+        """Commit shards 0..num_shards-1, their rows in order, as one version, and remove the shards. The
+        shards are read memory-mapped and never concatenated: the merge holds one copy of the embeddings,
+        the index's (a ``flat16`` index's codes are the float16 rows themselves).
 
         Returns the new version. Raises ``FileNotFoundError`` listing the shard ids that are missing.
         """
@@ -594,8 +612,7 @@ class IndexStore:
         if len(dims) != 1 or None in dims:
             shapes = ", ".join(f"{i}: {s.shape}" for i, s in enumerate(shards))
             raise ValueError(f"{self.shard_dir(tag)}: shards disagree on the embedding dimension ({shapes})")
-        embeddings = np.concatenate(shards, axis=0)  # (sum of rows, d) float16
-        version = self.commit(embeddings, corpus_checksum, encoder, index_type, **options)
+        version = self.commit(shards, corpus_checksum, encoder, index_type, **options)  # not concatenated
         shutil.rmtree(self.shard_dir(tag))
         with contextlib.suppress(OSError):  # only if empty: another build's shards may be there
             os.rmdir(os.path.join(self.root, SHARDS))
