@@ -523,12 +523,16 @@ def test_shards_write_check_and_merge(tmp_path):
     assert not store.has_shard("enc-2000", 0, 4)
     with pytest.raises(FileNotFoundError, match=r"missing shard\(s\) 1 of 3"):
         store.merge_shards("enc-2000", 3, "sum", {"update": 2000})
+    store.write_shard("enc-2000", 1, 3, parts[0][:-1])  # e.g. embedded for another split of the corpus
+    with pytest.raises(ValueError, match=r"do not split a corpus of 1000 blocks into 3: shard 1 has 332 rows, "
+                                         r"expected 333 \(blocks 333..665\); remove those shard files"):
+        store.merge_shards("enc-2000", 3, "sum", {"update": 2000}, count=1000)
     store.write_shard("enc-2000", 1, 3, parts[1])
     assert store.versions() == []
     shard_files = os.listdir(store.shard_dir("enc-2000"))
     assert sorted(shard_files) == ["shard-0-of-3.npy", "shard-1-of-3.npy", "shard-2-of-3.npy"]
 
-    version = store.merge_shards("enc-2000", 3, "sum", {"update": 2000}, "hnsw")
+    version = store.merge_shards("enc-2000", 3, "sum", {"update": 2000}, "hnsw", count=1000)
     assert version == 1 and store.load()[1]["index_type"] == "hnsw"
     np.testing.assert_array_equal(store.embeddings(1), np.concatenate(parts).astype(np.float16))
     assert not os.path.exists(os.path.join(store.root, "shards"))

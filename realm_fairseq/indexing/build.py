@@ -74,7 +74,8 @@ def build_index(
         return store.commit(embeddings, corpus.checksum, source.info, index_type, **index_options)
     tag = shard_tag(source, corpus)
     if merge:
-        return store.merge_shards(tag, num_shards, corpus.checksum, source.info, index_type, **index_options)
+        return store.merge_shards(tag, num_shards, corpus.checksum, source.info, index_type, count=len(corpus),
+                                  **index_options)
     if store.has_shard(tag, shard_id, num_shards):
         logger.info("shard %d of %d (%s) is already written: skipped", shard_id, num_shards, tag)
         return None

@@ -593,12 +593,14 @@ class IndexStore:
             os.rmdir(root)  # only if empty
 
     def merge_shards(self, tag: str, num_shards: int, corpus_checksum: str, encoder: dict,
-                     index_type: str = DEFAULT_INDEX_TYPE, **options) -> int:
+                     index_type: str = DEFAULT_INDEX_TYPE, *, count: Optional[int] = None, **options) -> int:
         """Commit shards 0..num_shards-1, their rows in order, as one version, and remove the shards. The
         shards are read memory-mapped and never concatenated: the merge holds one copy of the embeddings,
         the index's (a ``flat16`` index's codes are the float16 rows themselves).
 
-        Returns the new version. Raises ``FileNotFoundError`` listing the shard ids that are missing.
+        Returns the new version. Raises ``FileNotFoundError`` listing the shard ids that are missing, and,
+        given the corpus's ``count`` of blocks, a ``ValueError`` naming each shard whose rows are not its
+        share of them (:func:`shard_range`).
         """
         paths = [self.shard_path(tag, i, num_shards) for i in range(num_shards)]
         missing = [i for i, p in enumerate(paths) if not os.path.isfile(p)]
@@ -612,6 +614,12 @@ class IndexStore:
         if len(dims) != 1 or None in dims:
             shapes = ", ".join(f"{i}: {s.shape}" for i, s in enumerate(shards))
             raise ValueError(f"{self.shard_dir(tag)}: shards disagree on the embedding dimension ({shapes})")
+        wrong = [f"shard {i} has {len(shard)} rows, expected {end - start} (blocks {start}..{end - 1})"
+                 for i, shard in enumerate(shards) for start, end in [shard_range(count, i, num_shards)]
+                 if len(shard) != end - start] if count is not None else []
+        if wrong:
+            raise ValueError(f"{self.shard_dir(tag)}: the shards do not split a corpus of {count} blocks into "
+                             f"{num_shards}: {'; '.join(wrong)}; remove those shard files and run their jobs again")
         version = self.commit(shards, corpus_checksum, encoder, index_type, **options)  # not concatenated
         shutil.rmtree(self.shard_dir(tag))
         with contextlib.suppress(OSError):  # only if empty: another build's shards may be there
