@@ -193,6 +193,10 @@ def test_bad_input_is_refused():
                        (emb[:0], "at least one vector"), (broken, "row 13 is not finite")):
         with pytest.raises(ValueError, match=match):
             TorchMipsSearch.from_array(bad)
+    broken16 = emb.astype(np.float16)
+    broken16[15, 1] = np.nan  # in the second of two shards: the row is numbered in the whole
+    with pytest.raises(ValueError, match="row 15 is not finite"):
+        TorchMipsSearch.from_array(broken16, "cpu,cpu")
     with pytest.raises(ValueError, match="cannot be sharded over 3 devices"):
         TorchMipsSearch.from_array(emb[:2], "cpu,cpu,cpu")
     with pytest.raises(ValueError, match="--retrieval-devices: 'tpu' is not a device"):

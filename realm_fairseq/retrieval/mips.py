@@ -266,7 +266,7 @@ def _options_of(index: "faiss.Index", index_type: str) -> dict:
     return {}
 
 
-def _check_finite(rows: np.ndarray, start: int = 0) -> np.ndarray:
+def check_finite(rows: np.ndarray, start: int = 0) -> np.ndarray:
     """``rows`` (m, d), rows ``start``.. of the embeddings, unless one holds a NaN or inf (a ValueError naming
     it); checked ``ADD_BATCH`` rows at a time."""
     for offset in range(0, len(rows), ADD_BATCH):
@@ -352,7 +352,7 @@ def _copy_codes(index: "faiss.Index", parts: Sequence[np.ndarray]) -> None:
     codes = faiss.rev_swig_ptr(index.codes.data(), n * d * 2)  # a numpy view of the index's codes
     for start, rows in _row_batches(parts):
         codes[start * d * 2 : (start + len(rows)) * d * 2] = \
-            np.ascontiguousarray(_check_finite(rows, start)).view(np.uint8).reshape(-1)
+            np.ascontiguousarray(check_finite(rows, start)).view(np.uint8).reshape(-1)
     index.ntotal = n
 
 
@@ -446,7 +446,7 @@ class MipsIndex:
             _copy_codes(index, parts)
         else:
             for start, rows in _row_batches(parts):
-                index.add(_check_finite(_as_float32(rows), start))
+                index.add(check_finite(_as_float32(rows), start))
         logger.info("built a %s index of %d vectors of dimension %d (%s)", index_type, n, d, opts)
         return cls(index, index_type, opts)
 
