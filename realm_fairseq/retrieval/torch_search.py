@@ -13,8 +13,9 @@ dimensions). faiss-gpu is not always installable; this is the same exact search 
 Storage: on a GPU the rows are float16 (13.35M x 128 is 3.2 GiB); with several devices each holds a
 contiguous slice of rows (a shard) and the per-shard top k are merged. On the CPU the array is used as
 given, without a copy: an index version's memory-mapped embeddings (``embeddings.npy``, or the rows of a
-``flat16`` index file) stay in the page cache, shared by every rank of a node (one copy per node). Loading to a GPU copies ``LOAD_ROWS`` rows at a time,
-so the host never holds a second full copy. Before loading, the rows plus ``working_bytes`` are checked
+``flat16`` index file) stay in the page cache, shared by every rank of a node (one copy per node), and
+are checked finite by their bits (:func:`~realm_fairseq.retrieval.mips.check_finite`). Loading to a GPU
+copies ``LOAD_ROWS`` rows at a time, so the host never holds a second full copy. Before loading, the rows plus ``working_bytes`` are checked
 against each GPU's free memory; too little raises :class:`IndexTooLargeError` with the sizes and the flags
 ``--retrieval-devices cuda:0,cuda:1,...`` (shard over more GPUs) and ``--retrieval-devices cpu``.
 
