@@ -323,7 +323,7 @@ def _check_parts(embeddings) -> List[np.ndarray]:
     return list(embeddings)
 
 
-def _row_batches(parts: Sequence[np.ndarray]) -> Iterator[Tuple[int, np.ndarray]]:
+def row_batches(parts: Sequence[np.ndarray]) -> Iterator[Tuple[int, np.ndarray]]:
     """``(start, rows)``: the rows of ``parts`` in order, at most ``ADD_BATCH`` at a time, ``start`` being
     the first row's number in the whole."""
     start = 0
@@ -350,7 +350,7 @@ def _copy_codes(index: "faiss.Index", parts: Sequence[np.ndarray]) -> None:
     n, d = sum(len(part) for part in parts), parts[0].shape[1]
     index.codes.resize(n * d * 2)
     codes = faiss.rev_swig_ptr(index.codes.data(), n * d * 2)  # a numpy view of the index's codes
-    for start, rows in _row_batches(parts):
+    for start, rows in row_batches(parts):
         codes[start * d * 2 : (start + len(rows)) * d * 2] = \
             np.ascontiguousarray(check_finite(rows, start)).view(np.uint8).reshape(-1)
     index.ntotal = n
@@ -445,7 +445,7 @@ class MipsIndex:
         if index_type == "flat16" and parts[0].dtype == np.float16:
             _copy_codes(index, parts)
         else:
-            for start, rows in _row_batches(parts):
+            for start, rows in row_batches(parts):
                 index.add(check_finite(_as_float32(rows), start))
         logger.info("built a %s index of %d vectors of dimension %d (%s)", index_type, n, d, opts)
         return cls(index, index_type, opts)

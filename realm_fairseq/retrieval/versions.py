@@ -58,7 +58,7 @@ import numpy as np
 from realm_fairseq.atomic_io import atomic_file, fsync, make_public, sha256_files, write_faults_named
 from realm_fairseq.retrieval import placement
 from realm_fairseq.retrieval.mips import (
-    DEFAULT_INDEX_TYPE, ROWS_IN_FILE, MipsIndex, check_options, float16_rows, min_index_bytes,
+    DEFAULT_INDEX_TYPE, ROWS_IN_FILE, MipsIndex, check_options, float16_rows, min_index_bytes, row_batches,
 )
 from realm_fairseq.retrieval.torch_search import shard_bounds
 
@@ -83,7 +83,6 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _INDEX_ENTRY = re.compile(r"^(v[1-9][0-9]*(\.tmp)?|shards|refresh|lost\+found)$")
 NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)  # flock on a file system without it
 _TAG = re.compile(r"^[A-Za-z0-9_.-]+$")
-SAVE_ROWS = 65536  # rows of a .npy file written at a time (bounds the extra memory)
 BUILD_HINT = "build one with realm-build-index"
 REBUILD = "rebuild the version with realm-build-index"
 
@@ -143,9 +142,8 @@ def _save_npy(path: str, parts: Sequence[np.ndarray]) -> dict:
 
     def write(f):
         np.lib.format.write_array_header_1_0(f, header)
-        for part in parts:
-            for start in range(0, len(part), SAVE_ROWS):
-                f.write(np.ascontiguousarray(part[start : start + SAVE_ROWS]).tobytes())
+        for _, rows in row_batches(parts):  # (<= ADD_BATCH, d) at a time
+            f.write(np.ascontiguousarray(rows).tobytes())
 
     return _write_hashed(path, write)
 
