@@ -1,4 +1,5 @@
-"""Shared fixtures: the shipped demo data and a corpus built from it once per test session."""
+"""Shared fixtures (the shipped demo data and a corpus built from it once per test session), how the tests
+share the cores under pytest-xdist, and the run's summary of the numbers tests measured."""
 import importlib.machinery
 import os
 import socket
@@ -9,11 +10,27 @@ import types
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.path.join(ROOT, "examples", "realm", "data")
+DEMO = os.path.join(ROOT, "examples", "realm")
+DATA = os.path.join(DEMO, "data")
 VOCAB = os.path.join(DATA, "bert-base-uncased-vocab.txt")
 WIKI = os.path.join(DATA, "enwiki-sample-articles.jsonl.gz")
 SQUAD_DEV = os.path.join(DATA, "squad-v1.1-dev.json.gz")
 BIN = os.path.dirname(sys.executable)
+
+
+def _share_the_cores_between_workers() -> None:
+    """Under pytest-xdist (``-n N``), give each worker, and the commands it runs, its share of the cores:
+    N workers each running torch on every core would keep OpenMP threads waiting on each other."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # for the console scripts the tests run
+        torch.set_num_threads(threads)
+
+
+_share_the_cores_between_workers()
 
 
 def run(cmd, cwd=None, check=True, timeout=600, env=None):
@@ -25,6 +42,33 @@ def run(cmd, cwd=None, check=True, timeout=600, env=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked ``long`` (minutes each) first, so that under pytest-xdist (``--dist loadfile`` hands
+    out whole files in this order) the longest start at once and the workers finish together."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
+MEASURED = "measured"
+
+
+@pytest.fixture
+def measured(request):
+    """``measured(text)``: a number a test measured beside its baseline, for the run's summary, where it is
+    shown for passed and failed tests alike, with or without pytest-xdist (whose workers' prints are lost)."""
+    return lambda text: request.node.user_properties.append((MEASURED, text))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The numbers the tests measured (the ``measured`` fixture), one per line, after the test results."""
+    lines = [f"{text}  [{report.nodeid.split('::')[-1]}]" for key in ("passed", "failed")
+             for report in terminalreporter.stats.get(key, []) if report.when == "call"
+             for name, text in getattr(report, "user_properties", ()) if name == MEASURED]
+    if lines:
+        terminalreporter.section("measured, each beside its baseline")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 def free_port() -> int:

@@ -78,7 +78,7 @@ def masked_sentences(vocab, dictionary, n=8):
     return hf, ours, ours.ne(dictionary.pad())
 
 
-def test_reader_masked_lm_logits_equal_transformers(hf_mlm, capsys):
+def test_reader_masked_lm_logits_equal_transformers(hf_mlm, measured):
     model, _, weights_path = hf_mlm
     vocab = Vocab.load(VOCAB)
     dictionary = dictionary_for(vocab)
@@ -92,9 +92,8 @@ def test_reader_masked_lm_logits_equal_transformers(hf_mlm, capsys):
     diff = (ours[..., 4:] - expected).abs()[mask].max().item()
     aliases = [vocab.bert_id(s) for s in ("[CLS]", "[PAD]", "[SEP]", "[UNK]")]
     alias_diff = (ours[..., :4] - expected[..., aliases]).abs()[mask].max().item()
-    with capsys.disabled():
-        print(f"\nreader masked-LM logits vs transformers BertForMaskedLM, {mask.sum()} positions of "
-              f"{len(mask)} real sentences: max |diff| = {diff:.2e} (logits up to {expected.abs().max():.1f})")
+    measured(f"reader masked-LM logits vs transformers BertForMaskedLM, {mask.sum()} positions of "
+             f"{len(mask)} real sentences: max |diff| = {diff:.2e} (logits up to {expected.abs().max():.1f})")
     assert diff < 1e-4 and alias_diff < 1e-4
 
 

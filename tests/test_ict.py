@@ -67,14 +67,14 @@ def test_valid_split_holds_out_blocks_across_the_corpus():
     assert 60 < len(splits["valid"]) < 140 and splits["valid"].max() > 2000
 
 
-def test_ict_training_raises_in_batch_accuracy(wiki_corpus, tmp_path, capsys):
+@pytest.mark.long
+def test_ict_training_raises_in_batch_accuracy(wiki_corpus, tmp_path, measured):
     proc = run(["realm-train", wiki_corpus, *ICT, "--max-update", "400", "--log-interval", "50"], cwd=tmp_path)
     log = proc.stdout + proc.stderr
     top1 = logged("top1_acc", log)
     valid = logged("top1_acc", log, where="valid")
-    with capsys.disabled():
-        print(f"\nICT realm_tiny, 400 updates of 32: train top-1 {top1[0]:.3f} -> {top1[-1]:.3f}, "
-              f"valid top-1 {valid[0]:.3f} -> {valid[-1]:.3f} (chance 1/32)")
+    measured(f"ICT realm_tiny, 400 updates of 32: train top-1 {top1[0]:.3f} -> {top1[-1]:.3f}, "
+             f"valid top-1 {valid[0]:.3f} -> {valid[-1]:.3f} (chance 1/32)")
     # measured (seed 1): train 0.053 -> 0.181, valid (held-out blocks) 0.059 -> 0.147; bands of about 20%
     assert 0.15 <= top1[-1] <= 0.22 and top1[-1] >= 3 * top1[0]
     assert 0.12 <= valid[-1] <= 0.18 and valid[-1] >= 2 * valid[0]

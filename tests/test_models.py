@@ -141,7 +141,7 @@ def read_squad_questions():
             yield [qa for p in article["paragraphs"] for qa in p["qas"]]
 
 
-def test_converted_minilm_matches_transformers_bert(minilm_dir, minilm_weights, capsys, monkeypatch):
+def test_converted_minilm_matches_transformers_bert(minilm_dir, minilm_weights, measured, monkeypatch):
     BertModel = import_bert_model(monkeypatch)
     out = minilm_weights
     weights = load_weights(out)
@@ -166,9 +166,8 @@ def test_converted_minilm_matches_transformers_bert(minilm_dir, minilm_weights, 
         hidden, padding = ours(our_ids)
     assert torch.equal(padding, ~mask)
     diff = (expected - hidden).abs()[mask].max().item()
-    with capsys.disabled():
-        print(f"\nMiniLM converted vs transformers BertModel, {len(pieces)} real sentences: "
-              f"max |diff| = {diff:.2e}")
+    measured(f"MiniLM converted vs transformers BertModel, {len(pieces)} real sentences: "
+             f"max |diff| = {diff:.2e}")
     assert diff < 1e-4
 
 

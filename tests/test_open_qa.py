@@ -87,7 +87,7 @@ def fine_tuned(qa, tmp_path_factory):
     return str(save / "checkpoint_best.pt"), proc.stdout
 
 
-def test_fine_tuning_raises_exact_match_and_recall(qa, fine_tuned, tmp_path, capsys):
+def test_fine_tuning_raises_exact_match_and_recall(qa, fine_tuned, tmp_path, measured):
     start = start_metrics(qa)
     checkpoint, log = fine_tuned
     valid = [line for line in log.splitlines() if "| valid on 'valid' subset" in line][-1]
@@ -101,9 +101,8 @@ def test_fine_tuning_raises_exact_match_and_recall(qa, fine_tuned, tmp_path, cap
     proc = run(["realm-evaluate", "--checkpoint", checkpoint, "--questions",
                 os.path.join(qa["questions"], "valid.jsonl"), "--out", str(predictions), "--batch-size", "7"])
     end = json.loads(proc.stdout)
-    with capsys.disabled():
-        print(f"\nvalid ({VALID_QUESTIONS} held-out questions) before -> after 20 updates: "
-              + ", ".join(f"{k} {start[k]} -> {end[k]}" for k in ("em", "recall@1", "recall@5")))
+    measured(f"valid ({VALID_QUESTIONS} held-out questions) before -> after 20 updates: "
+             + ", ".join(f"{k} {start[k]} -> {end[k]}" for k in ("em", "recall@1", "recall@5")))
     assert end["questions"] == VALID_QUESTIONS and float(valid_em) == end["em"]
     before, after = ({k: round(m[k] * VALID_QUESTIONS / 100) for k in ("em", "recall@1", "recall@5")}
                      for m in (start, end))  # percent -> questions of the 64

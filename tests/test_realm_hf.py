@@ -92,15 +92,14 @@ def ours(hf_ids: np.ndarray, dictionary, sep=None) -> torch.Tensor:
     return ids
 
 
-def report(capsys, what, diff):
-    with capsys.disabled():
-        print(f"\n{what}: max |diff| = {diff:.2e}")
+def report(measured, what, diff):
+    measured(f"{what}: max |diff| = {diff:.2e}")
 
 
 # --------------------------------------------------------------------------------------------- embedder
 
 
-def test_embedder_scores_equal_transformers(hf, ref, dictionary, tmp_path, capsys):
+def test_embedder_scores_equal_transformers(hf, ref, dictionary, tmp_path, measured):
     model = build(dictionary, retriever_init=convert(tmp_path, hf["embedder"]))
     assert (model.cfg.retriever_head, model.cfg.doc_segments, model.cfg.activation_fn) == \
         ("realm", "title_body", "gelu_accurate")  # followed the weights
@@ -114,7 +113,7 @@ def test_embedder_scores_equal_transformers(hf, ref, dictionary, tmp_path, capsy
         docs = model.embed_blocks(blocks)  # (B, P)
     diffs = [np.abs(queries.numpy() - ref["query_emb"]).max(), np.abs(docs.numpy() - ref["block_emb"]).max(),
              np.abs((queries @ docs.T).numpy() - ref["relevance"]).max()]
-    report(capsys, "REALM embedder: query, block embeddings, relevance vs RealmEmbedder/RealmScorer", max(diffs))
+    report(measured, "REALM embedder: query, block embeddings, relevance vs RealmEmbedder/RealmScorer", max(diffs))
     assert max(diffs) < TOL
     alone = realm_hf.embedder_from_weights(model.cfg.retriever_init, dictionary)  # e.g. to index one's corpus
     with torch.no_grad():
@@ -204,7 +203,7 @@ def test_untitled_blocks_read_as_realms_empty_title(hf, dictionary, tmp_path):
 # --------------------------------------------------------------------------------------------- readers
 
 
-def test_reader_masked_lm_logits_equal_transformers(hf, ref, dictionary, tmp_path, capsys):
+def test_reader_masked_lm_logits_equal_transformers(hf, ref, dictionary, tmp_path, measured):
     path = convert(tmp_path, hf["embedder"], hf["encoder"])
     model = build(dictionary, needs_reader=True, realm_init=path)
     tokens = ours(ref["mlm_ids"], dictionary)
@@ -218,12 +217,12 @@ def test_reader_masked_lm_logits_equal_transformers(hf, ref, dictionary, tmp_pat
     diff = (at[..., sample] - torch.from_numpy(ref["mlm_logits"])).abs()[valid].max().item()
     # the normaliser over BERT's vocab: every logit counts, not only the sample
     lse = (torch.logsumexp(at[..., 4:], -1) - torch.from_numpy(ref["mlm_logsumexp"])).abs()[valid].max().item()
-    report(capsys, f"REALM knowledge-augmented encoder: masked-LM logits ({int(valid.sum())} positions x "
+    report(measured, f"REALM knowledge-augmented encoder: masked-LM logits ({int(valid.sum())} positions x "
                    f"{len(sample)} ids) and log-normaliser vs RealmKnowledgeAugEncoder", max(diff, lse))
     assert diff < TOL and lse < TOL
 
 
-def test_open_qa_spans_and_prediction_equal_transformers(hf, ref, dictionary, tmp_path, capsys):
+def test_open_qa_spans_and_prediction_equal_transformers(hf, ref, dictionary, tmp_path, measured):
     model = build(dictionary, needs_span_reader=True, realm_init=convert(tmp_path, hf["openqa"]))
     assert model.cfg.span_head == "orqa"
     inputs = torch.from_numpy(ref["qa_inputs"])  # (Q, 4, R, T): ids, segments, attention, block mask
@@ -242,7 +241,7 @@ def test_open_qa_spans_and_prediction_equal_transformers(hf, ref, dictionary, tm
         retrieval = torch.from_numpy(ref["block_emb"][ref["qa_retrieved"][q]]) @ query  # (R,)
         block, start, length = orqa_best_span(scores[None], retrieval[None], inputs[q, 3].bool()[None])
         assert [int(block), int(start), int(start + length)] == ref["qa_predicted"][q].tolist()
-    report(capsys, "REALM open QA: query embedding, span logits vs RealmForOpenQA", max(span_diff, query_diff))
+    report(measured, "REALM open QA: query embedding, span logits vs RealmForOpenQA", max(span_diff, query_diff))
     assert span_diff < TOL and query_diff < TOL
 
 

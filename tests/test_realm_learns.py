@@ -128,7 +128,8 @@ def places(tmp_path_factory):
     return root
 
 
-def test_realm_learns_to_retrieve_the_evidence_and_beats_the_reader_alone(places, capsys):
+@pytest.mark.long
+def test_realm_learns_to_retrieve_the_evidence_and_beats_the_reader_alone(places, measured):
     corpus_dir, env = str(places / "corpus"), dict(os.environ, OMP_NUM_THREADS="1")
     alone = subprocess.Popen(  # the reader alone (null document only), beside the ICT warm start
         [f"{BIN}/realm-train", corpus_dir, *TINY, *PRETRAIN, "--retrieval-topk", "0",
@@ -148,10 +149,9 @@ def test_realm_learns_to_retrieve_the_evidence_and_beats_the_reader_alone(places
     corpus = BlockCorpus(corpus_dir)
     before, after = evidence_top1(ict, corpus), evidence_top1(str(places / "realm" / "checkpoint_last.pt"), corpus)
     realm_loss, alone_loss = final_valid_loss(realm_log), final_valid_loss(alone_log)
-    with capsys.disabled():
-        print(f"\nREALM learns ({UPDATES} updates, retriever frozen for the first {WARMUP}): on held-out "
-              f"examples the evidence block is ranked first {before:.3f} -> {after:.3f}; masked-LM loss "
-              f"{realm_loss:.3f} bits with retrieval, {alone_loss:.3f} bits for the reader alone")
+    measured(f"REALM learns ({UPDATES} updates, retriever frozen for the first {WARMUP}): on held-out "
+             f"examples the evidence block is ranked first {before:.3f} -> {after:.3f}; masked-LM loss "
+             f"{realm_loss:.3f} bits with retrieval, {alone_loss:.3f} bits for the reader alone")
     # measured on 199 held-out examples: evidence first 0.216-0.241 -> 0.869-0.950, loss 0.43-1.70 bits with
     # retrieval, 7.67-7.79 alone (seeds 1-3 on an AVX-512 Xeon; seed 1 gave 0.221 -> 0.960 and 0.45 bits on an
     # earlier machine: the float rounding of the CPU's kernels moves 800 updates this much)

@@ -176,7 +176,7 @@ def _saved(index, path) -> str:
 
 # ---------------------------------------------------------------- approximate search
 @pytest.mark.parametrize("index_type", ["ivf_flat", "hnsw", "sq8", "ivf_pq"])
-def test_approximate_recall_on_text_embeddings(index_type, text_data, text_flat):
+def test_approximate_recall_on_text_embeddings(index_type, text_data, text_flat, measured):
     emb, queries = text_data
     _, truth = text_flat
     start = time.perf_counter()
@@ -186,9 +186,9 @@ def test_approximate_recall_on_text_embeddings(index_type, text_data, text_flat)
     ids, scores = index.search(queries, RECALL_K)
     searched = time.perf_counter() - start
     r = recall(ids, truth)
-    print(f"\n{index_type}: recall@{RECALL_K} {r:.3f} against flat over {index.ntotal} text embeddings, "
-          f"options {index.options}, build {built:.2f} s, {len(queries) / searched:,.0f} queries/s, "
-          f"{index.bytes_per_vector:.0f} bytes/vector")
+    measured(f"{index_type}: recall@{RECALL_K} {r:.3f} against flat over {index.ntotal} text embeddings, "
+             f"options {index.options}, build {built:.2f} s, {len(queries) / searched:,.0f} queries/s, "
+             f"{index.bytes_per_vector:.0f} bytes/vector")
     assert r >= MIN_RECALL[index_type], f"{index_type}: recall@{RECALL_K} {r:.3f} < {MIN_RECALL[index_type]}"
     assert (ids >= 0).all() and (np.diff(scores, axis=1) <= 0).all()
 

@@ -79,7 +79,7 @@ def sentence_transformers_top5(minilm_dir, corpus, questions):
     return np.argsort(-scores, axis=1, kind="stable")[:, :5].tolist()
 
 
-def test_minilm_through_our_stack_matches_sentence_transformers(squad, minilm_dir, minilm_weights, capsys):
+def test_minilm_through_our_stack_matches_sentence_transformers(squad, minilm_dir, minilm_weights, measured):
     index = str(squad["root"] / "minilm-index")
     run(["realm-build-index", "--corpus", squad["corpus"], "--hf", minilm_weights, "--out", index, "--no-progress"])
     assert IndexStore(index).manifest()["encoder"]["score"] == "cosine"
@@ -91,10 +91,9 @@ def test_minilm_through_our_stack_matches_sentence_transformers(squad, minilm_di
     ours_top = top5(out)
     expected = recall_at_5(corpus, questions, reference)
     overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ours_top, reference)])
-    with capsys.disabled():
-        print(f"\nMiniLM, {len(questions)} SQuAD dev questions over {len(corpus)} blocks: recall@5 ours "
-              f"{ours['recall@5']:.2f}, sentence-transformers {expected:.2f}; top-5 overlap {overlap:.3f}; "
-              f"gold_recall@5 {ours['gold_recall@5']:.2f}")
+    measured(f"MiniLM, {len(questions)} SQuAD dev questions over {len(corpus)} blocks: recall@5 ours "
+             f"{ours['recall@5']:.2f}, sentence-transformers {expected:.2f}; top-5 overlap {overlap:.3f}; "
+             f"gold_recall@5 {ours['gold_recall@5']:.2f}")
     assert ours["questions"] == len(questions) and ours["gold_missing"] == 0
     assert abs(ours["recall@5"] - expected) <= 1.0
     assert overlap >= 0.95
@@ -102,7 +101,7 @@ def test_minilm_through_our_stack_matches_sentence_transformers(squad, minilm_di
     assert ours["recall@1"] <= ours["recall@5"] <= ours["recall@20"] <= ours["recall@100"]
 
 
-def test_bm25_matches_a_direct_bm25s_run(squad, capsys):
+def test_bm25_matches_a_direct_bm25s_run(squad, measured):
     bm25s = pytest.importorskip("bm25s")
     stemmer = pytest.importorskip("Stemmer").Stemmer("english")
     out = str(squad["root"] / "bm25.predictions.jsonl")
@@ -115,9 +114,8 @@ def test_bm25_matches_a_direct_bm25s_run(squad, capsys):
                                                    stemmer=stemmer, show_progress=False), k=5, show_progress=False)
     expected = recall_at_5(corpus, questions, found.tolist())
     same = np.mean([a == b for a, b in zip(top5(out), found.tolist())])
-    with capsys.disabled():
-        print(f"\nBM25, {len(questions)} SQuAD dev questions: recall@5 ours {ours['recall@5']:.2f}, "
-              f"bm25s directly {expected:.2f}; same top 5 in the same order for {same:.3f}")
+    measured(f"BM25, {len(questions)} SQuAD dev questions: recall@5 ours {ours['recall@5']:.2f}, "
+             f"bm25s directly {expected:.2f}; same top 5 in the same order for {same:.3f}")
     np.testing.assert_allclose(np.array(top5(out, "score")), scores, rtol=1e-5)
     assert same >= 0.99  # blocks of equal score may come in another order
     assert ours["recall@5"] == pytest.approx(expected, abs=0.3)

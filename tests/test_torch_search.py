@@ -54,11 +54,12 @@ def assert_same(found, expected, gap_tol=1e-5):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_equals_faiss_flat_on_text(text, text_flat, device):
+def test_equals_faiss_flat_on_text(text, text_flat, device, measured):
     emb, queries = text
     search = TorchMipsSearch.from_array(emb, [device], working_bytes=small_working(128, 300, 3000))  # 7 chunks
     swapped = assert_same(search.search(queries, K), text_flat.search(queries, K))
-    print(f"\n{device}: {swapped} of {queries.size // 128 * K} ids swapped within near-ties")
+    measured(f"torch search on {device} vs faiss flat: {swapped} of {queries.size // 128 * K} ids swapped within "
+             f"near-ties")
     # any query dtype and device; torch queries give the same answer
     q16 = torch.from_numpy(queries).to(device).half()
     assert_same(search.search(q16, K), text_flat.search(q16.float().cpu().numpy(), K))
