@@ -204,7 +204,9 @@ def test_a_job_past_its_time_limit_is_requeued_and_resumes_from_its_checkpoint(j
     text = open(log).read()
     stops = [int(u) for u in re.findall(r"stop requested: saving the checkpoint of update (\d+)", text)]
     assert len(stops) == 2 and 0 < stops[0] < stops[1]
-    assert f"Requeued job {job_id} (0 remaining timeouts)" in text
+    # requeued once, by submitit's `scontrol requeue`; its "Requeued job" line may be missing: the requeue ends
+    # the job step, and with it, at times, scontrol before it returns
+    assert "requeued job, run 2 of at most 2: resuming from the last checkpoint" in text
     assert "not requeued: --max-requeues 1 reached" in text
     assert re.search(rf"Loaded checkpoint \S+checkpoint_last.pt \(epoch \d+ @ {stops[0]} updates\)", text)
     assert f"resumed with {requeue['index']}/v1, the index version saved in the checkpoint" in text
