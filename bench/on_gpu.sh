@@ -52,7 +52,8 @@ pretrain() {  # corpus -> realm_tiny checkpoint -> its index -> 40 updates retri
       --retrieval-devices auto --refresh-interval-updates 20 --refresh-launcher local --refresh-at-end wait \
       --save-dir "$work/pretrain" 2>&1 | tee "$work/pretrain.log" \
     && grep -q "index refresh: swapped in" "$work/pretrain.log" \
-    && python3 -m pytest -q -p no:cacheprovider tests/test_torch_search.py tests/test_retrieval_placement.py
+    && python3 -m pytest -q -p no:cacheprovider -o addopts=-ra tests/test_torch_search.py \
+      tests/test_retrieval_placement.py  # in one process: pytest.ini's -n 2 needs pytest-xdist, not installed here
 }
 
 for what in "$@"; do
