@@ -18,7 +18,7 @@ SQUAD_DEV = os.path.join(DATA, "squad-v1.1-dev.json.gz")
 BIN = os.path.dirname(sys.executable)
 
 
-def _share_the_cores_between_workers() -> None:
+def pytest_configure(config):
     """Under pytest-xdist (``-n N``), give each worker, and the commands it runs, its share of the cores:
     N workers each running torch on every core would keep OpenMP threads waiting on each other."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
@@ -28,9 +28,6 @@ def _share_the_cores_between_workers() -> None:
         threads = max(1, (os.cpu_count() or 1) // workers)
         os.environ["OMP_NUM_THREADS"] = str(threads)  # for the console scripts the tests run
         torch.set_num_threads(threads)
-
-
-_share_the_cores_between_workers()
 
 
 def run(cmd, cwd=None, check=True, timeout=600, env=None):
@@ -64,7 +61,7 @@ def pytest_terminal_summary(terminalreporter):
     """The numbers the tests measured (the ``measured`` fixture), one per line, after the test results."""
     lines = [f"{text}  [{report.nodeid.split('::')[-1]}]" for key in ("passed", "failed")
              for report in terminalreporter.stats.get(key, []) if report.when == "call"
-             for name, text in getattr(report, "user_properties", ()) if name == MEASURED]
+             for name, text in report.user_properties if name == MEASURED]
     if lines:
         terminalreporter.section("measured, each beside its baseline")
         for line in lines:

@@ -218,7 +218,7 @@ def test_reader_masked_lm_logits_equal_transformers(hf, ref, dictionary, tmp_pat
     # the normaliser over BERT's vocab: every logit counts, not only the sample
     lse = (torch.logsumexp(at[..., 4:], -1) - torch.from_numpy(ref["mlm_logsumexp"])).abs()[valid].max().item()
     report(measured, f"REALM knowledge-augmented encoder: masked-LM logits ({int(valid.sum())} positions x "
-                   f"{len(sample)} ids) and log-normaliser vs RealmKnowledgeAugEncoder", max(diff, lse))
+                     f"{len(sample)} ids) and log-normaliser vs RealmKnowledgeAugEncoder", max(diff, lse))
     assert diff < TOL and lse < TOL
 
 
