@@ -2,8 +2,11 @@
 # Set up a bare GPU machine that has python3 with CUDA torch but none of our other packages, then run
 # the GPU checks named as arguments, each logged to $OUT (or ./gpu-out) as it runs.
 #
-#   bash bench/on_gpu.sh [install] [scale] [embed] [ict] [pretrain]
+#   bash bench/on_gpu.sh wheels                                  (here, with the network: fills .whl/)
+#   bash bench/on_gpu.sh [install] [scale] [embed] [ict] [pretrain]   (there, through the device tool)
 #
+# wheels:   downloads the wheels `install` needs for the GPU machine's Python (PY, default 3.12) into .whl/
+#           (about 39 MB: carry it, `run` carries at most 64 MiB); antlr4 has no wheel on PyPI and is built.
 # install:  pip-installs the wheels in .whl/ (fairseq, faiss-cpu, hydra, ...; fetched beforehand with
 #           `pip download --python-version 3.12 ...`, see bench/gpu-notes.md) and this checkout, offline.
 # scale:    bench/scale.py at 100k, 1M and 13,353,718 vectors on the GPU (torch search) and the CPU (faiss
@@ -26,6 +29,16 @@ step() {  # step NAME COMMAND...: run, log to $OUT/NAME.log, report the exit sta
   echo "=== $name: $*"
   "$@" 2>&1 | tee "$OUT/$name.log"
   echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
+}
+
+wheels() {  # on this machine, before the GPU run: the GPU machine has no network
+  local dir=${WHEELS:-.whl}
+  rm -rf "$dir" && mkdir -p "$dir" \
+    && python3 -m pip download -q --no-deps --only-binary=:all: --python-version "${PY:-3.12}" \
+      --platform manylinux_2_28_x86_64 -d "$dir" ve-fairseq==0.12.3 faiss-cpu==1.15.1 hydra-core==1.3.8 \
+      omegaconf==2.3.1 bitarray==3.12.3 submitit==1.5.4 \
+    && python3 -m pip wheel -q --no-deps -w "$dir" antlr4-python3-runtime==4.9.3 \
+    && du -sh "$dir" && ls "$dir"
 }
 
 install() {
@@ -58,6 +71,7 @@ pretrain() {  # corpus -> realm_tiny checkpoint -> its index -> 40 updates retri
 
 for what in "$@"; do
   case $what in
+    wheels) step wheels wheels ;;
     install) step install install ;;
     scale) step scale timeout "${SCALE_S:-330}" python3 bench/scale.py --device cuda --sizes ${SIZES:-13353718 1000000 100000} \
              --types ${TYPES:-flat16} --repeat "${REPEAT:-5}" --out "$OUT/scale.json" ;;
@@ -67,6 +81,6 @@ for what in "$@"; do
     ict) step ict timeout "${ICT_S:-150}" python3 bench/ict_step.py --device cuda --arch realm_base --dtype bf16 \
            --batch-size 64 --steps 10 ;;
     pretrain) step pretrain timeout "${PRETRAIN_S:-300}" bash -c "$(declare -f pretrain); data=$data; pretrain" ;;
-    *) echo "unknown step $what (install, scale, embed, ict, pretrain)"; exit 2 ;;
+    *) echo "unknown step $what (wheels, install, scale, embed, ict, pretrain)"; exit 2 ;;
   esac
 done
