@@ -48,7 +48,7 @@ install() {
     && python3 -c "import torch, fairseq, faiss; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'fairseq', fairseq.__version__, 'faiss', faiss.__version__)"
 }
 
-pretrain() {  # corpus -> realm_tiny checkpoint -> its index -> 40 updates retrieving on the GPU, refreshed at 20
+pretrain() {  # corpus -> realm_tiny checkpoint -> its index -> 120 updates retrieving on the GPU, refreshed every 20
   local work=/tmp/realm-gpu common dev=${DEVICE:-cuda}  # DEVICE=cpu: the same steps on the CPU, to try them
   set -o pipefail  # realm-train's status, not tee's
   rm -rf "$work" && mkdir -p "$work"
@@ -62,11 +62,13 @@ pretrain() {  # corpus -> realm_tiny checkpoint -> its index -> 40 updates retri
     && realm-build-index --corpus "$work/corpus" --checkpoint "$work/init/checkpoint_last.pt" --out "$work/index" \
       --device "$dev" --dtype bf16 \
     && realm-train "$work/corpus" "${common[@]}" --index "$work/index" --retrieval-topk 8 --max-update 120 \
-      --retrieval-devices auto --refresh-interval-updates 20 --refresh-launcher local --refresh-at-end wait \
+      --retrieval-devices auto --retrieval-precision fp16 --refresh-interval-updates 20 --refresh-launcher local --refresh-at-end wait \
       --save-dir "$work/pretrain" 2>&1 | tee "$work/pretrain.log" \
     && grep -q "index refresh: swapped in" "$work/pretrain.log" \
     && python3 -m pytest -q -p no:cacheprovider -o addopts=-ra tests/test_torch_search.py \
-      tests/test_retrieval_placement.py  # in one process: pytest.ini's -n 2 needs pytest-xdist, not installed here
+      tests/test_retrieval_placement.py \
+      tests/test_realm_pretrain.py::test_retrieval_precision_reaches_the_search_and_every_refreshed_version
+      # in one process: pytest.ini's -n 2 needs pytest-xdist, not installed here
 }
 
 for what in "$@"; do

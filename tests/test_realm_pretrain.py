@@ -5,6 +5,7 @@ import argparse
 import math
 import os
 import re
+import shutil
 import subprocess
 from types import SimpleNamespace
 
@@ -194,6 +195,35 @@ def test_fairseq_train_runs_realm_pretrain_and_logs_its_metrics(wiki_corpus, ind
     assert "num_updates 6" in alone and "index_version 0" in alone
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda:0", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no GPU"))])
+def test_retrieval_precision_reaches_the_search_and_every_refreshed_version(wiki_corpus, index_dir, device,
+                                                                            tmp_path):
+    """--retrieval-precision fp16 is how a GPU multiplies for the version training starts from and for each
+    version a refresh loads; on the CPU faiss searches as it always does."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    index = str(tmp_path / "index")
+    shutil.copytree(index_dir, index)
+    args = [a for a in pretrain_args(wiki_corpus, index, "--retrieval-topk", "2", "--refresh-interval-updates",
+                                     "10", "--retrieval-devices", device, "--retrieval-precision", "fp16")
+            if not (a == "--cpu" and device != "cpu")]
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), args))
+    task = tasks.setup_task(cfg.task)
+    store = IndexStore(index)
+    store.commit(store.embeddings(1), task.retriever.corpus.checksum, {"kind": "test", "update": 10})
+    loader = task.refresher.loader
+    loader.poll(in_use=1)
+    loader.close()
+    version, refreshed, _ = loader.ready
+    assert version == 2 and task.retriever.precision == loader.precision == "fp16"
+    if device == "cpu":
+        assert isinstance(task.retriever.index, MipsIndex) and isinstance(refreshed, MipsIndex)
+    else:
+        assert task.retriever.index.precision == refreshed.precision == "fp16"
+
+
 def test_bf16_trains_where_it_runs_not_on_a_tpu(wiki_corpus, index_dir, tmp_path):
     # fairseq's command line reads --bf16 as "on a TPU" and then fails without torch_xla
     args = pretrain_args(wiki_corpus, index_dir, "--bf16", "--retrieval-topk", "2", "--max-update", "2",
@@ -275,6 +305,7 @@ def test_paper_config_has_the_paper_settings(tmp_path):
     assert world * per_gpu * cfg["optimization"]["update_freq"][0] == 512
     assert cfg["optimization"]["lr"] == [3e-5] and cfg["optimization"]["max_update"] == 200000
     assert cfg["task"]["retrieval_topk"] == 8 and cfg["task"]["masking"] == "salient_span"
+    assert cfg["common"]["bf16"] and cfg["task"]["retrieval_precision"] == "fp16"  # bf16 queries: the same search
     assert cfg["model"] == {"_name": "realm"}
     assert cfg["criterion"] == {"_name": "realm_mlm", "retriever_warmup_updates": 0}  # the reader starts from BERT
     defaults = RealmConfig()  # what model: {_name: realm} builds: BERT-base towers as REALM

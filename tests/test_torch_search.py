@@ -188,6 +188,8 @@ def test_bad_input_is_refused():
         search.search(q, 3, exclude=[1, 2, 3])
     with pytest.raises(ValueError, match="exclude: expected an integer array"):
         search.search(q, 3, exclude=np.ones(2, np.float32))
+    with pytest.raises(ValueError, match="up to 7e\\+04, beyond float16's 65504.*--retrieval-precision fp32"):
+        TorchMipsSearch.from_array(emb, precision="fp16").search(np.full((2, 4), 7e4, np.float32), 3)
     broken = emb.copy()
     broken[13, 2] = np.inf
     for bad, match in ((emb[0], "expected a 2-d numpy array"), (emb.astype(np.int32), "float16 or float32"),

@@ -61,7 +61,8 @@ class IndexRefresher:
 
     def __init__(self, cfg: RefreshConfig, corpus_dir: str, store: IndexStore, retriever: Retriever):
         self.cfg, self.store, self.retriever = cfg, store, retriever
-        self.loader = VersionLoader(store, retriever.corpus, devices=retriever.devices)
+        self.loader = VersionLoader(store, retriever.corpus, devices=retriever.devices,
+                                    precision=retriever.precision)
         self.scheduler = RefreshScheduler(cfg, corpus_dir, store) if rank() == 0 else None
         self.stopping: Optional[RefreshFailedError] = None  # why training stops, once it must
         # at the end of training, also in processes torch.multiprocessing spawned (atexit does not run there)
@@ -156,6 +157,7 @@ def restore_version(store: IndexStore, retriever: Retriever, version: Optional[i
         return
     index = retriever.index
     if version != retriever.version:
-        index, _ = store.load(version, corpus=retriever.corpus, devices=retriever.devices)
+        index, _ = store.load(version, corpus=retriever.corpus, devices=retriever.devices,
+                              precision=retriever.precision)
     retriever.use(index, version, update or 0)
     logger.info("resumed with %s, the index version saved in the checkpoint", store.version_dir(version))

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from realm_fairseq.data.corpus import BlockCorpus
+from realm_fairseq.retrieval.torch_search import DEFAULT_PRECISION
 from realm_fairseq.retrieval.versions import IndexStore
 
 logger = logging.getLogger(__name__)
@@ -20,10 +21,12 @@ logger = logging.getLogger(__name__)
 class FixedIndexRetriever:
     """Top-k blocks and differentiable retrieval scores for a batch of query embeddings."""
 
-    def __init__(self, corpus: BlockCorpus, index_dir: str, version: Optional[int] = None, devices: str = "cpu"):
+    def __init__(self, corpus: BlockCorpus, index_dir: str, version: Optional[int] = None, devices: str = "cpu",
+                 precision: str = DEFAULT_PRECISION):
         store = IndexStore(index_dir)
         self.corpus = corpus
-        self.index, self.manifest = store.load(version, corpus=corpus, devices=devices)  # devices: resolved
+        self.index, self.manifest = store.load(version, corpus=corpus, devices=devices,  # devices: resolved
+                                               precision=precision)
         self.embeddings = store.embeddings(self.manifest["version"])  # (blocks, D) float16, memory-mapped
         m = self.manifest
         logger.info("retrieving from %s: %d blocks, %s index, embedded by %s", store.version_dir(m["version"]),

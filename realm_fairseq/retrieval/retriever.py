@@ -13,13 +13,15 @@ import torch
 
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.retrieval.contract import Searcher
+from realm_fairseq.retrieval.torch_search import DEFAULT_PRECISION
 
 
 class Retriever:
     """Candidate blocks (as token ids) for a batch of query embeddings."""
 
     def __init__(self, corpus: BlockCorpus, index: Optional[Searcher], topk: int, null_document: bool,
-                 version: Optional[int] = None, version_update: Optional[int] = None, devices: str = "cpu"):
+                 version: Optional[int] = None, version_update: Optional[int] = None, devices: str = "cpu",
+                 precision: str = DEFAULT_PRECISION):
         if topk > 0 and index is None:
             raise ValueError("retrieval needs an index when topk > 0")
         if topk == 0 and not null_document:
@@ -31,6 +33,7 @@ class Retriever:
         self.version = version  # index version in use, and the update its embeddings came from
         self.version_update = version_update
         self.devices = devices  # where every version is searched (resolved --retrieval-devices)
+        self.precision = precision  # how torch multiplies there (--retrieval-precision)
 
     def use(self, index: Searcher, version: int, version_update: int) -> None:
         """Retrieve from ``index`` (index version ``version``, embedded at update ``version_update``) from now on."""

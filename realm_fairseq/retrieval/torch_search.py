@@ -55,6 +55,8 @@ LOAD_ROWS = 1 << 20  # rows copied to a GPU at a time (256 MiB at d = 128 float1
 WORKING_BYTES = 1 << 30  # scratch a device may use for one chunk: upcast rows and scores
 QUERY_BATCH = 1024  # queries searched together
 PRECISIONS = ("fp32", "fp16")
+DEFAULT_PRECISION = "fp32"  # the same scores as faiss flat
+FP16_MAX = torch.finfo(torch.float16).max
 DEVICES_FLAG = "--retrieval-devices"
 _FP16_PRODUCTS: Dict[str, bool] = {}  # device -> whether torch.mm(..., out_dtype=float32) runs there
 
@@ -266,7 +268,7 @@ def _shard_top(queries, shard: torch.Tensor, offset: int, f: int, precision: str
 class TorchMipsSearch:
     """Exact top-k inner product search over ``n`` block embeddings of dimension ``d``; ids are row numbers."""
 
-    def __init__(self, shards: List[torch.Tensor], offsets: List[int], precision: str = "fp32",
+    def __init__(self, shards: List[torch.Tensor], offsets: List[int], precision: str = DEFAULT_PRECISION,
                  working_bytes: int = WORKING_BYTES, query_batch: int = QUERY_BATCH):
         if precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -280,8 +282,8 @@ class TorchMipsSearch:
     # ------------------------------------------------------------ construction
     @classmethod
     def from_array(cls, embeddings, devices: Devices = "cpu", free_bytes: Optional[Sequence[Optional[int]]] = None,
-                   precision: str = "fp32", working_bytes: int = WORKING_BYTES, query_batch: int = QUERY_BATCH,
-                   load_rows: int = LOAD_ROWS) -> "TorchMipsSearch":
+                   precision: str = DEFAULT_PRECISION, working_bytes: int = WORKING_BYTES,
+                   query_batch: int = QUERY_BATCH, load_rows: int = LOAD_ROWS) -> "TorchMipsSearch":
         """Search ``embeddings`` (n, d) float16/float32, a numpy array or memmap, sharded over ``devices``.
 
         ``free_bytes``: the free memory of each device (default: what CUDA reports; the CPU is not
@@ -346,6 +348,10 @@ class TorchMipsSearch:
         queries = queries.detach().float()
         if not bool(torch.isfinite(queries).all()):
             raise ValueError("queries: not finite (NaN or inf)")
+        largest = float(queries.abs().max()) if self.precision == "fp16" and len(queries) else 0.0
+        if largest > FP16_MAX:
+            raise ValueError(f"queries: values up to {largest:.4g}, beyond float16's {FP16_MAX:g}; search them "
+                             f"with precision fp32 (--retrieval-precision fp32)")
         return queries
 
     def _top(self, queries: torch.Tensor, f: int, exact_ties: bool):

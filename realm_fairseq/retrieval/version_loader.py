@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 
 from realm_fairseq.atomic_io import describe_fault
 from realm_fairseq.retrieval.contract import Searcher
+from realm_fairseq.retrieval.torch_search import DEFAULT_PRECISION
 from realm_fairseq.retrieval.versions import IndexStore
 
 logger = logging.getLogger(__name__)
@@ -23,8 +24,10 @@ class VersionLoader:
     """Loads the newest committed version of an INDEX in a background thread, once it is newer than the
     one in use. Looks at the directory at most every ``poll_s`` seconds."""
 
-    def __init__(self, store: IndexStore, corpus, poll_s: float = 1.0, devices: str = "cpu"):
-        self.store, self.corpus, self.poll_s, self.devices = store, corpus, poll_s, devices
+    def __init__(self, store: IndexStore, corpus, poll_s: float = 1.0, devices: str = "cpu",
+                 precision: str = DEFAULT_PRECISION):
+        self.store, self.corpus, self.poll_s = store, corpus, poll_s
+        self.devices, self.precision = devices, precision
         self._lock = threading.Lock()
         self._ready: Optional[Tuple[int, Searcher, dict]] = None  # (version, its search, manifest)
         self._thread: Optional[threading.Thread] = None
@@ -64,7 +67,8 @@ class VersionLoader:
 
     def _load(self, version: int) -> None:
         try:
-            index, manifest = self.store.load(version, corpus=self.corpus, devices=self.devices)
+            index, manifest = self.store.load(version, corpus=self.corpus, devices=self.devices,
+                                              precision=self.precision)
         except (OSError, ValueError, RuntimeError) as e:  # pruned, another corpus, a GPU out of memory or lost
             with self._lock:
                 self.failures += 1

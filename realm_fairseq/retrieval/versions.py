@@ -513,13 +513,15 @@ class IndexStore:
         verify_file(path, manifest, os.path.join(vdir, MANIFEST))
         return array
 
-    def load(self, version: Optional[int] = None, corpus=None, devices: str = placement.CPU):
+    def load(self, version: Optional[int] = None, corpus=None, devices: str = placement.CPU,
+             precision: str = placement.DEFAULT_PRECISION):
         """The search over ``version`` (default the newest) and its manifest.
 
         With ``corpus`` (anything with ``.checksum`` and ``len()``, e.g. a BlockCorpus) the version must
         have been built from that corpus: same ``corpus_checksum`` and ``count``. ``devices`` (resolved
         ``--retrieval-devices``): ``cpu`` gives the memory-mapped :class:`MipsIndex`; GPUs give it moved
-        there by faiss-gpu, or exact torch search over the version's embeddings (:mod:`.placement`).
+        there by faiss-gpu, or exact torch search over the version's embeddings in ``precision``
+        (``--retrieval-precision``; :mod:`.placement`).
         """
         manifest = self.manifest(version)
         vdir = self.version_dir(manifest["version"])
@@ -533,7 +535,7 @@ class IndexStore:
         embeddings = self._embeddings(manifest)  # the file exists, has the recorded shape and checksum
         if placement.on_gpus(devices):  # the faiss file is read only if faiss-gpu will search it
             return placement.gpu_searcher(lambda: self._load_index(manifest), manifest["index_type"], embeddings,
-                                          devices), manifest
+                                          devices, precision), manifest
         return self._load_index(manifest), manifest
 
     def _load_index(self, manifest: dict) -> MipsIndex:

@@ -58,6 +58,7 @@ class RealmOpenQAConfig(FairseqDataclass):
     max_question_len: int = field(default=MAX_QUESTION_LEN,
                                   metadata={"help": "questions are cut to this many wordpieces"})
     retrieval_devices: str = placement.retrieval_devices_field()
+    retrieval_precision: ChoiceEnum(list(placement.PRECISIONS)) = placement.retrieval_precision_field()
     seed: int = II("common.seed")
     cpu: bool = II("common.cpu")
 
@@ -82,7 +83,8 @@ class RealmOpenQATask(RealmTask):
             setattr(cfg, name, os.path.abspath(getattr(cfg, name)))
         corpus = BlockCorpus(cfg.corpus)
         devices = placement.resolve(cfg.retrieval_devices, cfg.cpu)
-        return cls(cfg, corpus, FixedIndexRetriever(corpus, cfg.index, cfg.index_version, devices))
+        return cls(cfg, corpus, FixedIndexRetriever(corpus, cfg.index, cfg.index_version, devices,
+                                                    cfg.retrieval_precision))
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
         path = os.path.join(self.cfg.data, f"{split}.jsonl")

@@ -50,6 +50,7 @@ class RealmPretrainConfig(RefreshConfig):
         default=1.0, metadata={"help": "percent of the blocks whose sentences form the valid split"}
     )
     retrieval_devices: str = placement.retrieval_devices_field()
+    retrieval_precision: ChoiceEnum(list(placement.PRECISIONS)) = placement.retrieval_precision_field()
     seed: int = II("common.seed")
     cpu: bool = II("common.cpu")
 
@@ -75,13 +76,14 @@ class RealmPretrainTask(RealmTask):
                     "--index is required with --retrieval-topk > 0 (build one with realm-build-index)"
                 )
             store = IndexStore(cfg.index)
-            index, manifest = store.load(corpus=corpus, devices=devices)
+            index, manifest = store.load(corpus=corpus, devices=devices, precision=cfg.retrieval_precision)
             # the index was built before this run (from BERT, ICT or an earlier checkpoint): its
             # embeddings are as old as the weights the run starts from, so staleness counts from 0
             version, update = manifest["version"], 0
         elif cfg.refresh_interval_updates > 0:
             raise ValueError("--refresh-interval-updates needs retrieval (--retrieval-topk > 0) and an --index")
-        retriever = Retriever(corpus, index, cfg.retrieval_topk, not cfg.no_null_document, version, update, devices)
+        retriever = Retriever(corpus, index, cfg.retrieval_topk, not cfg.no_null_document, version, update, devices,
+                              cfg.retrieval_precision)
         return cls(cfg, corpus, retriever)
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
