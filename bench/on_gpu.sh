@@ -62,12 +62,14 @@ pretrain() {  # corpus -> realm_tiny checkpoint -> its index -> 120 updates retr
     && realm-build-index --corpus "$work/corpus" --checkpoint "$work/init/checkpoint_last.pt" --out "$work/index" \
       --device "$dev" --dtype bf16 \
     && realm-train "$work/corpus" "${common[@]}" --index "$work/index" --retrieval-topk 8 --max-update 120 \
-      --retrieval-devices auto --retrieval-precision fp16 --refresh-interval-updates 20 --refresh-launcher local --refresh-at-end wait \
+      --retrieval-devices auto --retrieval-precision fp16 --refresh-interval-updates 20 --refresh-launcher local \
+      --refresh-at-end wait \
       --save-dir "$work/pretrain" 2>&1 | tee "$work/pretrain.log" \
     && grep -q "index refresh: swapped in" "$work/pretrain.log" \
     && python3 -m pytest -q -p no:cacheprovider -o addopts=-ra tests/test_torch_search.py \
       tests/test_retrieval_placement.py \
-      tests/test_realm_pretrain.py::test_retrieval_precision_reaches_the_search_and_every_refreshed_version
+      tests/test_realm_pretrain.py::test_retrieval_precision_reaches_the_search_and_every_refreshed_version \
+      tests/test_realm_pretrain.py::test_a_swapped_out_version_is_let_go
       # in one process: pytest.ini's -n 2 needs pytest-xdist, not installed here
 }
 

@@ -1,12 +1,14 @@
 """REALM pre-training (realm_pretrain + realm_mlm): gradients reach both embedders and the reader, the
-source block is never retrieved, one certain candidate reduces to plain masked LM, and fairseq-train
-runs it with its metrics."""
+source block is never retrieved, one certain candidate reduces to plain masked LM, fairseq-train runs it
+with its metrics, --retrieval-precision reaches every version searched, and a swapped-out version is let go."""
 import argparse
+import gc
 import math
 import os
 import re
 import shutil
 import subprocess
+import weakref
 from types import SimpleNamespace
 
 import numpy as np
@@ -195,24 +197,33 @@ def test_fairseq_train_runs_realm_pretrain_and_logs_its_metrics(wiki_corpus, ind
     assert "num_updates 6" in alone and "index_version 0" in alone
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda:0", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no GPU"))])
-def test_retrieval_precision_reaches_the_search_and_every_refreshed_version(wiki_corpus, index_dir, device,
-                                                                            tmp_path):
-    """--retrieval-precision fp16 is how a GPU multiplies for the version training starts from and for each
-    version a refresh loads; on the CPU faiss searches as it always does."""
+def refreshing_task(corpus_dir, index_dir, tmp_path, device="cpu", precision="fp16"):
+    """A realm_pretrain task refreshed every 10 updates, retrieving on ``device`` from a copy of ``index_dir``,
+    in which a version 2 (the same rows) is committed as a refresh would commit it."""
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     index = str(tmp_path / "index")
     shutil.copytree(index_dir, index)
-    args = [a for a in pretrain_args(wiki_corpus, index, "--retrieval-topk", "2", "--refresh-interval-updates",
-                                     "10", "--retrieval-devices", device, "--retrieval-precision", "fp16")
+    args = [a for a in pretrain_args(corpus_dir, index, "--retrieval-topk", "2", "--refresh-interval-updates",
+                                     "10", "--retrieval-devices", device, "--retrieval-precision", precision)
             if not (a == "--cpu" and device != "cpu")]
     cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), args))
     task = tasks.setup_task(cfg.task)
     store = IndexStore(index)
     store.commit(store.embeddings(1), task.retriever.corpus.checksum, {"kind": "test", "update": 10})
+    return task
+
+
+DEVICES = ["cpu", pytest.param("cuda:0", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_retrieval_precision_reaches_the_search_and_every_refreshed_version(wiki_corpus, index_dir, device,
+                                                                            tmp_path):
+    """--retrieval-precision fp16 is how a GPU multiplies for the version training starts from and for each
+    version a refresh loads; on the CPU faiss searches as it always does."""
+    task = refreshing_task(wiki_corpus, index_dir, tmp_path, device)
     loader = task.refresher.loader
     loader.poll(in_use=1)
     loader.close()
@@ -222,6 +233,19 @@ def test_retrieval_precision_reaches_the_search_and_every_refreshed_version(wiki
         assert isinstance(task.retriever.index, MipsIndex) and isinstance(refreshed, MipsIndex)
     else:
         assert task.retriever.index.precision == refreshed.precision == "fp16"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_swapped_out_version_is_let_go(wiki_corpus, index_dir, device, tmp_path):
+    """At the swap nothing keeps the version that was in use: a rank holds one extra version only while the
+    next one loads (on a GPU, its rows return to the allocator for the next refresh)."""
+    task = refreshing_task(wiki_corpus, index_dir, tmp_path, device)
+    first = weakref.ref(task.retriever.index)
+    task.refresher.after_update(None, 1)  # update 1: no refresh due; loads version 2 in the background
+    task.refresher.loader.close()
+    task.refresher.after_update(None, 2)  # ... and swaps it in
+    gc.collect()
+    assert task.retriever.version == 2 and first() is None
 
 
 def test_bf16_trains_where_it_runs_not_on_a_tpu(wiki_corpus, index_dir, tmp_path):
