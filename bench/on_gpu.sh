@@ -5,8 +5,9 @@
 #   bash bench/on_gpu.sh wheels                                  (here, with the network: fills .whl/)
 #   bash bench/on_gpu.sh [install] [scale] [embed] [ict] [pretrain]   (there, through the device tool)
 #
-# wheels:   downloads the wheels `install` needs for the GPU machine's Python (PY, default 3.12) into .whl/
-#           (about 39 MB: carry it, `run` carries at most 64 MiB); antlr4 has no wheel on PyPI and is built.
+# wheels:   downloads the wheels `install` needs for the GPU machine's Python (PY, default 3.12), at the
+#           versions constraints.txt pins, into .whl/ (about 39 MB: carry it, `run` carries at most 64 MiB);
+#           antlr4 has no wheel on PyPI and is built.
 # install:  pip-installs the wheels in .whl/ (fairseq, faiss-cpu, hydra, ...; fetched beforehand with
 #           `pip download --python-version 3.12 ...`, see bench/gpu-notes.md) and this checkout, offline.
 # scale:    bench/scale.py at 100k, 1M and 13,353,718 vectors on the GPU (torch search) and the CPU (faiss
@@ -35,9 +36,9 @@ wheels() {  # on this machine, before the GPU run: the GPU machine has no networ
   local dir=${WHEELS:-.whl}
   rm -rf "$dir" && mkdir -p "$dir" \
     && python3 -m pip download -q --no-deps --only-binary=:all: --python-version "${PY:-3.12}" \
-      --platform manylinux_2_28_x86_64 -d "$dir" ve-fairseq==0.12.3 faiss-cpu==1.15.1 hydra-core==1.3.8 \
-      omegaconf==2.3.1 bitarray==3.12.3 submitit==1.5.4 \
-    && python3 -m pip wheel -q --no-deps -w "$dir" antlr4-python3-runtime==4.9.3 \
+      --platform manylinux_2_28_x86_64 -d "$dir" -c constraints.txt ve-fairseq faiss-cpu hydra-core omegaconf \
+      bitarray submitit \
+    && python3 -m pip wheel -q --no-deps -w "$dir" -c constraints.txt antlr4-python3-runtime \
     && du -sh "$dir" && ls "$dir"
 }
 

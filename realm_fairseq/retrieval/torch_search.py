@@ -346,10 +346,10 @@ class TorchMipsSearch:
         if not queries.is_floating_point():
             raise ValueError(f"queries: expected floats, got {queries.dtype}")
         queries = queries.detach().float()
-        if not bool(torch.isfinite(queries).all()):
+        largest = float(queries.abs().max()) if len(queries) else 0.0  # one host sync; inf or nan if any is
+        if not math.isfinite(largest):
             raise ValueError("queries: not finite (NaN or inf)")
-        largest = float(queries.abs().max()) if self.precision == "fp16" and len(queries) else 0.0
-        if largest > FP16_MAX:
+        if self.precision == "fp16" and largest > FP16_MAX:
             raise ValueError(f"queries: values up to {largest:.4g}, beyond float16's {FP16_MAX:g}; search them "
                              f"with precision fp32 (--retrieval-precision fp32)")
         return queries
