@@ -3,7 +3,7 @@ as a fairseq plugin.
 
 Importing this package makes fairseq write checkpoints by rename, load them with ``weights_only=True`` and
 resume from the newest intact one (:mod:`realm_fairseq.checkpoint_compat`), and registers every task,
-model and criterion of the plugin. fairseq's ``--user-dir`` auto-imports only ``tasks/`` and
+model, criterion and optimizer of the plugin. fairseq's ``--user-dir`` auto-imports only ``tasks/`` and
 ``models/`` of a plugin, and nothing at all when the package was already imported by a wrapper such as
 ``realm-train``, so every registering module must be imported here.
 """
@@ -23,6 +23,7 @@ from realm_fairseq.criterions import realm_ict as _realm_ict_criterion  # noqa: 
 from realm_fairseq.criterions import realm_mlm as _realm_mlm_criterion  # noqa: E402,F401
 from realm_fairseq.criterions import realm_qa as _realm_qa_criterion  # noqa: E402,F401
 from realm_fairseq.models import realm as _realm_model  # noqa: E402,F401
+from realm_fairseq.optim import realm_adam as _realm_adam  # noqa: E402,F401
 from realm_fairseq.tasks import realm_ict as _realm_ict_task  # noqa: E402,F401
 from realm_fairseq.tasks import realm_open_qa as _realm_open_qa_task  # noqa: E402,F401
 from realm_fairseq.tasks import realm_pretrain as _realm_pretrain_task  # noqa: E402,F401

@@ -20,7 +20,7 @@ DEMO_BLOCK_SIZE = int(re.search(r"^block_size=(\d+)", open(os.path.join(DEMO, "d
 def test_the_demos_qa_settings_learn_on_a_slice(tmp_path, minilm_weights, measured):
     """finetune_qa.sh, the demo's open-domain QA fine-tuning as it is but for fewer updates, on the paragraphs
     of 3 SQuAD dev articles (in the demo's blocks) and their questions: exact match on 64 held-out questions
-    is clearly above that of the model it starts from (MiniLM and a new span head)."""
+    is clearly above that of the model it starts from (MiniLM and a new span head), and recall@5 is not below it."""
     from fairseq import checkpoint_utils, tasks
 
     from realm_fairseq.cli.evaluate import score
@@ -60,5 +60,7 @@ def test_the_demos_qa_settings_learn_on_a_slice(tmp_path, minilm_weights, measur
     before, _ = score(corpus, held_out, start.answer_all([q.question for q in held_out]))
     measured(f"the demo's QA settings, {updates} updates on a slice: EM {before['em']} -> {after['em']}, "
              f"recall@5 {before['recall@5']} -> {after['recall@5']}")
+    # measured (2026-12-04): EM 0.0 -> 29.7, recall@5 95.3 -> 100.0; at one rate of 1e-4 for the query embedder
+    # too (before realm_adam), EM 35.9 and recall@5 down by up to 5 points
     assert before["em"] <= 5 and after["em"] >= before["em"] + 10
-    assert after["recall@5"] >= before["recall@5"] - 5
+    assert after["recall@5"] >= before["recall@5"]  # the retriever learns at its rate, and keeps what it knew

@@ -14,8 +14,9 @@ Layers, bottom to top (a module may import its own layer and the layers below):
 4. models: towers, the realm model, readers; models/loading.py fills towers from every kind of weights.
    Models sit above retrieval: a model is handed a retriever and searches it;
 5. indexing: PRODUCES index versions (embeds the corpus with a model's document embedder, refreshes);
-6. criterions; 7. tasks (tasks build models, start refreshes, hand the retriever in);
-8. top: launch, cli, hub, checkpoint_compat and the package ``__init__`` (entry points and fairseq hooks).
+6. criterions; 7. optim (optimizers that group the parameters the models tag);
+8. tasks (tasks build models, start refreshes, hand the retriever in);
+9. top: launch, cli, hub, checkpoint_compat and the package ``__init__`` (entry points and fairseq hooks).
 """
 import ast
 import os
@@ -24,7 +25,7 @@ from typing import Dict, List, Set, Tuple
 PACKAGE = "realm_fairseq"
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), PACKAGE)
 BASE = {"errors", "atomic_io", "distributed", "slurm", "checkpoints"}
-LAYERS = ["base", "data", "retrieval", "models", "indexing", "criterions", "tasks", "top"]
+LAYERS = ["base", "data", "retrieval", "models", "indexing", "criterions", "optim", "tasks", "top"]
 
 
 def module_files() -> Dict[str, str]:

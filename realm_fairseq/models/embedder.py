@@ -27,6 +27,9 @@ from realm_fairseq.models.encoder import EncoderConfig, TextEncoder
 from realm_fairseq.models.similarity import POOLINGS, SCORES
 
 TOWERS = ("query_embedder", "doc_embedder")
+#: the ``param_group`` every embedder parameter carries (fairseq's tag, which its ``composite`` optimizer
+#: groups by); ``realm_adam`` trains it at ``--retriever-lr-scale`` times the learning rate
+PARAM_GROUP = "retriever"
 HEADS = ("linear", "realm")
 DOC_SEGMENTS = ("none", "title_body")
 
@@ -87,6 +90,8 @@ class Embedder(nn.Module):
                                  persistent=False)
         else:
             self.sep_ids = None
+        for param in self.parameters():
+            param.param_group = PARAM_GROUP
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         segments = None
