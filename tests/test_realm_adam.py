@@ -54,12 +54,13 @@ def test_the_retriever_moves_at_its_scale_and_the_reader_as_with_adam(wiki_corpu
         assert torch.equal(start[name], before[name])  # the same start
         step, scaled = adam[name] - before[name], quarter[name] - before[name]
         assert step.abs().max() > 0, name  # one step of Adam moves every parameter by about the rate
+        named = {"rtol": 1e-3, "atol": 1e-8, "msg": lambda m, name=name: f"{name}: {m}"}
         if is_retriever(name):
-            torch.testing.assert_close(scaled, 0.25 * step, rtol=1e-3, atol=1e-8, msg=lambda m, name=name: f"{name}: {m}")
+            torch.testing.assert_close(scaled, 0.25 * step, **named)
             assert torch.equal(frozen[name], before[name]), name
         else:
-            torch.testing.assert_close(scaled, step, rtol=1e-3, atol=1e-8, msg=lambda m, name=name: f"{name}: {m}")
-            torch.testing.assert_close(frozen[name], adam[name], rtol=1e-3, atol=1e-8, msg=lambda m, name=name: f"{name}: {m}")
+            torch.testing.assert_close(scaled, step, **named)
+            torch.testing.assert_close(frozen[name], adam[name], **named)
 
 
 def test_a_resumed_run_trains_at_its_own_scale(wiki_corpus, index_dir, tmp_path):

@@ -5,16 +5,17 @@ REALM trains the retriever (the query and document embedders) and the reader wit
 learning rate (section 4.2 and appendix A). Open-QA fine-tuning (section 3.3) starts a new span head from zero
 beside a retriever that already works, and the rate the head needs moves the query embedder away from
 what it knew: fine-tuned from MiniLM at the demo's ``--lr 1e-4``, recall@5 on its 1,008 test questions
-fell from MiniLM's 85.0 to 82.0, and with the query embedder at 1e-5 it rose to 87.2 (README, Results). ``--retriever-lr-scale s`` trains every parameter tagged
-with the retriever's ``param_group`` (:data:`realm_fairseq.models.embedder.PARAM_GROUP`; each embedder tags
-its own) at s times the learning rate the scheduler sets, and the rest at that rate:
+fell from MiniLM's 85.0 to 82.0, and with the query embedder at 1e-5 it rose to 87.2 (README, Results).
+``--retriever-lr-scale s`` trains every parameter tagged with the retriever's ``param_group``
+(:data:`realm_fairseq.models.embedder.PARAM_GROUP`; each embedder tags its own) at s times the learning rate
+the scheduler sets, and the rest at that rate:
 
     realm-train ... --optimizer realm_adam --lr 1e-4 --retriever-lr-scale 0.1
 
 Every option of ``adam`` works as there. The parameters form two groups (reader first, then retriever)
 whatever s is, so a run can resume with another s. fairseq's ``--fp16`` flattens all parameters into one
 and loses the tags: there, add ``--fp16-no-flatten-grads`` (``--bf16`` keeps them). fairseq's ``composite``
-optimizer reads the same tag, for a retriever with an optimizer and schedule of its own.
+optimizer groups by the same tag (it then needs a group ``retriever`` beside ``default``).
 """
 from dataclasses import dataclass, field
 from typing import Dict, List
