@@ -70,7 +70,8 @@ pretrain() {  # corpus -> realm_tiny checkpoint -> its index -> 120 updates retr
     && python3 -m pytest -q -p no:cacheprovider -o addopts=-ra tests/test_torch_search.py \
       tests/test_retrieval_placement.py \
       tests/test_realm_pretrain.py::test_retrieval_precision_reaches_the_search_and_every_refreshed_version \
-      tests/test_realm_pretrain.py::test_a_swapped_out_version_is_let_go
+      tests/test_realm_pretrain.py::test_a_swapped_out_version_is_let_go \
+      tests/test_realm_adam.py::test_fp16_parameters_keep_their_tags_unless_flattened
       # in one process: pytest.ini's -n 2 needs pytest-xdist, not installed here
 }
 
