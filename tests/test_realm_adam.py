@@ -1,6 +1,7 @@
 """The ``realm_adam`` optimizer in fairseq's trainer: the retriever's parameters move at
 ``--retriever-lr-scale`` times the reader's learning rate (0 freezes them), the reader's as with ``adam``; a
-resumed run keeps its own scale; fp16's flattened parameters are refused with the flag that keeps the tags."""
+resumed run keeps its own scale; fp16's flattened parameters are refused with the flag that keeps the tags;
+fairseq's composite optimizer groups by the same tag."""
 import pytest
 import torch
 from fairseq import options, tasks
@@ -108,3 +109,19 @@ def test_a_negative_scale_is_refused(wiki_corpus, index_dir):
     trainer = realm_trainer(wiki_corpus, index_dir, "--optimizer", "realm_adam", "--retriever-lr-scale", "-1")
     with pytest.raises(ValueError, match="--retriever-lr-scale -1.0: expected 0 or more"):
         trainer.optimizer
+
+
+def test_fairseqs_composite_optimizer_groups_by_the_same_tag(wiki_corpus, index_dir):
+    """fairseq's composite optimizer (a config, as fairseq-hydra-train gives it) with groups ``default`` and
+    ``retriever``: each embedder parameter is in the retriever's group, at its rate."""
+    trainer = realm_trainer(wiki_corpus, index_dir, "--lr-scheduler", "pass_through")
+
+    def group(lr: float) -> dict:
+        return {"optimizer": {"_name": "adam", "lr": [lr]}, "lr_scheduler": {"_name": "fixed", "lr": [lr]}}
+
+    with open_dict(trainer.cfg):
+        trainer.cfg.optimizer = {"_name": "composite", "groups": {"default": group(1e-3), "retriever": group(1e-4)}}
+    retriever = {id(p) for name, p in trainer.model.named_parameters() if is_retriever(name)}
+    by_rate = {g["lr"]: {id(p) for p in g["params"]} for g in trainer.optimizer.param_groups}
+    assert by_rate[1e-4] == retriever
+    assert by_rate[1e-3] == {id(p) for p in trainer.model.parameters()} - retriever
