@@ -16,7 +16,7 @@
 #   --optimizer realm_adam --retriever-lr-scale 0.1
 #                            the query embedder at 1e-5: at the reader's 1e-4 it lost 3 points of recall@5
 #                            on the test split (85.0 -> 82.0 of 1,008 questions); at 1e-5 it gains 2 (87.2)
-#   --max-update 400         about 6 minutes alone on 2 cores; validation on 100 questions every 100 updates
+#   --max-update 400         about 7.5 minutes alone on 2 cores; validation on 100 questions every 100 updates
 #                            keeps the checkpoint of best EM
 set -euo pipefail
 usage() { sed -n '2,/^set /p' "$0" | sed -n 's/^# \{0,1\}//p'; }

@@ -40,13 +40,13 @@ def param_groups(params: List[torch.Tensor], retriever_lr_scale: float) -> List[
     each with its ``lr_scale``; a group without parameters is left out."""
     if retriever_lr_scale < 0:
         raise ValueError(f"--retriever-lr-scale {retriever_lr_scale}: expected 0 or more")
-    retriever = [p for p in params if getattr(p, "param_group", None) == PARAM_GROUP]
+    reader, retriever = [], []
+    for p in params:
+        (retriever if getattr(p, "param_group", None) == PARAM_GROUP else reader).append(p)
     if not retriever and retriever_lr_scale != 1:
         raise ValueError(f"--retriever-lr-scale {retriever_lr_scale}: no parameter is tagged as the retriever's "
                          f"(with --fp16, add --fp16-no-flatten-grads: fairseq flattens the parameters into one "
                          f"and the tags are lost)")
-    tagged = {id(p) for p in retriever}
-    reader = [p for p in params if id(p) not in tagged]
     groups = [{"params": reader, "lr_scale": 1.0}, {"params": retriever, "lr_scale": retriever_lr_scale}]
     groups = [g for g in groups if g["params"]]
     if all(g["lr_scale"] == 0 for g in groups):
