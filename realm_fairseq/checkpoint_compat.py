@@ -7,9 +7,10 @@ from ``checkpoint_last.pt`` even when that file is damaged. :func:`install` repl
 ``fairseq.checkpoint_utils`` only:
 
 - ``torch_persistent_save`` and the copy, by writes committed by rename (:mod:`realm_fairseq.checkpoints`);
-- ``load_checkpoint_to_cpu``, by one that loads with ``weights_only=True``, names a damaged file, and
+- ``load_checkpoint_to_cpu``, by one that loads with ``weights_only=True``, names a damaged file,
   refuses a checkpoint whose ``encoder_class`` would import a module nobody chose
-  (:func:`realm_fairseq.models.encoder.untrusted_encoder_class`);
+  (:func:`realm_fairseq.models.encoder.untrusted_encoder_class`), and applies an override of a task or
+  model option the checkpoint was saved before (fairseq drops it silently: it sets only saved keys);
 - ``load_checkpoint`` (the resume), by one that clears unfinished temporary files and, when
   ``checkpoint_last.pt`` is damaged, says so and resumes from the newest intact checkpoint of the save
   directory, or refuses when there is none.
@@ -25,6 +26,8 @@ import torch
 from fairseq import checkpoint_utils
 from fairseq.dataclass.utils import overwrite_args_by_name
 from fairseq.file_io import PathManager
+from fairseq.models import ARCH_MODEL_NAME_REGISTRY, MODEL_DATACLASS_REGISTRY
+from fairseq.tasks import TASK_DATACLASS_REGISTRY
 from omegaconf import OmegaConf, open_dict
 
 from realm_fairseq import checkpoints
@@ -77,8 +80,33 @@ def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False, mm
     if state.get("cfg") is not None:
         state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
         if arg_overrides is not None:
-            overwrite_args_by_name(state["cfg"], arg_overrides)
+            override_options(state["cfg"], arg_overrides)
     return checkpoint_utils._upgrade_state_dict(state)
+
+
+def override_options(cfg, overrides: dict) -> None:
+    """fairseq's ``overwrite_args_by_name``, and also the options of the saved task and model that the saved
+    ``cfg`` lacks (options added since it was saved): fairseq would drop those overrides, and the option
+    would take its default when the task is set up."""
+    overwrite_args_by_name(cfg, overrides)
+    for section, fields in option_fields(cfg).items():
+        missing = {k: v for k, v in overrides.items() if k in fields and k not in cfg[section]}
+        with open_dict(cfg[section]):
+            for key, value in missing.items():
+                cfg[section][key] = value
+
+
+def option_fields(cfg) -> dict:
+    """The option names of the saved config's task and model (``{"task": {...}, "model": {...}}``), as their
+    registered dataclasses define them today; a task or model not registered has none."""
+    names = {"task": TASK_DATACLASS_REGISTRY.get(section_name(cfg.get("task"))),
+             "model": MODEL_DATACLASS_REGISTRY.get(ARCH_MODEL_NAME_REGISTRY.get(section_name(cfg.get("model"))))}
+    return {section: set(dc.__dataclass_fields__) for section, dc in names.items() if dc is not None}
+
+
+def section_name(section):
+    """The ``_name`` of a config section (a task, or a model's architecture), None when it has none."""
+    return section.get("_name") if section is not None else None
 
 
 def check_encoder_classes(state: dict, path: str, arg_overrides: dict) -> None:

@@ -74,12 +74,11 @@ class RealmQA(nn.Module):
         overrides = {**NO_INIT, **overrides}  # its weights are its own: never read what it started from
         overrides.setdefault("cpu", torch.device(device).type == "cpu")  # not as the checkpoint was trained
         overrides.setdefault("retrieval_devices", placement.beside(device))  # the search beside the model
-        overrides.update({k: v for k, v in (("index", index), ("corpus", corpus)) if v is not None})
+        given = (("index", index), ("corpus", corpus), ("span_rule", span_rule))
+        overrides.update({k: v for k, v in given if v is not None})
         models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
         if getattr(task, "finder", None) is None:
             raise ValueError(f"{checkpoint}: a checkpoint of task {cfg.task._name}; expected realm_open_qa")
-        if span_rule is not None:  # set here: an override would miss checkpoints saved before the option
-            task.cfg.span_rule = span_rule
         qa = cls(cfg, task, models[0])
         return qa.to(device)
 

@@ -309,16 +309,6 @@ def test_converted_open_qa_checkpoint_predicts_as_realm(ref, converted_qa, tmp_p
     predicts RealmForOpenQA's block and span with ORQA's p(s, z | x); --span-rule marginal, and our checkpoints
     (trained with the default rule, or saved before the option), predict by p(z|x) p(s|z,x) as before. On
     these fixtures both rules pick the same spans: the scores tell them apart."""
-    from realm_fairseq.cli import evaluate
-
-    questions = [q["question"] for q in fixture_questions()]
-
-    def answers(checkpoint, *flags):
-        args = evaluate.build_parser().parse_args(["--checkpoint", checkpoint, "--questions", "-", "--device",
-                                                   "cpu", *flags])
-        qa = evaluate.load_model(args)  # as realm-evaluate and realm-answer load it
-        return qa, qa.answer(questions, topk=3)  # RealmForOpenQA's reader_beam_size
-
     qa, orqa = answers(converted_qa["qa.pt"])
     assert qa.task.cfg.span_rule == "orqa"
     for q, answer in enumerate(orqa):
@@ -326,14 +316,51 @@ def test_converted_open_qa_checkpoint_predicts_as_realm(ref, converted_qa, tmp_p
         assert (answer.block_rank, answer.text) == (rank, text)
         assert answer.score == pytest.approx(p, rel=2e-3)  # retrieval scores from a float16 index
 
-    state = torch.load(converted_qa["qa.pt"], weights_only=False)
-    del state["cfg"]["task"]["span_rule"]  # a checkpoint saved before the option
-    torch.save(state, tmp_path / "ours.pt")
-    ours_qa, ours = answers(str(tmp_path / "ours.pt"))
+    ours_qa, ours = answers(saved_before(converted_qa["qa.pt"], tmp_path, "span_rule"))
     _, marginal = answers(converted_qa["qa.pt"], "--span-rule", "marginal")
     assert ours_qa.task.cfg.span_rule == "marginal"
-    assert [(a.block_rank, a.text, a.score) for a in ours] == [(a.block_rank, a.text, a.score) for a in marginal]
+    assert spans(ours) == spans(marginal)
     assert all(a.score != pytest.approx(b.score, rel=0.02) for a, b in zip(marginal, orqa))  # 6-8% apart
+
+
+def test_options_given_reach_a_checkpoint_saved_before_them(converted_qa, tmp_path):
+    """A checkpoint saved before the task had span_rule, retrieval_devices and retrieval_precision: what
+    realm-evaluate and RealmQA are given still applies (fairseq sets only options a checkpoint has, and these
+    would take their defaults: marginal, auto, fp32)."""
+    from realm_fairseq.hub import RealmQA
+
+    old = saved_before(converted_qa["qa.pt"], tmp_path, "span_rule", "retrieval_devices", "retrieval_precision")
+    qa, orqa = answers(old, "--span-rule", "orqa")
+    assert qa.task.cfg.span_rule == "orqa"
+    assert qa.task.cfg.retrieval_devices == "cpu"  # beside the model (--device cpu), not auto's GPU
+    assert spans(orqa) == spans(answers(converted_qa["qa.pt"])[1])
+    qa = RealmQA.from_pretrained(old, device="cpu", retrieval_precision="fp16")
+    assert (qa.task.cfg.span_rule, qa.task.cfg.retrieval_precision) == ("marginal", "fp16")
+
+
+def answers(checkpoint, *flags):
+    """The model as realm-evaluate and realm-answer load it from ``checkpoint`` with ``flags`` (on the CPU), and
+    its answers to the fixture questions, reading 3 blocks (RealmForOpenQA's reader_beam_size)."""
+    from realm_fairseq.cli import evaluate
+
+    args = evaluate.build_parser().parse_args(["--checkpoint", checkpoint, "--questions", "-", "--device", "cpu",
+                                               *flags])
+    qa = evaluate.load_model(args)
+    return qa, qa.answer([q["question"] for q in fixture_questions()], topk=3)
+
+
+def spans(answers):
+    return [(a.block_rank, a.text, a.score) for a in answers]
+
+
+def saved_before(checkpoint, tmp_path, *options) -> str:
+    """A copy of ``checkpoint`` as if saved before its task had ``options``."""
+    state = torch.load(checkpoint, weights_only=False)
+    for name in options:
+        del state["cfg"]["task"][name]
+    path = tmp_path / f"before-{'-'.join(options)}.pt"
+    torch.save(state, path)
+    return str(path)
 
 
 def write_object_npy(path, records, protocol):
