@@ -18,10 +18,12 @@ queries over 13.35M blocks on an H200). A bf16 model's queries lose nothing but 
 (at most 3e-8) and find the same blocks (``bench/query_precision.py``). faiss on the CPU, and faiss-gpu,
 search in float32 whatever it says.
 """
-from dataclasses import field
+from dataclasses import dataclass, field
 from typing import Callable, List
 
 import torch
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from omegaconf import II
 
 from realm_fairseq.retrieval.mips import GPU_TYPES, MipsIndex
 from realm_fairseq.retrieval.torch_search import (
@@ -32,21 +34,19 @@ AUTO = "auto"
 CPU = "cpu"
 
 
-def retrieval_devices_field():
-    """The ``--retrieval-devices`` option of every task that retrieves (one default, one help)."""
-    return field(default=AUTO, metadata={
+@dataclass
+class PlacementConfig(FairseqDataclass):
+    """The options of every task that retrieves: where it searches and how exact search multiplies on GPUs."""
+    retrieval_devices: str = field(default=AUTO, metadata={
         "help": "where retrieval searches the index: auto (this process's GPU when there is one and the run "
                 "is not --cpu, else cpu), cpu (faiss, memory-mapped), cuda (every visible GPU, the index split "
                 "between them) or a list such as cuda:0,cuda:1; on GPUs faiss-gpu when installed, else exact "
                 "search in torch over the version's float16 embeddings"})
-
-
-def retrieval_precision_field():
-    """The ``--retrieval-precision`` option of every task that retrieves (one default, one help)."""
-    return field(default=DEFAULT_PRECISION, metadata={
+    retrieval_precision: ChoiceEnum(list(PRECISIONS)) = field(default=DEFAULT_PRECISION, metadata={
         "help": "how exact search in torch multiplies on GPUs: fp32 (the same scores as faiss flat) or fp16 "
                 "(float16 queries, float32 sums: about half the search time at 13M blocks; near ties may "
                 "order differently); the CPU and faiss-gpu search in fp32"})
+    cpu: bool = II("common.cpu")
 
 
 def resolve(devices: str, cpu: bool = False) -> str:

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from omegaconf import II, MISSING
 
@@ -30,7 +30,7 @@ from realm_fairseq.tasks.base import RealmTask
 
 
 @dataclass
-class RealmOpenQAConfig(FairseqDataclass):
+class RealmOpenQAConfig(placement.PlacementConfig):
     data: str = field(default=MISSING, metadata={"help": "directory of question files {split}.jsonl"})
     corpus: Optional[str] = field(default=None, metadata={"help": "CORPUS directory from realm-prepare-corpus"})
     index: Optional[str] = field(default=None, metadata={"help": "INDEX directory from realm-build-index over "
@@ -57,10 +57,7 @@ class RealmOpenQAConfig(FairseqDataclass):
     )
     max_question_len: int = field(default=MAX_QUESTION_LEN,
                                   metadata={"help": "questions are cut to this many wordpieces"})
-    retrieval_devices: str = placement.retrieval_devices_field()
-    retrieval_precision: ChoiceEnum(list(placement.PRECISIONS)) = placement.retrieval_precision_field()
     seed: int = II("common.seed")
-    cpu: bool = II("common.cpu")
 
 
 @register_task("realm_open_qa", dataclass=RealmOpenQAConfig)

@@ -30,7 +30,7 @@ from realm_fairseq.tasks.base import RealmTask
 
 
 @dataclass
-class RealmPretrainConfig(RefreshConfig):
+class RealmPretrainConfig(RefreshConfig, placement.PlacementConfig):
     data: str = field(default=MISSING, metadata={"help": "CORPUS directory from realm-prepare-corpus"})
     index: Optional[str] = field(
         default=None, metadata={"help": "INDEX directory from realm-build-index over the same corpus"}
@@ -49,10 +49,7 @@ class RealmPretrainConfig(RefreshConfig):
     valid_percent: float = field(
         default=1.0, metadata={"help": "percent of the blocks whose sentences form the valid split"}
     )
-    retrieval_devices: str = placement.retrieval_devices_field()
-    retrieval_precision: ChoiceEnum(list(placement.PRECISIONS)) = placement.retrieval_precision_field()
     seed: int = II("common.seed")
-    cpu: bool = II("common.cpu")
 
 
 @register_task("realm_pretrain", dataclass=RealmPretrainConfig)
