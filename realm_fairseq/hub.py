@@ -28,7 +28,6 @@ from realm_fairseq.models.open_qa import SPAN_RULES, predict
 from realm_fairseq.retrieval import placement
 
 
-
 @dataclass
 class Evidence:
     rank: int  # among the blocks read, best first

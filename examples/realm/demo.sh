@@ -34,6 +34,7 @@ pretrain_topk=4   # blocks retrieved for each (and the null document)
 pretrain_valid_steps=8
 pretrain_valid_every=10
 retriever_warmup=20  # updates the retriever stays as MiniLM made it while the reader's new head learns to read
+retriever_scale=0.1  # then it learns at a tenth of the reader's rate: that reader's p(z|x) signal is still weak
 refresh_every=40  # one refresh, of the last update: on 2 cores a refresh beside training slows both
 qa_subset=()      # realm-squad-to-questions: every SQuAD dev article
 qa_options=()     # finetune_qa.sh's settings as they are
@@ -74,7 +75,7 @@ pretrain() {  # NAME OPTIONS...: REALM pre-training from MiniLM -> $out/NAME, it
   rm -rf "$out/$name"
   realm-train "$out/corpus" --task realm_pretrain --criterion realm_mlm --retriever-warmup-updates "$retriever_warmup" \
     --arch realm_minilm --encoder-init "$out/minilm.pt" --attention-dropout 0 "$@" \
-    --optimizer adam --lr 5e-5 --lr-scheduler fixed --batch-size "$pretrain_batch" --max-update "$pretrain_updates" \
+    --optimizer realm_adam --retriever-lr-scale "$retriever_scale" --lr 5e-5 --lr-scheduler fixed --batch-size "$pretrain_batch" --max-update "$pretrain_updates" \
     --valid-percent 2 --max-valid-steps "$pretrain_valid_steps" --validate-interval-updates "$pretrain_valid_every" \
     --cpu --num-workers 0 --required-batch-size-multiple 1 --seed 1 \
     --save-dir "$out/$name" --no-epoch-checkpoints --log-format simple --log-interval 2 --no-progress-bar \
