@@ -100,6 +100,33 @@ def minilm_weights(minilm_dir, tmp_path_factory):
     return str(out)
 
 
+def squad_articles(root, articles: int, block_size: int, weights: str) -> list:
+    """The first ``articles`` SQuAD dev articles as ``root/squad.json``, their paragraphs as ``root/corpus`` (blocks
+    of ``block_size`` wordpieces, date-regex salient spans) and an ``root/index`` of it embedded by the encoder
+    ``weights``; returns their questions, shuffled."""
+    import gzip
+    import json
+    import random
+
+    from realm_fairseq.data import BlockCorpus
+    from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
+    from realm_fairseq.data.questions import squad_questions
+    from realm_fairseq.indexing.build import build_index
+    from realm_fairseq.models.loading import doc_embedder_from_bert
+
+    with gzip.open(SQUAD_DEV, "rt", encoding="utf-8") as f:
+        squad = json.load(f)
+    squad["data"] = squad["data"][:articles]
+    (root / "squad.json").write_text(json.dumps(squad), encoding="utf-8")
+    prepare_corpus([str(root / "squad.json")], VOCAB, str(root / "corpus"),
+                   CorpusConfig(workers=2, salient_spans="regex", block_size=block_size, no_progress=True))
+    corpus = BlockCorpus(str(root / "corpus"))
+    build_index(corpus, str(root / "index"), doc_embedder_from_bert(weights, corpus), embed_options=dict(progress=False))
+    questions = [q for _, q in squad_questions(str(root / "squad.json"))]
+    random.Random(0).shuffle(questions)
+    return questions
+
+
 def hide_torchaudio(monkeypatch) -> None:
     """Let transformers (and sentence-transformers) import for the length of a test: they import torchaudio
     whenever it is installed, and the torchaudio fairseq pulls in does not load against torch 2.13. An

