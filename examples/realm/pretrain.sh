@@ -15,7 +15,7 @@
 #                                 then it learns at a tenth of the reader's rate: at one rate the 20 updates
 #                                 after the warm-up cost 13.5 points of zero-shot recall@5 on the SQuAD test
 #                                 split (85.5 -> 72.0); at a tenth it stays at 85.5
-#   --lr 5e-5, 40 updates         about 2 minutes on 2 cores; validation on 8 batches every 10 updates
+#   --lr 5e-5, 40 updates         about 3 minutes on 2 cores; validation on 8 batches every 10 updates
 #   --attention-dropout 0         on CPU torch's attention with dropout takes a slower path
 #                                 (bench/attention_dropout.py)
 set -euo pipefail
