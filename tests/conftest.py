@@ -100,6 +100,14 @@ def minilm_weights(minilm_dir, tmp_path_factory):
     return str(out)
 
 
+def evaluate_retrieval(*args, check=True):
+    """``realm-evaluate --retrieval-only`` with ``args``: its metrics (None when it failed) and the process."""
+    import json
+
+    proc = run(["realm-evaluate", "--retrieval-only", "--no-progress", *args], check=check)
+    return (json.loads(proc.stdout) if proc.returncode == 0 else None), proc
+
+
 def squad_articles(root, articles: int, block_size: int, weights: str) -> list:
     """The first ``articles`` SQuAD dev articles as ``root/squad.json``, their paragraphs as ``root/corpus`` (blocks
     of ``block_size`` wordpieces, date-regex salient spans) and an ``root/index`` of it embedded by the encoder
@@ -121,7 +129,8 @@ def squad_articles(root, articles: int, block_size: int, weights: str) -> list:
     prepare_corpus([str(root / "squad.json")], VOCAB, str(root / "corpus"),
                    CorpusConfig(workers=2, salient_spans="regex", block_size=block_size, no_progress=True))
     corpus = BlockCorpus(str(root / "corpus"))
-    build_index(corpus, str(root / "index"), doc_embedder_from_bert(weights, corpus), embed_options=dict(progress=False))
+    build_index(corpus, str(root / "index"), doc_embedder_from_bert(weights, corpus),
+                embed_options=dict(progress=False))
     questions = [q for _, q in squad_questions(str(root / "squad.json"))]
     random.Random(0).shuffle(questions)
     return questions

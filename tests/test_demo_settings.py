@@ -11,7 +11,7 @@ import torch
 
 from realm_fairseq.data import BlockCorpus
 
-from conftest import DEMO, run, squad_articles
+from conftest import DEMO, evaluate_retrieval, run, squad_articles
 
 DEMO_BLOCK_SIZE = int(re.search(r"^block_size=(\d+)", open(os.path.join(DEMO, "demo.sh")).read(), re.M).group(1))
 
@@ -43,8 +43,8 @@ def test_the_demos_pretraining_keeps_what_the_retriever_knew(squad_slice, tmp_pa
     write_questions(str(tmp_path / "questions.jsonl"), questions)
 
     def recall(*retriever):
-        return json.loads(run(["realm-evaluate", "--retrieval-only", "--questions", str(tmp_path / "questions.jsonl"),
-                               "--corpus", str(root / "corpus"), "--no-progress", *retriever]).stdout)
+        return evaluate_retrieval("--questions", str(tmp_path / "questions.jsonl"), "--corpus", str(root / "corpus"),
+                                  *retriever)[0]
 
     before = recall("--hf", minilm_weights, "--index", str(tmp_path / "index"), "--index-version", "1")
     after = recall("--checkpoint", str(tmp_path / "ckpt" / "checkpoint_last.pt"), "--index", str(tmp_path / "index"))

@@ -28,7 +28,7 @@ from realm_fairseq.models.loading import resolve_similarity
 from realm_fairseq.models.similarity import Similarity
 from realm_fairseq.retrieval.versions import IndexStore
 
-from conftest import SQUAD_DEV, VOCAB, hide_torchaudio, run
+from conftest import SQUAD_DEV, VOCAB, evaluate_retrieval, hide_torchaudio, run
 
 ARTICLES = 6  # SQuAD dev articles: 357 paragraphs
 EVERY = 3  # one question in three: 715 questions
@@ -46,11 +46,6 @@ def squad(tmp_path_factory):
     prepare_corpus([SQUAD_DEV], VOCAB, str(root / "corpus"),
                    CorpusConfig(workers=2, salient_spans="regex", no_progress=True, max_documents=paragraphs))
     return {"corpus": str(root / "corpus"), "questions": str(root / "questions.jsonl"), "root": root}
-
-
-def evaluate(*args, check=True):
-    proc = run(["realm-evaluate", "--retrieval-only", "--no-progress", *args], check=check)
-    return (json.loads(proc.stdout) if proc.returncode == 0 else None), proc
 
 
 def top5(path, key="block"):
@@ -84,7 +79,7 @@ def test_minilm_through_our_stack_matches_sentence_transformers(squad, minilm_di
     run(["realm-build-index", "--corpus", squad["corpus"], "--hf", minilm_weights, "--out", index, "--no-progress"])
     assert IndexStore(index).manifest()["encoder"]["score"] == "cosine"
     out = str(squad["root"] / "minilm.predictions.jsonl")
-    ours, _ = evaluate("--hf", minilm_weights, "--corpus", squad["corpus"], "--index", index,
+    ours, _ = evaluate_retrieval("--hf", minilm_weights, "--corpus", squad["corpus"], "--index", index,
                        "--questions", squad["questions"], "--out", out)
     corpus, questions = BlockCorpus(squad["corpus"]), read_questions(squad["questions"])
     reference = sentence_transformers_top5(minilm_dir, corpus, questions)
@@ -105,7 +100,7 @@ def test_bm25_matches_a_direct_bm25s_run(squad, measured):
     bm25s = pytest.importorskip("bm25s")
     stemmer = pytest.importorskip("Stemmer").Stemmer("english")
     out = str(squad["root"] / "bm25.predictions.jsonl")
-    ours, _ = evaluate("--bm25", "--corpus", squad["corpus"], "--questions", squad["questions"], "--out", out)
+    ours, _ = evaluate_retrieval("--bm25", "--corpus", squad["corpus"], "--questions", squad["questions"], "--out", out)
     corpus, questions = BlockCorpus(squad["corpus"]), read_questions(squad["questions"])
     texts = [f"{b.title}\n{b.text}" for b in (corpus.block(i) for i in range(len(corpus)))]
     direct = bm25s.BM25(k1=0.9, b=0.4)
@@ -172,8 +167,9 @@ def test_a_checkpoint_retrieves_from_its_own_embeddings_or_a_given_index(squad, 
     checkpoint, index = str(tmp_path / "checkpoint_last.pt"), str(tmp_path / "index")
     run(["realm-build-index", "--corpus", squad["corpus"], "--checkpoint", checkpoint, "--out", index,
          "--no-progress"])
-    embedded_now, _ = evaluate("--checkpoint", checkpoint, "--questions", squad["questions"])  # its own corpus
-    indexed, _ = evaluate("--checkpoint", checkpoint, "--index", index, "--questions", squad["questions"])
+    # no --index: the checkpoint embeds the corpus itself
+    embedded_now, _ = evaluate_retrieval("--checkpoint", checkpoint, "--questions", squad["questions"])
+    indexed, _ = evaluate_retrieval("--checkpoint", checkpoint, "--index", index, "--questions", squad["questions"])
     assert embedded_now["blocks"] == len(BlockCorpus(squad["corpus"]))
     for k in ("recall@1", "recall@5", "recall@20", "recall@100", "gold_recall@5"):
         assert embedded_now[k] == pytest.approx(indexed[k], abs=0.5), k  # float16 ties may reorder a block
@@ -182,13 +178,13 @@ def test_a_checkpoint_retrieves_from_its_own_embeddings_or_a_given_index(squad, 
 def test_retrieval_only_refuses_bad_input(squad, minilm_weights, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "Who?", "answer": ["x"]}\n{"question": "What?"}\n')
-    _, proc = evaluate("--bm25", "--corpus", squad["corpus"], "--questions", str(bad), check=False)
+    _, proc = evaluate_retrieval("--bm25", "--corpus", squad["corpus"], "--questions", str(bad), check=False)
     assert proc.returncode != 0 and f"{bad}, line 2: missing \"answer\"" in proc.stderr
     unknown = tmp_path / "unknown.jsonl"
     unknown.write_text('{"question": "Which NFL team represented the AFC at Super Bowl 50?", "answer": '
                        '["Denver Broncos"], "doc_id": "Super_Bowl_50#0"}\n'
                        '{"question": "Who?", "answer": ["x"], "doc_id": "Nowhere#3"}\n')
-    metrics, proc = evaluate("--bm25", "--corpus", squad["corpus"], "--questions", str(unknown))
+    metrics, proc = evaluate_retrieval("--bm25", "--corpus", squad["corpus"], "--questions", str(unknown))
     assert metrics["gold_questions"] == 1 and metrics["gold_missing"] == 1 and metrics["gold_recall@5"] == 100.0
     assert f"{unknown}, line 2: doc_id 'Nowhere#3'" in proc.stderr
     for args, message in (
@@ -207,6 +203,6 @@ def test_retrieval_only_refuses_bad_input(squad, minilm_weights, tmp_path):
     for index, message in ((dot_index, f"the index {dot_index} holds embeddings for --retriever-score dot but the "
                                        f"model scores with cosine; rebuild it with realm-build-index --score cosine"),
                            (other_index, "this index was built from another corpus")):
-        _, proc = evaluate("--hf", minilm_weights, "--corpus", squad["corpus"], "--index", index,
+        _, proc = evaluate_retrieval("--hf", minilm_weights, "--corpus", squad["corpus"], "--index", index,
                            "--questions", squad["questions"], check=False)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr
