@@ -16,24 +16,16 @@ import shutil
 import tempfile
 
 import numpy as np
-import torch
 
 from goals import info_line  # bench/goals.py (this script's directory)
 from pretrain_step import (build_model, criterion_step, print_parts, sample_batches, shipped_corpus,  # bench/
-                           timed)
+                           step_parser, timed)
 
 ORQA_STEPS = 100_000  # ORQA's ICT pre-training, which REALM's warm start follows
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="realm_tiny", help="realm architecture (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=64, help="pseudo-queries a step (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=10, help="batches timed (default: %(default)s)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="device (default: %(default)s)")
-    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
-                        help="model precision, as fairseq-train --bf16 (default: %(default)s)")
+    parser = step_parser(__doc__, batch_size=64, topk=0, batch_help="pseudo-queries a step")
     args = parser.parse_args()
 
     import realm_fairseq  # noqa: F401  (registers the task, model and criterion)

@@ -3,7 +3,7 @@
 # the GPU checks named as arguments, each logged to $OUT (or ./gpu-out) as it runs.
 #
 #   bash bench/on_gpu.sh wheels                                  (here, with the network: fills .whl/)
-#   bash bench/on_gpu.sh [install] [scale] [embed] [ict] [pretrain]   (there, through the device tool)
+#   bash bench/on_gpu.sh [install] [scale] [embed] [ict] [activations] [pretrain]   (there, through the device tool)
 #
 # wheels:   downloads the wheels `install` needs for the GPU machine's Python (PY, default 3.12), at the
 #           versions constraints.txt pins, into .whl/ (about 39 MB: carry it, `run` carries at most 64 MiB);
@@ -16,6 +16,8 @@
 #           with the weights in bf16 and under torch.compile.
 # ict:      bench/ict_step.py: an Inverse Cloze Task step at realm_base bf16, 64 pseudo-queries (ORQA's batch
 #           of 4,096 on 64 GPUs), against query and block embedding timed alone.
+# activations: bench/activation_memory.py: peak GPU memory and time of a REALM pre-training step at realm_base
+#           bf16, batch 8, k=8 (the paper's 512 on 64 accelerators), with --checkpoint-activations against without.
 # pretrain: a short realm_pretrain run (realm_tiny) retrieving on the GPU, refreshed every 20 updates (fails
 #           unless a refreshed version is swapped in during training), then the GPU tests.
 set -uo pipefail
@@ -86,7 +88,9 @@ for what in "$@"; do
              $data/squad-v1.1-dev.json.gz $data/squadshifts-new-wiki-v1.0.json.gz ;;
     ict) step ict timeout "${ICT_S:-150}" python3 bench/ict_step.py --device cuda --arch realm_base --dtype bf16 \
            --batch-size 64 --steps 10 ;;
+    activations) step activations timeout "${ACTIVATIONS_S:-150}" python3 bench/activation_memory.py --device cuda \
+                   --arch realm_base --dtype bf16 --batch-size 8 --topk 8 --steps 5 ;;
     pretrain) step pretrain timeout "${PRETRAIN_S:-300}" bash -c "$(declare -f pretrain); data=$data; pretrain" ;;
-    *) echo "unknown step $what (wheels, install, scale, embed, ict, pretrain)"; exit 2 ;;
+    *) echo "unknown step $what (wheels, install, scale, embed, ict, activations, pretrain)"; exit 2 ;;
   esac
 done

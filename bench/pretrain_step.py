@@ -4,10 +4,10 @@
                                   [--dtype fp32|bf16] [--profile 20]
 
 The step is the realm_mlm criterion's forward and backward on a batch of masked sentences from the
-shipped Wikipedia corpus (index: the model's own document embeddings). Its parts, each timed alone on
-the same batches: query embedding (forward + backward), the MIPS search, re-embedding the K candidates
-(forward + backward), and the reader's forward + backward on the K joined sequences with the masked-LM
-loss. Overhead = step / sum of the parts (goal <= 1.15: batching, gathering and the marginal cost
+shipped Wikipedia corpus, retrieving blocks drawn evenly from it (see :func:`pretraining`). Its parts, each
+timed alone on the same batches: query embedding (forward + backward), the MIPS search, re-embedding the K
+candidates (forward + backward), and the reader's forward + backward on the K joined sequences with the
+masked-LM loss. Overhead = step / sum of the parts (goal <= 1.15: batching, gathering and the marginal cost
 almost nothing). The reader part alone is a plain masked-LM step on the same joined sequences, the
 baseline the step is also compared with. ``--dtype bf16`` runs the model in bfloat16, as
 ``fairseq-train --bf16`` does; ``--profile N`` then prints the N functions the step spends most time in.
@@ -56,18 +56,19 @@ def shipped_corpus(tmp: str):
     return BlockCorpus(os.path.join(tmp, "corpus"))
 
 
-def build_model(arch: str, corpus, device: str, dtype: str, reader: bool):
-    """A ``realm`` model of architecture ``arch`` with random weights and no dropout, in ``dtype`` on
-    ``device``; with the knowledge-augmented encoder (``reader``) as realm_pretrain grows it, or the
-    retriever alone as realm_ict trains it."""
+def build_model(arch: str, corpus, device: str, dtype: str, reader: bool, **options):
+    """A ``realm`` model of architecture ``arch`` with random weights and no dropout (``options`` set other
+    model options), in ``dtype`` on ``device``; with the knowledge-augmented encoder (``reader``) as
+    realm_pretrain grows it, or the retriever alone as realm_ict trains it."""
     from fairseq.models import ARCH_CONFIG_REGISTRY
 
     from realm_fairseq.models.config import RealmConfig
     from realm_fairseq.models.realm import RealmModel
 
-    model_args = argparse.Namespace(dropout=0.0, attention_dropout=0.0)
+    model_args = argparse.Namespace(dropout=0.0, attention_dropout=0.0, **options)
     ARCH_CONFIG_REGISTRY[arch](model_args)
     task = argparse.Namespace(source_dictionary=corpus.dictionary)
+    torch.manual_seed(0)  # the same weights in every run
     model = RealmModel.build_model(RealmConfig(**vars(model_args)), task)
     if reader:
         model.register_reader()  # as realm_pretrain does
@@ -86,6 +87,31 @@ def sample_batches(ds, count: int, batch_size: int, device: str) -> list:
         batch["net_input"] = {k: v.to(device) for k, v in batch["net_input"].items()}
         batches.append(batch)
     return batches
+
+
+def pretraining(model, corpus, topk: int):
+    """The retriever (``topk`` blocks and the null document) and the realm_mlm criterion a REALM pre-training
+    step of ``model`` runs with. The index holds seeded random vectors, so that the candidates are blocks
+    drawn evenly from the corpus, as long as its blocks are (median 274 wordpieces in the shipped one): the
+    model's own random-weight embeddings would retrieve its shortest blocks (9-50 wordpieces, article ends),
+    and a step would be timed on sequences a trained retriever seldom returns. The step re-embeds its
+    candidates with the model, as training does."""
+    from realm_fairseq.criterions.realm_mlm import RealmMlmCriterion
+    from realm_fairseq.retrieval.mips import MipsIndex
+    from realm_fairseq.retrieval.retriever import Retriever
+
+    vectors = np.random.default_rng(0).standard_normal((len(corpus), model.doc_embedder.dim), dtype=np.float32)
+    task = argparse.Namespace(source_dictionary=corpus.dictionary)
+    task.retriever = Retriever(corpus, MipsIndex.build(vectors), topk, null_document=True)
+    return task.retriever, RealmMlmCriterion(task)
+
+
+def masked_batches(corpus, count: int, batch_size: int, device: str) -> list:
+    """``count`` batches of masked pre-training sentences of ``corpus`` (:func:`sample_batches`)."""
+    from realm_fairseq.data.masking import MaskedExamplesDataset
+
+    ds = MaskedExamplesDataset(corpus.examples, np.arange(len(corpus.examples)), corpus.dictionary)
+    return sample_batches(ds, count, batch_size, device)
 
 
 def criterion_step(model, criterion):
@@ -107,39 +133,37 @@ def print_parts(parts: dict, step_name: str, total: float) -> None:
     print("\n" + goal_line("overhead: step / sum of parts", total / sum(parts.values()), "<=", 1.15))
 
 
+def step_parser(doc: str, arch: str = "realm_tiny", batch_size: int = 8, topk: int = 8, steps: int = 10,
+                batch_help: str = "masked sentences a step") -> argparse.ArgumentParser:
+    """The options of a benchmark that times training steps (``topk`` 0: it retrieves nothing, no --topk)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default=arch, help="realm architecture (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"{batch_help} (default: %(default)s)")
+    if topk:
+        parser.add_argument("--topk", type=int, default=topk, help="blocks retrieved a sentence (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=steps, help="batches measured (default: %(default)s)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="device (default: %(default)s)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                        help="model precision, as fairseq-train --bf16 (default: %(default)s)")
+    return parser
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="realm_tiny", help="realm architecture")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--topk", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="model precision")
+    parser = step_parser(__doc__)
     parser.add_argument("--profile", type=int, default=0, help="print the N functions the step spends most in")
     args = parser.parse_args()
 
     import realm_fairseq  # noqa: F401  (registers the task, model and criterion)
-    from realm_fairseq.criterions.realm_mlm import RealmMlmCriterion
     from realm_fairseq.data.corpus import with_cls_sep_batch
-    from realm_fairseq.data.masking import MaskedExamplesDataset
     from realm_fairseq.models.reader import join_query_and_blocks
-    from realm_fairseq.indexing.embed import embed_blocks
-    from realm_fairseq.models.loading import EmbedderSource
-    from realm_fairseq.retrieval.mips import MipsIndex
-    from realm_fairseq.retrieval.retriever import Retriever
 
     tmp = tempfile.mkdtemp(prefix="bench-step-")
     corpus = shipped_corpus(tmp)
     d, device = corpus.dictionary, args.device
     model = build_model(args.arch, corpus, device, args.dtype, reader=True)
-    index = MipsIndex.build(embed_blocks(EmbedderSource(model.doc_embedder, {}), corpus, device=device,
-                                         progress=False))
-    task = argparse.Namespace(source_dictionary=d)
-    task.retriever = retriever = Retriever(corpus, index, args.topk, null_document=True)
-    criterion = RealmMlmCriterion(task)
-
-    ds = MaskedExamplesDataset(corpus.examples, np.arange(len(corpus.examples)), d)
-    batches = sample_batches(ds, args.steps, args.batch_size, device)
+    retriever, criterion = pretraining(model, corpus, args.topk)
+    batches = masked_batches(corpus, args.steps, args.batch_size, device)
     step = criterion_step(model, criterion)
 
     def query_part(batch):

@@ -286,6 +286,19 @@ def test_a_resumed_run_matches_an_uninterrupted_one(wiki_corpus, index_dir, tmp_
     assert_same_weights(weights(tmp_path / "whole"), weights(tmp_path / "parts"))
 
 
+def test_checkpoint_activations_trains_the_same_model(wiki_corpus, index_dir, tmp_path):
+    """realm-train --checkpoint-activations, dropout on: every tower recomputes its layers in the backward pass
+    and the run ends with the weights of a run that keeps the activations, bit for bit."""
+    args = pretrain_args(wiki_corpus, index_dir, "--retrieval-topk", "2", "--disable-validation", "--max-update",
+                         "3", "--log-interval", "1")
+    plain = run(["realm-train", *args, "--save-dir", str(tmp_path / "plain")], cwd=tmp_path)
+    checkpointed = run(["realm-train", *args, "--checkpoint-activations", "--save-dir", str(tmp_path / "ckpt")],
+                       cwd=tmp_path)
+    assert "'checkpoint_activations': True" in checkpointed.stdout
+    assert len(logged_losses(plain.stdout)) == 3 and logged_losses(checkpointed.stdout) == logged_losses(plain.stdout)
+    assert_same_weights(weights(tmp_path / "plain"), weights(tmp_path / "ckpt"))
+
+
 def test_two_ranks_match_one_rank_with_twice_the_batch(wiki_corpus, index_dir, tmp_path):
     args = pretrain_args(wiki_corpus, index_dir, *EXACT, "--max-update", "4")
     one = run(["realm-train", *args, "--update-freq", "2", "--save-dir", str(tmp_path / "one")], cwd=tmp_path)

@@ -76,6 +76,12 @@ class EncoderConfig(FairseqDataclass):
                   "product, torch's scaled_dot_product_attention, no host sync; the same weights and outputs) "
                   "or fairseq (its own MultiheadAttention path); other encoder classes always run their own"},
     )
+    checkpoint_activations: bool = field(
+        default=False,
+        metadata={"help": "recompute each layer's activations in the backward pass instead of keeping them "
+                  "(fairseq's option, for every tower): training keeps one hidden state a layer, for about one "
+                  "more forward pass of compute; the same gradients"},
+    )
 
 
 #: environment variable: comma-separated ``package.module:Class`` names checkpoints may name as encoder_class
@@ -130,6 +136,7 @@ def encoder_args(cfg: EncoderConfig) -> argparse.Namespace:
         no_scale_embedding=True,
         max_source_positions=cfg.max_positions,
         encoder_layerdrop=0.0,
+        checkpoint_activations=bool(getattr(cfg, "checkpoint_activations", False)),
     )
     try:
         options = json.loads(cfg.encoder_options)
@@ -154,7 +161,8 @@ class TextEncoder(nn.Module):
         embed_tokens = nn.Embedding(len(dictionary), cfg.encoder_embed_dim, self.padding_idx)
         nn.init.normal_(embed_tokens.weight, std=0.02)
         nn.init.zeros_(embed_tokens.weight[self.padding_idx])
-        self.encoder = resolve_encoder_class(cfg.encoder_class)(encoder_args(cfg), dictionary, embed_tokens)
+        args = encoder_args(cfg)
+        self.encoder = resolve_encoder_class(cfg.encoder_class)(args, dictionary, embed_tokens)
         self.segment_embeddings = None
         if cfg.num_segments > 0:
             if "token_embeddings" not in inspect.signature(self.encoder.forward).parameters:
@@ -173,6 +181,9 @@ class TextEncoder(nn.Module):
             raise ValueError(f"encoder_attention {self.attention!r}: expected one of "
                              f"{', '.join(fast_encoder.ATTENTION)}")
         self.fast = fast_encoder.supported(self.encoder)  # fairseq's TransformerEncoder as built here
+        if args.checkpoint_activations and not fast_encoder.checkpointed(self.encoder):
+            raise ValueError(f"encoder_class {cfg.encoder_class!r} does not checkpoint its layers' activations "
+                             f"(fairseq's checkpoint_activations option); drop --checkpoint-activations")
 
     @property
     def embed_tokens(self) -> nn.Embedding:

@@ -24,6 +24,11 @@ probability and training rule fairseq gives ``F.multi_head_attention_forward`` (
 scaled_dot_product_attention). So on the CPU a seed draws the same dropout masks and trains the same model on
 both paths.
 
+With ``checkpoint_activations`` (fairseq's option, which wraps each layer in its ``checkpoint_wrapper``) the
+fused path recomputes each layer in the backward pass as fairseq's does (torch's non-reentrant checkpoint,
+which draws the forward pass's dropout masks again): autograd keeps one hidden state a layer, and the
+gradients stay fairseq's to the bit.
+
 :func:`supported` says whether an encoder is one this path reproduces: exactly fairseq's
 ``TransformerEncoder`` with fairseq's own layers, no quantisation noise, xformers, key/value biases,
 pruned heads or fc-result returns. Any other encoder class runs its own forward.
@@ -32,6 +37,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from fairseq.models.transformer import TransformerEncoder, TransformerEncoderBase
 from fairseq.modules.transformer_layer import TransformerEncoderLayer, TransformerEncoderLayerBase
 from fairseq.modules.gelu import gelu, gelu_accurate
@@ -56,6 +62,14 @@ def supported(encoder) -> bool:
     """Whether :func:`encoder_forward` computes what ``encoder`` itself does (see the module docstring)."""
     return (type(encoder) in ENCODER_TYPES and getattr(encoder, "quant_noise", None) is None
             and all(_layer_supported(layer) for layer in encoder.layers))
+
+
+def checkpointed(encoder) -> bool:
+    """Whether ``encoder``'s layers recompute their activations in the backward pass: fairseq wraps each layer
+    (``checkpoint_wrapper``, marked by ``precheckpoint_forward``) when built with ``checkpoint_activations``,
+    and :func:`encoder_forward` then does the same for its own layer forward."""
+    layers = getattr(encoder, "layers", None) or ()
+    return len(layers) > 0 and all(hasattr(layer, "precheckpoint_forward") for layer in layers)
 
 
 def _attention_dropout(attn) -> float:
@@ -145,7 +159,11 @@ def _encoder_forward(encoder, tokens: torch.Tensor, token_embeddings: Optional[t
     x = x.transpose(0, 1)  # (T, B, C): fairseq's order, so dropout masks fall as in fairseq for a seed
     keep = ~padding_mask[:, None, None, :]  # (B, 1, 1, T): keys each query may attend to
     for layer in encoder.layers:  # a LayerDropModuleList drops layers in training, as in fairseq
-        x = layer_forward(layer, x, keep)
+        if hasattr(layer, "precheckpoint_forward") and _differentiable(layer, x):  # --checkpoint-activations
+            # keeps x alone; the backward pass reruns the layer with the dropout masks of this forward
+            x = torch.utils.checkpoint.checkpoint(layer_forward, layer, x, keep, use_reentrant=False)
+        else:
+            x = layer_forward(layer, x, keep)
     if encoder.layer_norm is not None:
         x = encoder.layer_norm(x)
     return x.transpose(0, 1)  # (B, T, C)
