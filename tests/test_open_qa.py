@@ -73,7 +73,7 @@ def test_fine_tuning_raises_exact_match_and_recall(qa, fine_tuned, tmp_path, mea
     start = start_metrics(qa)
     checkpoint, log = fine_tuned
     valid = [line for line in log.splitlines() if "| valid on 'valid' subset" in line][-1]
-    for metric in ("em", "recall@1", "recall@5", "recall@20", "no_answer_read", "no_answer_beam"):
+    for metric in ("em", "f1", "recall@1", "recall@5", "recall@20", "no_answer_read", "no_answer_beam"):
         assert re.search(rf"\| {metric} [\d.]+", valid), f"{metric} missing from: {valid}"
     assert "recall@100" not in valid  # more than the beam of 20
     valid_em = re.search(r"\| em ([\d.]+)", valid).group(1)
@@ -86,6 +86,7 @@ def test_fine_tuning_raises_exact_match_and_recall(qa, fine_tuned, tmp_path, mea
     measured(f"valid ({VALID_QUESTIONS} held-out questions) before -> after 20 updates: "
              + ", ".join(f"{k} {start[k]} -> {end[k]}" for k in ("em", "recall@1", "recall@5")))
     assert end["questions"] == VALID_QUESTIONS and float(valid_em) == end["em"]
+    assert float(re.search(r"\| f1 ([\d.]+)", valid).group(1)) == end["f1"] >= end["em"]  # F1 credits EM fully
     before, after = ({k: round(m[k] * VALID_QUESTIONS / 100) for k in ("em", "recall@1", "recall@5")}
                      for m in (start, end))  # percent -> questions of the 64
     # measured (seed 1): exact match 0 -> 6 questions, recall@1 42 -> 45, recall@5 56 -> 56
@@ -96,8 +97,10 @@ def test_fine_tuning_raises_exact_match_and_recall(qa, fine_tuned, tmp_path, mea
     records = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert len(records) == VALID_QUESTIONS
     assert sum(r["correct"] for r in records) == round(end["em"] * VALID_QUESTIONS / 100)
+    assert sum(r["f1"] for r in records) / VALID_QUESTIONS == pytest.approx(end["f1"] / 100, abs=1e-4)
+    assert all(r["f1"] == 1 for r in records if r["correct"])
     record = records[0]
-    assert set(record) == {"id", "question", "prediction", "score", "answers", "correct", "evidence"}
+    assert set(record) == {"id", "question", "prediction", "score", "answers", "correct", "f1", "evidence"}
     assert len(record["evidence"]) == 2 and 0 < record["score"] <= 1
     assert set(record["evidence"][0]) == {"rank", "block", "title", "text", "retrieval_score", "has_answer"}
     correct = next(r for r in records if r["correct"])

@@ -6,7 +6,7 @@ import pytest
 
 from realm_fairseq.data import BlockCorpus
 from realm_fairseq.data.answers import AnswerFinder
-from realm_fairseq.data.qa_metrics import exact_match, normalize_answer
+from realm_fairseq.data.qa_metrics import exact_match, f1, normalize_answer
 from realm_fairseq.data.documents import InputError
 from realm_fairseq.data.questions import Question, read_questions, split_by_article, squad_questions
 
@@ -36,6 +36,48 @@ def test_exact_match_of_strings_and_of_regular_expressions():
     assert exact_match("MOUNT EVEREST", [r"(Mount|Mt\.?) Everest"], "regex")
     assert not exact_match("the Mount Everest", [r"(Mount|Mt\.?) Everest"], "regex")
     assert not exact_match("1200 meters", [r"1,?200 (feet|ft)"], "regex")
+
+
+def test_f1_gives_partial_credit_for_shared_words():
+    assert f1("the Denver Broncos.", ["Denver Broncos"]) == 1.0
+    assert f1("Broncos", ["Denver Broncos"]) == pytest.approx(2 / 3)  # precision 1, recall 1/2
+    assert f1("Broncos", ["Carolina Panthers", "Denver Broncos"]) == pytest.approx(2 / 3)  # the best answer
+    assert f1("Denver Denver", ["Denver Broncos"]) == 0.5  # words count as a bag: one Denver is shared
+    assert f1("Carolina", ["Denver Broncos"]) == 0.0
+    assert f1("", ["Denver Broncos"]) == 0.0 and f1("the", ["a"]) == 1.0  # no words on either side
+    assert f1("1,200 feet", [r"1,?200 (feet|ft)"], "regex") is None  # patterns have no words to share
+
+
+def squad_predictions(limit: int = 2000):
+    """SQuAD v1.1 dev questions with their gold answers and predictions that share some of their words: another
+    annotator's answer, the first answer cut short or run on into its paragraph, and a wrong span."""
+    with gzip.open(SQUAD_DEV, "rt", encoding="utf-8") as f:
+        articles = json.load(f)["data"]
+    cases = []
+    for paragraph in (p for a in articles for p in a["paragraphs"]):
+        context = paragraph["context"]
+        for qa in paragraph["qas"]:
+            answers = [a["text"] for a in qa["answers"]]
+            start = qa["answers"][0]["answer_start"]
+            first = answers[0]
+            for prediction in {answers[-1], first[: len(first) // 2], context[start: start + len(first) + 12],
+                               context[:20]}:
+                cases.append((f"{qa['id']}-{len(cases)}", prediction, answers))
+            if len(cases) >= limit:
+                return cases
+    return cases
+
+
+def test_em_and_f1_equal_torchmetrics_squad_on_squad_dev():
+    """torchmetrics' SQuAD metric (the official v1.1 script's EM and F1) over 2,000 predictions."""
+    squad = pytest.importorskip("torchmetrics.functional.text").squad
+    cases = squad_predictions()
+    ours = {"exact_match": 100 * sum(exact_match(p, a) for _, p, a in cases) / len(cases),
+            "f1": 100 * sum(f1(p, a) for _, p, a in cases) / len(cases)}
+    theirs = squad([{"prediction_text": p, "id": i} for i, p, _ in cases],
+                   [{"answers": {"answer_start": [0] * len(a), "text": a}, "id": i} for i, _, a in cases])
+    assert 0 < ours["exact_match"] < ours["f1"] < 100  # the cases give partial credit, not all or nothing
+    assert ours == pytest.approx({k: float(v) for k, v in theirs.items()}, abs=1e-3)
 
 
 def write_lines(path, lines):

@@ -20,7 +20,7 @@ import torch
 
 from realm_fairseq.criterions.realm_qa import RealmQaCriterion
 from realm_fairseq.data import BlockCorpus
-from realm_fairseq.data.qa_metrics import exact_match, normalize_answer
+from realm_fairseq.data.qa_metrics import exact_match, f1, normalize_answer
 from realm_fairseq.data.question_dataset import QuestionsDataset
 from realm_fairseq.data.questions import Question
 from realm_fairseq.data.vocab import FAIRSEQ_NSPECIAL
@@ -183,6 +183,7 @@ def test_loss_and_predictions_match_a_direct_computation(qa_case):
     texts = [task.finder.block_text(block).span_text(start, end) for block, start, end, _ in expected["best"]]
     assert [p.text for p in predictions] == texts
     assert log["em"] == sum(exact_match(t, a) for t, a in zip(texts, batch["answers"]))
+    assert log["f1"] == sum(f1(t, a) for t, a in zip(texts, batch["answers"]))
 
 
 def test_training_reads_only_the_blocks_with_a_gold_span_for_the_same_loss_and_gradients(qa_case):

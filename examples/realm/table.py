@@ -1,5 +1,5 @@
 """Print the demo's results in the shape of REALM's Table 2: for each test set, the zero-shot recall@5 of each
-retriever, and recall@5 and exact match after open-domain QA fine-tuning.
+retriever, and recall@5, exact match and SQuAD's F1 after open-domain QA fine-tuning.
 
     python examples/realm/table.py demo-output
 
@@ -17,7 +17,7 @@ SETS = (("squad", "SQuAD dev, test split"), ("shifts", "SQuADShifts new-wiki (ou
 ROWS = (("BM25 (bm25s, k1=0.9, b=0.4)", "bm25", None),
         ("(a) MiniLM, no REALM pre-training", "minilm", "qa-minilm"),
         ("(b) after REALM pre-training", "realm", "qa-realm"))
-COLUMNS = ("zero-shot R@5", "R@5", "EM")
+COLUMNS = ("zero-shot R@5", "R@5", "EM", "F1")
 NAME_WIDTH, CELL = 36, 15
 
 
@@ -31,7 +31,7 @@ def cells(out: str, qset: str, retriever: str, qa) -> list:
     values = [load(out, f"{retriever}.{qset}.zero-shot")["recall@5"]]
     if qa:
         tuned = load(out, f"{qa}.{qset}")
-        values += [tuned["recall@5"], tuned["em"]]
+        values += [tuned["recall@5"], tuned["em"], tuned["f1"]]
     return [f"{v:.1f}" for v in values] + ["-"] * (len(COLUMNS) - len(values))
 
 
@@ -49,7 +49,7 @@ def main(argv=None):
     for name, retriever, qa in ROWS:
         row = [c for key, _ in sets for c in cells(args.out, key, retriever, qa)]
         print(f"{name:<{NAME_WIDTH}}" + "".join(f"{c:>{CELL}}" for c in row))
-    print("zero-shot R@5: the retriever before fine-tuning; R@5, EM: after fine-tuning on the SQuAD train split")
+    print("zero-shot R@5: the retriever before fine-tuning; R@5, EM, F1: after fine-tuning on the SQuAD train split")
 
 
 if __name__ == "__main__":

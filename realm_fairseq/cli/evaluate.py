@@ -1,11 +1,11 @@
-"""``realm-evaluate --checkpoint CKPT --questions FILE``: exact match and recall@k of a fine-tuned REALM.
+"""``realm-evaluate --checkpoint CKPT --questions FILE``: exact match, F1 and recall@k of a fine-tuned REALM.
 
 Answers every question of a JSONL question file (batched, with a progress bar), prints the metrics as
-JSON (``em``, ``recall@k`` for k in 1, 5, 20, 100 up to ``--beam``, in percent) and, with ``--out``,
-writes one prediction a line: the question, the predicted answer and its score, the gold answers,
-whether it is correct, and the evidence blocks read (title, text, retrieval score, whether it holds
-a gold answer). Exact match is SQuAD's; a block holds an answer by DPR's rule
-(:mod:`realm_fairseq.data.answers`).
+JSON (``em``, ``f1`` for text answers, ``recall@k`` for k in 1, 5, 20, 100 up to ``--beam``, in percent)
+and, with ``--out``, writes one prediction a line: the question, the predicted answer and its score, the
+gold answers, whether it is correct and its F1, and the evidence blocks read (title, text, retrieval score,
+whether it holds a gold answer). Exact match and F1 are SQuAD's (:mod:`realm_fairseq.data.qa_metrics`); a
+block holds an answer by DPR's rule (:mod:`realm_fairseq.data.answers`).
 
 ``--retrieval-only`` measures a retriever alone, zero-shot, as REALM's Table 2 does
 (:mod:`realm_fairseq.retrieval.recall`): the query embedder of any of our checkpoints (``--checkpoint``),
@@ -29,7 +29,7 @@ from realm_fairseq.cli import log_to_stderr
 from realm_fairseq.data.answers import BlockHits
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.data.documents import InputError
-from realm_fairseq.data.qa_metrics import exact_match, first_hits, percent, recall_at
+from realm_fairseq.data.qa_metrics import exact_match, f1, first_hits, percent, recall_at
 from realm_fairseq.data.questions import ANSWER_TYPES, Question, read_questions
 from realm_fairseq.errors import cli_errors
 from realm_fairseq.hub import Answer, RealmQA
@@ -78,9 +78,12 @@ def score(corpus: BlockCorpus, questions: List[Question], answers: Iterable[Answ
         evidence = [{**asdict(e), "has_answer": has} for e, has in zip(answer.evidence, holds)]
         records.append({"id": question.id, "question": question.question, "prediction": answer.text,
                         "score": answer.score, "answers": question.answers,
-                        "correct": exact_match(answer.text, question.answers, answer_type), "evidence": evidence})
+                        "correct": exact_match(answer.text, question.answers, answer_type),
+                        "f1": f1(answer.text, question.answers, answer_type), "evidence": evidence})
     beam = len(holds_all[0]) if holds_all else 0
     metrics = {"questions": len(records), "em": percent(sum(r["correct"] for r in records), len(records))}
+    if answer_type == "text":
+        metrics["f1"] = percent(sum(r["f1"] for r in records), len(records))
     metrics.update(recall_at(first_hits(np.array(holds_all, dtype=bool).reshape(len(records), beam)), beam))
     return metrics, records
 

@@ -1,8 +1,12 @@
-"""The open-domain QA metrics, in one place: exact match and recall@k (REALM, sections 4.1-4.2; ORQA).
+"""The open-domain QA metrics, in one place: exact match, F1 and recall@k (REALM, sections 4.1-4.2; ORQA).
 
 - **Exact match** (EM) of a predicted string: SQuAD's normalisation (lower case, no punctuation, no
   articles a/an/the, single spaces) of the prediction equals that of a gold answer; a regular expression
   answer (CuratedTREC) matches the prediction from its start, ignoring case, as DrQA and ORQA score them.
+- **F1** (SQuAD's, which REALM does not report: partial credit): the harmonic mean of the precision and
+  recall of the words the normalised prediction and a normalised gold answer share (counted as a bag), the
+  best over the gold answers; where either has no word, 1 if both have none, else 0. Regular expression
+  answers have no words to share, so they get no F1.
 - **Recall@k**: the share of questions with a block holding an answer among their best k (which block
   holds one is :class:`~realm_fairseq.data.answers.BlockHits`' or the reader's rule), for every k of
   :data:`RECALL_AT` up to the number retrieved. Each question is summarised by the rank of its first hit
@@ -12,7 +16,8 @@ The ``realm_qa`` criterion logs these during fine-tuning, ``realm-evaluate`` pri
 """
 import re
 import string
-from typing import Dict, Sequence
+from collections import Counter
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -36,6 +41,24 @@ def exact_match(prediction: str, answers: Sequence[str], answer_type: str = "tex
         return any(compile_answer_regex(a).match(prediction) is not None for a in answers)
     predicted = normalize_answer(prediction)
     return any(predicted == normalize_answer(a) for a in answers)
+
+
+def f1(prediction: str, answers: Sequence[str], answer_type: str = "text") -> Optional[float]:
+    """SQuAD's F1 of ``prediction`` against the best of ``answers`` in [0, 1]; None for regex answers."""
+    if answer_type == "regex":
+        return None
+    predicted = normalize_answer(prediction).split()
+    return max((_f1(predicted, normalize_answer(a).split()) for a in answers), default=0.0)
+
+
+def _f1(predicted: Sequence[str], gold: Sequence[str]) -> float:
+    if not predicted or not gold:
+        return float(predicted == gold)
+    shared = sum((Counter(predicted) & Counter(gold)).values())
+    if not shared:
+        return 0.0
+    precision, recall = shared / len(predicted), shared / len(gold)
+    return 2 * precision * recall / (precision + recall)
 
 
 def first_hits(holds: np.ndarray) -> np.ndarray:
