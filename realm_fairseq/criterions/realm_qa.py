@@ -10,8 +10,8 @@ logged. Logged per question (percent): ``em`` and, for text answers, ``f1`` (SQu
 span; in validation only, as training reads only the blocks that hold an answer), ``recall@k`` (an answer in
 the best k blocks, k in 1, 5, 20, 100 up to ``--retriever-beam``), ``no_answer_read`` and ``no_answer_beam``
 (questions without an answer in the blocks read / retrieved); and ``blocks_read``, the blocks read per
-question (in training only those with a gold span). ``--best-checkpoint-metric em --maximize-best-checkpoint-metric`` keeps the
-checkpoint of best validation EM. EM, F1 and recall@k are :mod:`realm_fairseq.data.qa_metrics`'.
+question (in training only those with a gold span). ``--best-checkpoint-metric em
+--maximize-best-checkpoint-metric`` keeps the checkpoint of best validation EM. EM, F1 and recall@k are :mod:`realm_fairseq.data.qa_metrics`'.
 """
 import math
 from dataclasses import dataclass

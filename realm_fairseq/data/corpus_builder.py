@@ -113,8 +113,8 @@ class CorpusConfig(FairseqDataclass):
         default=0, metadata={"help": "read only the first N documents of the inputs, in order (0: all); "
                              "for trying the pipeline on a small corpus"}
     )
-    force: bool = field(default=False, metadata={"help": "replace an existing CORPUS (never another file or directory, nor one holding "
-                                             "an input)"})
+    force: bool = field(default=False, metadata={"help": "replace an existing CORPUS (never another file or "
+                                                         "directory, nor one holding an input)"})
     no_progress: bool = field(default=False, metadata={"help": "do not show a progress bar"})
 
     def validate(self) -> None:

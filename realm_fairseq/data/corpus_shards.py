@@ -263,7 +263,8 @@ def _write_rows(root: str, shards: List[_ShardFiles], parts: List[Segment]) -> N
                 shard.block_meta[ba:bb] + [at["docs"] - a, 0, 0, 0])
             out[files.EXAMPLE_META][at["examples"]:at["examples"] + eb - ea] = (
                 shard.example_meta[ea:eb] + [at["blocks"] - ba, 0])
-            out[files.EXAMPLE_SPANS][at["spans"]:at["spans"] + sb - sa] = shard.spans[sa:sb] + [at["examples"] - ea, 0, 0]
+            out[files.EXAMPLE_SPANS][at["spans"]:at["spans"] + sb - sa] = (
+                shard.spans[sa:sb] + [at["examples"] - ea, 0, 0])
             for key, n in (("docs", b - a), ("blocks", bb - ba), ("examples", eb - ea), ("spans", sb - sa),
                            ("bytes", end - start)):
                 at[key] += n
