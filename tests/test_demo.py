@@ -68,6 +68,12 @@ def test_demo_quick_runs_the_pipeline_and_prints_its_results(tmp_path):
             tuned = json.load(open(out / f"{qa}.squad.json"))
             expected += [tuned["recall@5"], tuned["em"], tuned["f1"]]
         assert [float(v) for v in line.split()[-4:] if v != "-"] == pytest.approx(expected, abs=0.05)
+    em = {qa: json.load(open(out / f"{qa}.squad.json"))["em"] for qa in ("qa-minilm", "qa-realm")}
+    compared = re.search(r"^\(b\) - \(a\) on SQuAD dev, test split, (\d+) questions: EM ([-+][\d.]+) \(95% interval "
+                         r"([-+][\d.]+) to ([-+][\d.]+)\), F1 ", "\n".join(results), re.M)
+    assert compared and int(compared[1]) == QUICK_TEST  # (b) against (a) on the same questions
+    assert float(compared[2]) == pytest.approx(em["qa-realm"] - em["qa-minilm"], abs=0.05)
+    assert float(compared[3]) <= float(compared[2]) <= float(compared[4])
     assert results[4].startswith("BM25") and results[5].startswith("(a) MiniLM")
     assert results[6].startswith("(b) after REALM pre-training")
     assert json.load(open(out / "minilm.squad.zero-shot.json"))["questions"] == QUICK_TEST

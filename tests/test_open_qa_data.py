@@ -2,11 +2,12 @@
 import gzip
 import json
 
+import numpy as np
 import pytest
 
 from realm_fairseq.data import BlockCorpus
 from realm_fairseq.data.answers import AnswerFinder
-from realm_fairseq.data.qa_metrics import exact_match, f1, normalize_answer
+from realm_fairseq.data.qa_metrics import exact_match, f1, normalize_answer, paired_difference
 from realm_fairseq.data.documents import InputError
 from realm_fairseq.data.questions import Question, read_questions, split_by_article, squad_questions
 
@@ -78,6 +79,21 @@ def test_em_and_f1_equal_torchmetrics_squad_on_squad_dev():
                    [{"answers": {"answer_start": [0] * len(a), "text": a}, "id": i} for i, _, a in cases])
     assert 0 < ours["exact_match"] < ours["f1"] < 100  # the cases give partial credit, not all or nothing
     assert ours == pytest.approx({k: float(v) for k, v in theirs.items()}, abs=1e-3)
+
+
+def test_paired_difference_gives_the_mean_difference_and_a_bootstrap_interval():
+    assert paired_difference([1, 0, 1], [1, 0, 1]) == (0.0, 0.0, 0.0)
+    assert paired_difference([1, 1], [0, 0]) == (1.0, 1.0, 1.0)
+    rng = np.random.default_rng(0)  # 400 questions, (b) right on 45% and (a) on 40%, independently
+    b, a = rng.random(400) < 0.45, rng.random(400) < 0.40
+    mean, low, high = paired_difference(b, a)
+    diff = b.astype(float) - a
+    half = 1.96 * diff.std() / np.sqrt(len(diff))  # the normal approximation the bootstrap should agree with
+    assert mean == pytest.approx(diff.mean()) and low < mean < high
+    assert (low, high) == pytest.approx((mean - half, mean + half), abs=0.01)
+    assert paired_difference(b, a) == (mean, low, high)  # seeded
+    with pytest.raises(ValueError, match="equally long"):
+        paired_difference([1, 0], [1])
 
 
 def write_lines(path, lines):

@@ -6,12 +6,15 @@ retriever, and recall@5, exact match and SQuAD's F1 after open-domain QA fine-tu
 Rows: BM25 (retrieval only), (a) MiniLM without REALM pre-training, (b) after REALM pre-training. It reads
 the JSON that ``realm-evaluate`` wrote in OUT: ``RETRIEVER.SET.zero-shot.json`` (``--retrieval-only``) and
 ``MODEL.SET.json``, for the sets ``squad`` (the SQuAD dev test split) and ``shifts`` (SQuADShifts new-wiki,
-out of domain) that are there.
+out of domain) that are there. Below the table, for each set, (b) against (a) on the same questions from their
+``MODEL.SET.predictions.jsonl``: the EM and F1 differences with 95% paired bootstrap intervals.
 """
 import argparse
 import json
 import os
 import sys
+
+from realm_fairseq.data.qa_metrics import paired_difference
 
 SETS = (("squad", "SQuAD dev, test split"), ("shifts", "SQuADShifts new-wiki (out of domain)"))
 ROWS = (("BM25 (bm25s, k1=0.9, b=0.4)", "bm25", None),
@@ -35,6 +38,22 @@ def cells(out: str, qset: str, retriever: str, qa) -> list:
     return [f"{v:.1f}" for v in values] + ["-"] * (len(COLUMNS) - len(values))
 
 
+def predictions(out: str, name: str) -> dict:
+    with open(os.path.join(out, f"{name}.predictions.jsonl"), encoding="utf-8") as f:
+        return {r["id"]: r for r in map(json.loads, f)}
+
+
+def comparison(out: str, qset: str, title: str) -> str:
+    """(b) against (a) on the questions both answered: EM and F1 differences in points, with their intervals."""
+    b, a = (predictions(out, f"{qa}.{qset}") for qa in ("qa-realm", "qa-minilm"))
+    ids = [i for i in b if i in a]
+    parts = []
+    for metric, key in (("EM", "correct"), ("F1", "f1")):
+        mean, low, high = paired_difference([float(b[i][key]) for i in ids], [float(a[i][key]) for i in ids])
+        parts.append(f"{metric} {100 * mean:+.1f} (95% interval {100 * low:+.1f} to {100 * high:+.1f})")
+    return f"(b) - (a) on {title}, {len(ids)} questions: " + ", ".join(parts)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="the demo's output directory (demo.sh --out)")
@@ -50,6 +69,9 @@ def main(argv=None):
         row = [c for key, _ in sets for c in cells(args.out, key, retriever, qa)]
         print(f"{name:<{NAME_WIDTH}}" + "".join(f"{c:>{CELL}}" for c in row))
     print("zero-shot R@5: the retriever before fine-tuning; R@5, EM, F1: after fine-tuning on the SQuAD train split")
+    for key, title in sets:
+        print(comparison(args.out, key, title))
+    print("(paired bootstrap over the questions: an interval that holds 0 is no evidence that (b) differs from (a))")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@
   recall of the words the normalised prediction and a normalised gold answer share (counted as a bag), the
   best over the gold answers; where either has no word, 1 if both have none, else 0. Regular expression
   answers have no words to share, so they get no F1.
+- **A paired comparison** of two models on the same questions (:func:`paired_difference`): the mean of the
+  per-question differences of a score (EM, F1) with a 95% percentile bootstrap interval, resampling the
+  questions, so that "(b) beats (a)" on a few hundred questions comes with how sure it is.
 - **Recall@k**: the share of questions with a block holding an answer among their best k (which block
   holds one is :class:`~realm_fairseq.data.answers.BlockHits`' or the reader's rule), for every k of
   :data:`RECALL_AT` up to the number retrieved. Each question is summarised by the rank of its first hit
@@ -17,7 +20,7 @@ The ``realm_qa`` criterion logs these during fine-tuning, ``realm-evaluate`` pri
 import re
 import string
 from collections import Counter
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -59,6 +62,21 @@ def _f1(predicted: Sequence[str], gold: Sequence[str]) -> float:
         return 0.0
     precision, recall = shared / len(predicted), shared / len(gold)
     return 2 * precision * recall / (precision + recall)
+
+
+def paired_difference(b: Sequence[float], a: Sequence[float], resamples: int = 10000, seed: int = 1
+                      ) -> Tuple[float, float, float]:
+    """Mean of ``b - a`` over questions scored by two models (the same questions, in the same order), and the
+    2.5th and 97.5th percentiles of that mean over ``resamples`` bootstrap resamples of the questions."""
+    b, a = np.asarray(b, dtype=np.float64), np.asarray(a, dtype=np.float64)
+    if b.ndim != 1 or b.shape != a.shape or not len(b):
+        raise ValueError(f"expected two equally long, non-empty lists of scores (got {len(b)} and {len(a)})")
+    diff = b - a  # (Q,)
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([diff[rng.integers(0, len(diff), (min(1000, resamples - i), len(diff)))].mean(1)
+                            for i in range(0, resamples, 1000)])  # (R,), 1000 resamples of (Q,) at a time
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(diff.mean()), float(low), float(high)
 
 
 def first_hits(holds: np.ndarray) -> np.ndarray:
