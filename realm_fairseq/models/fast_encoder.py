@@ -64,12 +64,16 @@ def supported(encoder) -> bool:
             and all(_layer_supported(layer) for layer in encoder.layers))
 
 
+def _recomputes(layer) -> bool:
+    """Whether fairseq wrapped ``layer`` in its ``checkpoint_wrapper`` (``checkpoint_activations``), which marks
+    it with ``precheckpoint_forward``; :func:`encoder_forward` then checkpoints its own layer forward too."""
+    return hasattr(layer, "precheckpoint_forward")
+
+
 def checkpointed(encoder) -> bool:
-    """Whether ``encoder``'s layers recompute their activations in the backward pass: fairseq wraps each layer
-    (``checkpoint_wrapper``, marked by ``precheckpoint_forward``) when built with ``checkpoint_activations``,
-    and :func:`encoder_forward` then does the same for its own layer forward."""
+    """Whether ``encoder``'s layers recompute their activations in the backward pass."""
     layers = getattr(encoder, "layers", None) or ()
-    return len(layers) > 0 and all(hasattr(layer, "precheckpoint_forward") for layer in layers)
+    return len(layers) > 0 and all(_recomputes(layer) for layer in layers)
 
 
 def _attention_dropout(attn) -> float:
@@ -159,7 +163,7 @@ def _encoder_forward(encoder, tokens: torch.Tensor, token_embeddings: Optional[t
     x = x.transpose(0, 1)  # (T, B, C): fairseq's order, so dropout masks fall as in fairseq for a seed
     keep = ~padding_mask[:, None, None, :]  # (B, 1, 1, T): keys each query may attend to
     for layer in encoder.layers:  # a LayerDropModuleList drops layers in training, as in fairseq
-        if hasattr(layer, "precheckpoint_forward") and _differentiable(layer, x):  # --checkpoint-activations
+        if _recomputes(layer) and _differentiable(layer, x):  # --checkpoint-activations
             # keeps x alone; the backward pass reruns the layer with the dropout masks of this forward
             x = torch.utils.checkpoint.checkpoint(layer_forward, layer, x, keep, use_reentrant=False)
         else:
