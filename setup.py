@@ -52,6 +52,7 @@ setup(
             "realm-prepare-corpus=realm_fairseq.cli.prepare_corpus:cli_main",
             "realm-corpus-stats=realm_fairseq.cli.corpus_stats:cli_main",
             "realm-convert-hf=realm_fairseq.cli.convert_hf:cli_main",
+            "realm-export-hf=realm_fairseq.cli.export_hf:cli_main",
             "realm-build-index=realm_fairseq.cli.build_index:cli_main",
             "realm-train=realm_fairseq.cli.train:train_main",
             "realm-hydra-train=realm_fairseq.cli.train:hydra_train_main",

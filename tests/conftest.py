@@ -100,6 +100,40 @@ def minilm_weights(minilm_dir, tmp_path_factory):
     return str(out)
 
 
+#: tiny random REALM checkpoints in Hugging Face format and transformers' outputs (tests/make_realm_fixtures.py)
+REALM_FIXTURES = os.path.join(ROOT, "tests", "fixtures", "realm_hf")
+
+
+@pytest.fixture(scope="session")
+def realm_hf_dirs(tmp_path_factory):
+    """The REALM fixture checkpoints as HF directories with BERT's uncased vocab beside them (as on the Hub)."""
+    root = tmp_path_factory.mktemp("realm_hf")
+    kinds = ("embedder", "scorer", "encoder", "openqa")
+    for kind in kinds:
+        (root / kind).mkdir()
+        for name in os.listdir(os.path.join(REALM_FIXTURES, kind)):
+            (root / kind / name).symlink_to(os.path.join(REALM_FIXTURES, kind, name))
+        (root / kind / "vocab.txt").symlink_to(VOCAB)
+    return {kind: str(root / kind) for kind in kinds}
+
+
+@pytest.fixture(scope="session")
+def realm_qa(realm_hf_dirs, tmp_path_factory):
+    """The open-QA fixture's block_records.npy as a CORPUS, its block_emb as an INDEX and the model as a
+    realm_open_qa checkpoint, by realm-convert-hf --corpus --index --qa-checkpoint (run in this process)."""
+    from realm_fairseq.cli import convert_hf
+    from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
+
+    root = tmp_path_factory.mktemp("converted_qa")
+    paths = {name: str(root / name) for name in ("corpus", "index", "qa.pt")}
+    openqa = realm_hf_dirs["openqa"]
+    prepare_corpus([os.path.join(openqa, "block_records.npy")], VOCAB, paths["corpus"],
+                   CorpusConfig(workers=1, salient_spans="regex", no_progress=True))
+    convert_hf.cli_main([openqa, "--out", str(root / "orqa.pt"), "--corpus", paths["corpus"],
+                         "--index", paths["index"], "--qa-checkpoint", paths["qa.pt"], "--no-progress"])
+    return paths
+
+
 def evaluate_retrieval(*args, check=True):
     """``realm-evaluate --retrieval-only`` with ``args``: its metrics (None when it failed) and the process."""
     import json

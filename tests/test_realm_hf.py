@@ -31,23 +31,14 @@ from realm_fairseq.models.span_reader import orqa_best_span
 from realm_fairseq.indexing import retrievers as dense
 from realm_fairseq.retrieval.versions import IndexStore
 
-from conftest import ROOT, VOCAB, run
+from conftest import REALM_FIXTURES as FIXTURES, ROOT, VOCAB, run
 
-FIXTURES = os.path.join(ROOT, "tests", "fixtures", "realm_hf")
-KINDS = ("embedder", "scorer", "encoder", "openqa")
 TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def hf(tmp_path_factory):
-    """The fixture checkpoints as HF directories with BERT's uncased vocab beside them (as on the Hub)."""
-    root = tmp_path_factory.mktemp("realm_hf")
-    for kind in KINDS:
-        (root / kind).mkdir()
-        for name in os.listdir(os.path.join(FIXTURES, kind)):
-            (root / kind / name).symlink_to(os.path.join(FIXTURES, kind, name))
-        (root / kind / "vocab.txt").symlink_to(VOCAB)
-    return {kind: str(root / kind) for kind in KINDS}
+def hf(realm_hf_dirs):
+    return realm_hf_dirs
 
 
 @pytest.fixture(scope="module")
@@ -258,16 +249,8 @@ def test_fine_tuning_from_cc_news_starts_the_span_reader_from_the_encoder(hf, di
 
 
 @pytest.fixture(scope="module")
-def converted_qa(hf, tmp_path_factory):
-    """The open-QA fixture's block_records.npy as a CORPUS, its block_emb as an INDEX and the model as a
-    realm_open_qa checkpoint, by realm-convert-hf --corpus --index --qa-checkpoint (run in this process)."""
-    root = tmp_path_factory.mktemp("converted_qa")
-    paths = {name: str(root / name) for name in ("corpus", "index", "qa.pt")}
-    prepare_corpus([os.path.join(hf["openqa"], "block_records.npy")], VOCAB, paths["corpus"],
-                   CorpusConfig(workers=1, salient_spans="regex", no_progress=True))
-    convert_hf.cli_main([hf["openqa"], "--out", str(root / "orqa.pt"), "--corpus", paths["corpus"],
-                         "--index", paths["index"], "--qa-checkpoint", paths["qa.pt"], "--no-progress"])
-    return paths
+def converted_qa(realm_qa):
+    return realm_qa
 
 
 def fixture_questions():

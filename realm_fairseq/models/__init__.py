@@ -18,7 +18,8 @@ builds one.
   config's unset fields from the weights it starts from, filling the model's towers and heads from
   ``--encoder-init``/``--retriever-init``/``--realm-init`` as it is built, embedders on their own for
   embedding a corpus, refresh snapshots; :mod:`.hf_convert` (Hugging Face BERT) and :mod:`.realm_hf`
-  (REALM's released checkpoints) convert weights.
+  (REALM's released checkpoints) convert weights; :mod:`.hf_export` writes a checkpoint's towers back as
+  Hugging Face directories (sentence-transformers embedders, transformers BERT readers).
 
 Imports go one way: :mod:`.realm` imports :mod:`.loading`, which imports :mod:`.config` and the towers.
 """

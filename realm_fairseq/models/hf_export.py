@@ -1,0 +1,303 @@
+"""Export the towers of a ``realm`` checkpoint as Hugging Face BERT and sentence-transformers directories.
+
+The inverse of :mod:`realm_fairseq.models.hf_convert`, so that a retriever and a reader trained here
+(ICT, section 3.4; REALM pre-training, sections 2-3; open-QA fine-tuning, section 3.3) can be used where
+fairseq is not. Each tower the checkpoint holds becomes a directory:
+
+- ``query_embedder/``, ``doc_embedder/`` (Embed_input, Embed_doc, section 3.2): a sentence-transformers
+  model, the BERT at its top (``Transformer``), then ``Pooling`` (``cls`` or ``mean``) and the head:
+  for ``retriever_head=realm`` a ``Dense`` with tanh (BERT's pooler), a ``Dense`` to the projection and a
+  ``LayerNorm``; for ``linear`` a ``Dense`` without activation when the tower projects; ``Normalize`` for the
+  cosine score. ``SentenceTransformer(dir).encode`` gives the tower's embeddings, which rank blocks as
+  ours do (the cosine tower's ``retriever_scale``, a temperature of p(z|x), is not exported).
+- ``reader/`` (realm_pretrain's knowledge-augmented encoder): ``BertForMaskedLM``, masked-LM head included.
+- ``span_reader/`` (realm_open_qa's reader): the encoder as a ``BertModel``; the span head has no
+  counterpart in transformers and is left out.
+
+The rows of our word embeddings are fairseq's four specials ``<s> <pad> </s> <unk>`` and then the vocab
+(:mod:`realm_fairseq.data.vocab`); BERT has one row a vocab entry. ``[CLS]``, ``[PAD]`` and ``[SEP]`` take
+the rows our sequences use for them (``<s>``, ``<pad>``, ``</s>``); ``[UNK]`` keeps the vocab's row, which
+our tokenizer emits. A block's title separator is the vocab's ``[SEP]`` row here and ``</s>``'s row in the
+export; the two start equal and training may move them apart, so the export reports how far
+(:attr:`Exported.sep_row_difference`). Positions: our row ``i + 2`` is BERT's ``i``. A tower without
+segment embeddings exports one token type of zeros. Only fairseq's Transformer as we set it up (BERT's
+layout) exports; a swapped-in encoder class or ``encoder_options`` is refused.
+"""
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from realm_fairseq.atomic_io import atomic_directory, write_json
+from realm_fairseq.data.vocab import FAIRSEQ_NSPECIAL
+from realm_fairseq.errors import InputError
+from realm_fairseq.models.config import FORM_DEFAULTS
+from realm_fairseq.models.embedder import TOWERS, tower_norm
+from realm_fairseq.models.hf_convert import _LAYER_MAP, _LM_HEAD_MAP, LM_HEAD_PREFIX
+from realm_fairseq.models.loading import _part, checkpoint_state
+
+#: fairseq activation -> HF ``hidden_act`` (both of ours compute as these do)
+FAIRSEQ_ACTIVATIONS = {"gelu": "gelu", "gelu_accurate": "gelu_new"}
+#: fairseq special row -> the BERT symbol whose row it becomes
+SPECIAL_ROWS = {0: "[CLS]", 1: "[PAD]", 2: "[SEP]"}
+#: where each tower's weights are in a checkpoint, and what it becomes
+READERS = {"reader": ("reader.", "BertForMaskedLM"), "span_reader": ("span_reader.", "BertModel")}
+ST_MODULE = "sentence_transformers.models."
+
+
+@dataclass
+class Exported:
+    """What :func:`export_checkpoint` wrote."""
+
+    out: str
+    towers: Dict[str, str] = field(default_factory=dict)  # tower -> what it became
+    #: per tower, max |row difference| between the vocab's [SEP] (a block's title separator) and </s>
+    sep_row_difference: Dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- reading a checkpoint
+
+
+def checkpoint_parts(path: str) -> (dict, dict, dict):
+    """The model config, task config and model state of a ``realm`` checkpoint."""
+    state = checkpoint_state(path)
+    cfg = state.get("cfg") or {}
+    if "model" not in state or not cfg.get("model"):
+        raise InputError(f"{path}: not a fairseq checkpoint of the realm model (no cfg.model or model weights)")
+    model_cfg, task_cfg = (OmegaConf.to_container(c) if OmegaConf.is_config(c) else dict(c or {})
+                           for c in (cfg["model"], cfg.get("task")))
+    return model_cfg, task_cfg, state["model"]
+
+
+def check_exportable(model_cfg: dict, path: str) -> None:
+    """Only fairseq's Transformer, set up as BERT by :func:`~realm_fairseq.models.encoder.encoder_args`, has a
+    BERT to export to."""
+    if model_cfg.get("encoder_class", "transformer") != "transformer":
+        raise InputError(f"{path}: its towers are {model_cfg['encoder_class']}; only fairseq's transformer "
+                         f"(encoder_class transformer, BERT's layout) exports to BERT")
+    if json.loads(model_cfg.get("encoder_options") or "{}"):
+        raise InputError(f"{path}: encoder_options {model_cfg['encoder_options']} change the transformer's "
+                         f"layout; only BERT's (no encoder_options) exports")
+
+
+def read_vocab(corpus: str) -> List[str]:
+    """The vocab a CORPUS was tokenised with: its ``dict.txt`` (vocab order, one ``token count`` a line)."""
+    path = os.path.join(corpus, "dict.txt")
+    if not os.path.isfile(path):
+        raise InputError(f"{corpus}: no dict.txt; expected the CORPUS directory the checkpoint was trained on "
+                         f"(--corpus)")
+    with open(path, encoding="utf-8") as f:
+        return [line.rsplit(" ", 1)[0] for line in f.read().splitlines()]
+
+
+def checkpoint_corpus(task_cfg: dict, path: str) -> str:
+    """The CORPUS a checkpoint's task read: ``corpus`` (realm_open_qa) or ``data`` (realm_ict, realm_pretrain)."""
+    corpus = task_cfg.get("corpus") or (task_cfg.get("data") if task_cfg.get("_name") != "realm_open_qa" else None)
+    if not corpus:
+        raise InputError(f"{path}: its task names no CORPUS; give --corpus")
+    return corpus
+
+
+# ---------------------------------------------------------------- our weights -> BERT's
+
+
+def word_rows(ours: torch.Tensor, vocab: List[str]) -> (torch.Tensor, float):
+    """Our (4 + V', C) word embeddings (or output bias, (4 + V',)) -> BERT's (V, ...) rows, and the largest
+    difference between the vocab's [SEP] row and ``</s>``'s (see the module docstring)."""
+    rows = ours[FAIRSEQ_NSPECIAL : FAIRSEQ_NSPECIAL + len(vocab)].clone()  # symbols a task added are dropped
+    for special, symbol in SPECIAL_ROWS.items():
+        rows[vocab.index(symbol)] = ours[special]
+    sep = FAIRSEQ_NSPECIAL + vocab.index("[SEP]")
+    return rows, float((ours[sep].float() - ours[2].float()).abs().max())
+
+
+def bert_encoder(state: Dict[str, torch.Tensor], num_layers: int, vocab: List[str]) -> (dict, float):
+    """A :class:`~realm_fairseq.models.encoder.TextEncoder` state dict -> BERT's (HF names, no model prefix),
+    and the [SEP] row difference of :func:`word_rows`."""
+    words, sep_difference = word_rows(state["encoder.embed_tokens.weight"], vocab)  # (V, C)
+    width = words.shape[1]
+    segments = state.get("segment_embeddings.weight", torch.zeros(1, width))  # (S, C)
+    hf = {
+        "embeddings.word_embeddings.weight": words,
+        "embeddings.position_embeddings.weight": state["encoder.embed_positions.weight"][2:],  # (P, C)
+        "embeddings.token_type_embeddings.weight": segments,
+        "embeddings.LayerNorm.weight": state["encoder.layernorm_embedding.weight"],
+        "embeddings.LayerNorm.bias": state["encoder.layernorm_embedding.bias"],
+    }
+    for i in range(num_layers):
+        for hf_name, our_name in _LAYER_MAP.items():
+            for param in ("weight", "bias"):
+                hf[f"encoder.layer.{i}.{hf_name}.{param}"] = state[f"encoder.layers.{i}.{our_name}.{param}"]
+    return hf, sep_difference
+
+
+def bert_lm_head(head: Dict[str, torch.Tensor], vocab: List[str]) -> Dict[str, torch.Tensor]:
+    """Our masked-LM head (fairseq's ``RobertaLMHead``) -> BERT's ``cls.predictions.*``, its output weights
+    tied to the word embeddings (transformers ties them on loading)."""
+    hf = {LM_HEAD_PREFIX + theirs: head[ours] for theirs, ours in _LM_HEAD_MAP.items()}
+    hf[LM_HEAD_PREFIX + "bias"], _ = word_rows(head["bias"], vocab)  # (V,)
+    return hf
+
+
+def bert_config(model_cfg: dict, state: Dict[str, torch.Tensor], vocab: List[str], architecture: str) -> dict:
+    """``config.json`` of the BERT an encoder state dict (our names) is."""
+    activation = model_cfg.get("activation_fn") or FORM_DEFAULTS["activation_fn"]
+    return {
+        "architectures": [architecture],
+        "model_type": "bert",
+        "vocab_size": len(vocab),
+        "hidden_size": model_cfg["encoder_embed_dim"],
+        "num_hidden_layers": model_cfg["encoder_layers"],
+        "num_attention_heads": model_cfg["encoder_attention_heads"],
+        "intermediate_size": model_cfg["encoder_ffn_embed_dim"],
+        "hidden_act": FAIRSEQ_ACTIVATIONS[activation],
+        "hidden_dropout_prob": model_cfg.get("dropout", 0.1),
+        "attention_probs_dropout_prob": model_cfg.get("attention_dropout", 0.1),
+        "max_position_embeddings": state["encoder.embed_positions.weight"].shape[0] - 2,
+        "type_vocab_size": state["segment_embeddings.weight"].shape[0] if "segment_embeddings.weight" in state
+        else 1,
+        "layer_norm_eps": model_cfg.get("layernorm_eps", 1e-12),
+        "initializer_range": 0.02,
+        "pad_token_id": vocab.index("[PAD]"),
+        "position_embedding_type": "absolute",
+    }
+
+
+# ---------------------------------------------------------------- writing directories
+
+
+def save_tensors(tensors: Dict[str, torch.Tensor], path: str) -> None:
+    """``tensors`` as a safetensors file, float32 (each its own contiguous copy: safetensors stores no views)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().float().contiguous().clone() for k, v in tensors.items()}, path)
+
+
+def write_bert(out: str, model_cfg: dict, encoder_state: dict, vocab: List[str], architecture: str,
+               head: Optional[dict] = None) -> float:
+    """A HF BERT directory (config, weights, vocab, tokenizer config) at ``out`` from our encoder state (and
+    masked-LM head); returns the [SEP] row difference."""
+    hf, sep_difference = bert_encoder(encoder_state, model_cfg["encoder_layers"], vocab)
+    if head is not None:
+        hf = {**{"bert." + k: v for k, v in hf.items()}, **bert_lm_head(head, vocab)}
+    config = bert_config(model_cfg, encoder_state, vocab, architecture)
+    os.makedirs(out, exist_ok=True)
+    save_tensors(hf, os.path.join(out, "model.safetensors"))
+    write_json(os.path.join(out, "config.json"), config)
+    with open(os.path.join(out, "vocab.txt"), "w", encoding="utf-8") as f:
+        f.write("".join(token + "\n" for token in vocab))
+    write_json(os.path.join(out, "tokenizer_config.json"), {
+        "tokenizer_class": "BertTokenizer", "do_lower_case": True, "strip_accents": None,
+        "tokenize_chinese_chars": True, "model_max_length": config["max_position_embeddings"],
+        "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+        "mask_token": "[MASK]"})
+    return sep_difference
+
+
+def embedder_head(model_cfg: dict, tower_state: dict, tower: str) -> List[tuple]:
+    """The sentence-transformers modules after Pooling, as (type, config, weights) for a tower's head."""
+    width = model_cfg["encoder_embed_dim"]
+    modules = []
+    if "pooler.weight" in tower_state:  # retriever_head=realm: BERT's pooler, tanh
+        modules.append(("Dense", dense_config(width, width, "torch.nn.modules.activation.Tanh"),
+                        {"linear.weight": tower_state["pooler.weight"], "linear.bias": tower_state["pooler.bias"]}))
+    if "projection.weight" in tower_state:
+        dim = tower_state["projection.weight"].shape[0]
+        modules.append(("Dense", dense_config(width, dim, "torch.nn.modules.linear.Identity"),
+                        {"linear.weight": tower_state["projection.weight"],
+                         "linear.bias": tower_state["projection.bias"]}))
+        width = dim
+    if "projection_norm.weight" in tower_state:
+        modules.append(("LayerNorm", {"dimension": width}, {"norm.weight": tower_state["projection_norm.weight"],
+                                                           "norm.bias": tower_state["projection_norm.bias"]}))
+    score = model_cfg.get("retriever_score") or "dot"
+    if tower_norm(score, 1.0, tower) > 0:
+        modules.append(("Normalize", {}, None))
+    return modules
+
+
+def dense_config(in_features: int, out_features: int, activation: str) -> dict:
+    return {"in_features": in_features, "out_features": out_features, "bias": True,
+            "activation_function": activation}
+
+
+def write_sentence_transformer(out: str, model_cfg: dict, tower_state: dict, tower: str, vocab: List[str]) -> float:
+    """A sentence-transformers directory at ``out`` for the embedder ``tower``; returns the [SEP] row
+    difference."""
+    encoder_state = {k[len("encoder."):]: v for k, v in tower_state.items() if k.startswith("encoder.")}
+    sep_difference = write_bert(out, model_cfg, encoder_state, vocab, "BertModel")
+    max_len = encoder_state["encoder.embed_positions.weight"].shape[0] - 2
+    write_json(os.path.join(out, "sentence_bert_config.json"), {"max_seq_length": max_len, "do_lower_case": False})
+    pooling = model_cfg.get("retriever_pooling") or "cls"
+    modules = [{"idx": 0, "name": "0", "path": "", "type": ST_MODULE + "Transformer"}]
+    heads = [("Pooling", pooling_config(pooling, model_cfg["encoder_embed_dim"]), None)]
+    for i, (kind, config, weights) in enumerate(heads + embedder_head(model_cfg, tower_state, tower), start=1):
+        path = f"{i}_{kind}"
+        modules.append({"idx": i, "name": str(i), "path": path, "type": ST_MODULE + kind})
+        os.makedirs(os.path.join(out, path))
+        write_json(os.path.join(out, path, "config.json"), config)
+        if weights is not None:
+            save_tensors(weights, os.path.join(out, path, "model.safetensors"))
+    write_json(os.path.join(out, "modules.json"), modules)
+    score = model_cfg.get("retriever_score") or "dot"
+    write_json(os.path.join(out, "config_sentence_transformers.json"),
+               {"similarity_fn_name": "cosine" if score == "cosine" else "dot"})
+    return sep_difference
+
+
+def pooling_config(pooling: str, width: int) -> dict:
+    return {"word_embedding_dimension": width, "pooling_mode_cls_token": pooling == "cls",
+            "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False}
+
+
+def export_checkpoint(path: str, out: str, corpus: Optional[str] = None, force: bool = False) -> Exported:
+    """Every tower of the ``realm`` checkpoint ``path`` as a directory under ``out`` (see the module
+    docstring), written to a temporary directory and renamed: ``out`` is complete or absent."""
+    model_cfg, task_cfg, state = checkpoint_parts(path)
+    check_exportable(model_cfg, path)
+    vocab = read_vocab(corpus or checkpoint_corpus(task_cfg, path))
+    exported = Exported(os.path.abspath(out))
+    with atomic_directory(out, force=force) as tmp:
+        for tower in TOWERS:
+            weights = _part(state, tower + ".")
+            if weights:
+                exported.sep_row_difference[tower] = write_sentence_transformer(
+                    os.path.join(tmp, tower), model_cfg, weights, tower, vocab)
+                exported.towers[tower] = "sentence-transformers"
+        for reader, (prefix, architecture) in READERS.items():
+            weights = _part(state, prefix)
+            if weights:
+                head = _part(weights, "lm_head.") or None
+                exported.sep_row_difference[reader] = write_bert(
+                    os.path.join(tmp, reader), model_cfg, _part(weights, "encoder."), vocab, architecture, head)
+                exported.towers[reader] = architecture
+        if not exported.towers:
+            raise InputError(f"{path}: holds no tower of the realm model (query_embedder, doc_embedder, reader, "
+                             f"span_reader)")
+        with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+            f.write(usage(path, task_cfg.get("_name"), model_cfg, exported))
+    return exported
+
+
+def usage(path: str, task: Optional[str], model_cfg: dict, exported: Exported) -> str:
+    """The README of an export: what each directory is and how to feed it text as our towers read it."""
+    pair = (model_cfg.get("doc_segments") or FORM_DEFAULTS["doc_segments"]) == "title_body"
+    score = "the cosine" if (model_cfg.get("retriever_score") or "dot") == "cosine" else "the inner product"
+    lines = [f"# Exported by realm-export-hf from {os.path.abspath(path)} ({task or 'realm'})", ""]
+    described = {
+        "query_embedder": "sentence-transformers, Embed_input: `SentenceTransformer(DIR).encode(questions)`",
+        "doc_embedder": "sentence-transformers, Embed_doc: `encode(" + (
+            "[(title, body), ...])`: title and body as a pair (REALM's segments)" if pair else
+            "[\"title [SEP] body\", ...])`: the block as one text, its title first"),
+        "reader": "transformers `BertForMaskedLM`, the knowledge-augmented encoder: `tokenizer(x, block)` with the "
+                  "block as `title [SEP] body`",
+        "span_reader": "transformers `BertModel`, the open-QA reader's encoder (its span head is not exported)",
+    }
+    lines += [f"- `{tower}/`: {described[tower]}" for tower in exported.towers]
+    lines += ["", f"A block's score is {score} of the two embeddings. BertModel's pooler is not exported "
+              f"(sentence-transformers does not use it; transformers starts it anew and says so)."]
+    return "\n".join(lines) + "\n"
