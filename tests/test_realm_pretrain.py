@@ -3,6 +3,7 @@ source block is never retrieved, one certain candidate reduces to plain masked L
 with its metrics, --retrieval-precision reaches every version searched, and a swapped-out version is let go."""
 import argparse
 import gc
+import json
 import math
 import os
 import re
@@ -22,6 +23,7 @@ from realm_fairseq.criterions.realm_mlm import RealmMlmCriterion
 from realm_fairseq.data import BlockCorpus
 from realm_fairseq.data.masking import MaskedExamplesDataset
 from realm_fairseq.models.config import RealmConfig
+from realm_fairseq.models.hf_export import export_checkpoint
 from realm_fairseq.models.reader import join_query_and_blocks
 from realm_fairseq.models.realm import RealmModel, realm_tiny
 from realm_fairseq.models.similarity import Similarity
@@ -349,3 +351,55 @@ def test_paper_config_has_the_paper_settings(tmp_path):
     assert (defaults.encoder_layers, defaults.encoder_embed_dim, defaults.encoder_attention_heads,
             defaults.encoder_ffn_embed_dim, defaults.retriever_projection_dim) == (12, 768, 12, 3072, 128)
     assert resolve_similarity(defaults) == Similarity("cls", "dot")  # REALM's, as BERT weights record
+
+
+def test_readers_of_their_own_size_beside_a_small_retriever(wiki_corpus, index_dir, minilm_weights, tmp_path):
+    """--reader-init: realm_tiny's retriever (2 layers of 64) beside a reader started from MiniLM (6 layers of
+    384). The checkpoint records the reader's shape; fine-tuning from it (--realm-init) builds its span reader in
+    that shape and fills it, and realm-export-hf writes each tower in its own."""
+    save = tmp_path / "ckpt"
+    args = pretrain_args(wiki_corpus, index_dir, "--reader-init", minilm_weights, "--retrieval-topk", "2",
+                         "--batch-size", "2", "--max-update", "2", "--disable-validation", "--save-dir", str(save))
+    log = run(["realm-train", *args], cwd=tmp_path).stdout
+    assert "num_updates 2" in log
+    state = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    shape = json.loads(state["cfg"]["model"]["reader_encoder"])
+    assert (shape["encoder_layers"], shape["encoder_embed_dim"], shape["max_positions"]) == (6, 384, 512)
+    minilm = torch.load(minilm_weights, weights_only=True)["state_dict"]
+    moved = state["model"]["reader.encoder.encoder.layers.5.fc1.weight"] - minilm["encoder.layers.5.fc1.weight"]
+    assert 0 < moved.abs().max() < 0.01  # started from MiniLM's, then trained
+    assert state["model"]["query_embedder.encoder.encoder.layers.1.fc1.weight"].shape == (128, 64)
+
+    corpus = BlockCorpus(wiki_corpus)
+    fine_tune = argparse.Namespace(realm_init=str(save / "checkpoint_last.pt"))
+    realm_tiny(fine_tune)
+    model = RealmModel.build_model(RealmConfig(**vars(fine_tune)), SimpleNamespace(source_dictionary=corpus.dictionary))
+    model.register_span_reader()
+    assert json.loads(model.cfg.reader_encoder) == shape and model.reader_cfg.encoder_layers == 6
+    read = model.span_reader.encoder.state_dict()
+    trained = {k[len("reader.encoder."):]: v for k, v in state["model"].items() if k.startswith("reader.encoder.")}
+    assert trained.keys() == read.keys() and all(torch.equal(read[k], v) for k, v in trained.items())
+
+    exported = export_checkpoint(str(save / "checkpoint_last.pt"), str(tmp_path / "hf"))
+    widths = {t: json.load(open(os.path.join(exported.out, t, "config.json")))["hidden_size"]
+              for t in exported.towers}
+    assert widths == {"query_embedder": 64, "doc_embedder": 64, "reader": 384}
+
+
+def test_reader_encoder_options_are_checked(wiki_corpus, minilm_weights, tmp_path):
+    corpus = BlockCorpus(wiki_corpus)
+
+    def build(**options):
+        args = argparse.Namespace(**options)
+        realm_tiny(args)
+        model = RealmModel.build_model(RealmConfig(**vars(args)), SimpleNamespace(source_dictionary=corpus.dictionary))
+        model.register_reader()
+        return model
+
+    assert build(reader_encoder='{"encoder_layers": 3}').reader.encoder.encoder.layers.__len__() == 3
+    with pytest.raises(ValueError, match="encoder_layer is no encoder option; expected some of encoder_class"):
+        build(reader_encoder='{"encoder_layer": 3}')
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        build(reader_encoder="[3]")
+    with pytest.raises(ValueError, match="--reader-init .* and --realm-init .* both start the readers"):
+        build(reader_init=minilm_weights, realm_init=str(tmp_path / "any.pt"))

@@ -7,6 +7,8 @@ starts from (:func:`realm_fairseq.models.loading.resolve_similarity`), so that a
 model uses. fairseq registers it under the model's name, ``realm`` (:mod:`realm_fairseq.models.realm`), and
 stores it in every checkpoint as a plain dict of these fields.
 """
+import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -19,10 +21,14 @@ from realm_fairseq.models.span_reader import SPAN_HEADS
 
 #: the options that start a model from other weights; a checkpoint's own config drops them when the model is
 #: rebuilt from the checkpoint's weights (its resolved fields already say how its towers compute)
-NO_INIT = {"encoder_init": None, "retriever_init": None, "realm_init": None}
+NO_INIT = {"encoder_init": None, "retriever_init": None, "realm_init": None, "reader_init": None}
 #: how the towers compute (see :mod:`realm_fairseq.models.realm`), each field's value when no weights say
 #: otherwise
-FORM_DEFAULTS = {"retriever_head": "linear", "doc_segments": "none", "span_head": "mlp", "activation_fn": "gelu"}
+FORM_DEFAULTS = {"retriever_head": "linear", "doc_segments": "none", "span_head": "mlp", "activation_fn": "gelu",
+                 "reader_encoder": "{}"}
+#: the encoder options a reader's weights decide (``--reader-init``): its shape, not how it trains
+READER_SHAPE = ("encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim", "encoder_attention_heads",
+                "max_positions", "num_segments", "layernorm_eps", "activation_fn")
 
 
 @dataclass
@@ -75,6 +81,38 @@ class RealmConfig(EncoderConfig):
                                 "encoder start this model (REALM fine-tuning; the reader's head starts anew), "
                                 "or REALM weights from realm-convert-hf: every part they hold"}
     )
+    reader_init: Optional[str] = field(
+        default=None, metadata={"help": "weights from realm-convert-hf (e.g. BERT with its masked-LM head) to start "
+                                "the readers from, in their own sizes (recorded as --reader-encoder), while "
+                                "--encoder-init or --retriever-init start the retriever: e.g. a small retriever, "
+                                "cheap to re-embed the corpus with, beside a large reader"}
+    )
+    reader_encoder: Optional[str] = field(
+        default=None, metadata={"help": "JSON object of the encoder options in which the readers (pre-training's "
+                                "knowledge-augmented encoder, the open-QA span reader) differ from the retriever's, "
+                                "e.g. '{\"encoder_layers\": 12, \"encoder_embed_dim\": 768, "
+                                "\"encoder_ffn_embed_dim\": 3072}' or another --encoder-class; default: the shape "
+                                "of the --reader-init weights, else the --realm-init checkpoint's, else {} (the "
+                                "readers are built as the retriever)"}
+    )
     span_hidden_dim: int = field(
         default=256, metadata={"help": "hidden size of the span reader's MLP over start and end states"}
     )
+
+
+def reader_config(cfg) -> EncoderConfig:
+    """The encoder config of the readers of a ``realm`` config: its encoder options with ``reader_encoder``
+    applied (see that field)."""
+    names = [f.name for f in dataclasses.fields(EncoderConfig) if not f.name.startswith("_")]
+    options = getattr(cfg, "reader_encoder", None) or "{}"
+    try:
+        changes = json.loads(options)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--reader-encoder {options!r}: invalid JSON ({e.msg})") from None
+    if not isinstance(changes, dict):
+        raise ValueError(f"--reader-encoder {options!r}: expected a JSON object of encoder options")
+    unknown = sorted(set(changes) - set(names))
+    if unknown:
+        raise ValueError(f"--reader-encoder: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} no encoder "
+                         f"option; expected some of {', '.join(names)}")
+    return EncoderConfig(**{name: changes.get(name, getattr(cfg, name)) for name in names})

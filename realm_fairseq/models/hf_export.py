@@ -21,7 +21,8 @@ our tokenizer emits. A block's title separator is the vocab's ``[SEP]`` row here
 export; the two start equal and training may move them apart, so the export reports how far
 (:attr:`Exported.sep_row_difference`). Positions: our row ``i + 2`` is BERT's ``i``. A tower without
 segment embeddings exports one token type of zeros. Only fairseq's Transformer as we set it up (BERT's
-layout) exports; a swapped-in encoder class or ``encoder_options`` is refused.
+layout) exports, in the readers' own sizes where ``reader_encoder`` gives them some; a swapped-in encoder
+class or ``encoder_options`` is refused.
 """
 import json
 import os
@@ -258,7 +259,9 @@ def export_checkpoint(path: str, out: str, corpus: Optional[str] = None, force: 
     """Every tower of the ``realm`` checkpoint ``path`` as a directory under ``out`` (see the module
     docstring), written to a temporary directory and renamed: ``out`` is complete or absent."""
     model_cfg, task_cfg, state = checkpoint_parts(path)
+    reader_cfg = {**model_cfg, **json.loads(model_cfg.get("reader_encoder") or "{}")}  # --reader-encoder
     check_exportable(model_cfg, path)
+    check_exportable(reader_cfg, path)
     vocab = read_vocab(corpus or checkpoint_corpus(task_cfg, path))
     exported = Exported(os.path.abspath(out))
     with atomic_directory(out, force=force) as tmp:
@@ -273,7 +276,7 @@ def export_checkpoint(path: str, out: str, corpus: Optional[str] = None, force: 
             if weights:
                 head = _part(weights, "lm_head.") or None
                 exported.sep_row_difference[reader] = write_bert(
-                    os.path.join(tmp, reader), model_cfg, _part(weights, "encoder."), vocab, architecture, head)
+                    os.path.join(tmp, reader), reader_cfg, _part(weights, "encoder."), vocab, architecture, head)
                 exported.towers[reader] = architecture
         if not exported.towers:
             raise InputError(f"{path}: holds no tower of the realm model (query_embedder, doc_embedder, reader, "

@@ -18,6 +18,7 @@ through :mod:`realm_fairseq.models.hf_convert` (BERT, sentence-transformers) and
 """
 import contextlib
 import functools
+import json
 import logging
 import os
 from dataclasses import astuple, dataclass
@@ -30,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.errors import InputError
 from realm_fairseq.models import realm_hf
-from realm_fairseq.models.config import FORM_DEFAULTS, NO_INIT, RealmConfig
+from realm_fairseq.models.config import FORM_DEFAULTS, NO_INIT, READER_SHAPE, RealmConfig
 from realm_fairseq.models.embedder import Embedder, retriever_tower, tower_norm
 from realm_fairseq.models.encoder import EncoderConfig
 from realm_fairseq.models.hf_convert import (convert_hf_bert, load_into_encoder, load_lm_head, load_weights,
@@ -67,6 +68,9 @@ def resolve_similarity(cfg) -> Similarity:
     contradicts the checkpoint the retriever starts from is refused. The fields that say how the towers
     compute are resolved the same way (:func:`resolve_form`). Tasks call this on the training config before
     building the model, so that checkpoints record what the model uses."""
+    if getattr(cfg, "reader_init", None) and cfg.realm_init:
+        raise ValueError(f"--reader-init {cfg.reader_init} and --realm-init {cfg.realm_init} both start the readers; "
+                         f"give one")
     with open_dict(cfg) if OmegaConf.is_config(cfg) else contextlib.nullcontext():
         resolve_form(cfg)
         return _resolve_similarity(cfg)
@@ -153,7 +157,9 @@ def resolve_form(cfg) -> None:
     if cfg.encoder_init:
         activation = encoder_init_weights(cfg.encoder_init)["config"].get("activation_fn") or "gelu"
         sources.append((cfg.encoder_init, {"activation_fn": activation}))
-    activations = {path: form["activation_fn"] for path, form in sources}
+    if getattr(cfg, "reader_init", None):
+        sources.insert(0, (cfg.reader_init, {"reader_encoder": reader_shape(cfg.reader_init, cfg)}))
+    activations = {path: form["activation_fn"] for path, form in sources if "activation_fn" in form}
     if len(set(activations.values())) > 1 and getattr(cfg, "activation_fn", None) is None:
         raise ValueError(f"the weights the towers start from disagree on the activation ({activations}); one "
                          f"--activation-fn serves every tower")
@@ -161,6 +167,15 @@ def resolve_form(cfg) -> None:
         if getattr(cfg, name, None) is None:
             decided = next((form[name] for _, form in sources if name in form), default)
             setattr(cfg, name, decided)
+
+
+def reader_shape(path: str, cfg) -> str:
+    """``--reader-encoder`` for readers started from the converted weights ``path`` (``--reader-init``): the
+    :data:`~realm_fairseq.models.config.READER_SHAPE` options where they differ from the retriever's."""
+    weights = dict(encoder_init_weights(path)["config"])
+    weights["activation_fn"] = weights.get("activation_fn") or FORM_DEFAULTS["activation_fn"]
+    shape = {name: weights[name] for name in READER_SHAPE if weights[name] != getattr(cfg, name, None)}
+    return json.dumps(shape, sort_keys=True)
 
 
 # ---------------------------------------------------------------- building the realm model
@@ -179,9 +194,10 @@ def start_towers(cfg, towers: Sequence[Embedder], dictionary) -> None:
 
 def start_heads(cfg, dictionary, reader=None, span_reader=None) -> None:
     """Fill the reader (masked-LM) or span reader a task registers on a model built from ``cfg``: its encoder
-    (and masked-LM head) from ``--encoder-init``, then from ``--realm-init``."""
-    if cfg.encoder_init:
-        load_encoder_init(cfg.encoder_init, [], reader, span_reader, dictionary)
+    (and masked-LM head) from ``--reader-init``, else ``--encoder-init``, then from ``--realm-init``."""
+    init = getattr(cfg, "reader_init", None) or cfg.encoder_init
+    if init:
+        load_encoder_init(init, [], reader, span_reader, dictionary)
     if cfg.realm_init:
         load_reader(reader, span_reader, cfg.realm_init, cfg, dictionary)
 

@@ -108,10 +108,10 @@ def retrieve_and_read(model, retriever: FixedIndexRetriever, finder: AnswerFinde
     lengths = src_tokens.ne(d.pad()).sum(1).cpu().numpy()  # (B,)
     blocks, block_lengths = retriever.corpus.padded_tokens(block_ids[:, :topk].reshape(-1).tolist())  # (B*K, L)
     joined, segments = join_query_and_blocks(src_tokens, blocks, block_lengths, d.pad(), d.eos(),
-                                             model.cfg.max_positions)
+                                             model.reader_cfg.max_positions)
     # (B * K, Tj): row b * K + k is question b with its k-th block
     z_start = np.repeat(lengths, topk).reshape(-1, topk)  # (B, K)
-    z_len = np.minimum(block_lengths.numpy().reshape(-1, topk), model.cfg.max_positions - z_start - 1)  # (B, K)
+    z_len = np.minimum(block_lengths.numpy().reshape(-1, topk), model.reader_cfg.max_positions - z_start - 1)  # (B, K)
     starts_word, ends_word, part = _position_flags(finder, block_ids[:, :topk], z_start, z_len, joined.shape[1])
     allowed = allowed_spans(starts_word, ends_word, part, max_span_len).to(src_tokens.device)  # (B * K, Tj, L)
     gold = None if targets is None else _gold_spans(finder, block_ids[:, :topk], z_start, z_len, targets,

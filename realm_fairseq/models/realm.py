@@ -23,7 +23,9 @@ weights the model starts from (:mod:`realm_fairseq.models.realm_hf`), else our d
 masked-LM head from BERT's when the weights have it; ``--retriever-init CKPT`` then loads both embedders
 from a ``realm_ict`` (or earlier ``realm``) checkpoint, REALM's ICT warm start (section 3.4);
 ``--realm-init CKPT`` loads both embedders and the reader's encoder from a ``realm_pretrain`` (or
-``realm_open_qa``) checkpoint, the start of fine-tuning. Both also take REALM's released weights as
+``realm_open_qa``) checkpoint, the start of fine-tuning. The readers are built as the retriever's towers
+unless ``--reader-encoder`` (or the weights ``--reader-init`` starts them from) gives them sizes or an encoder
+of their own. Both also take REALM's released weights as
 ``realm-convert-hf`` converts them: ``--retriever-init`` their embedders, ``--realm-init`` every part
 they hold (embedders, the knowledge-augmented encoder with its masked-LM head, an open-QA reader with its
 span head). The options are :class:`~realm_fairseq.models.config.RealmConfig`; resolving them and loading
@@ -37,7 +39,7 @@ from fairseq.utils import safe_getattr
 
 from realm_fairseq.data.answers import AnswerFinder
 from realm_fairseq.data.corpus import with_cls_sep_batch
-from realm_fairseq.models.config import RealmConfig
+from realm_fairseq.models.config import RealmConfig, reader_config
 from realm_fairseq.models.embedder import TOWERS, Embedder, retriever_tower
 from realm_fairseq.models.loading import resolve_similarity, start_heads, start_towers
 from realm_fairseq.models.open_qa import ReadBatch, Reading, retrieve_and_read
@@ -55,6 +57,7 @@ class RealmModel(BaseFairseqModel):
         self.dictionary = dictionary
         self.query_embedder = query_embedder
         self.doc_embedder = doc_embedder
+        self.reader_cfg = reader_config(cfg)  # the readers' encoder: the retriever's unless --reader-encoder
         self.reader: Optional[Reader] = None  # registered by the task that reads (realm_pretrain)
         self.span_reader: Optional[SpanReader] = None  # registered by realm_open_qa
         self.num_updates = 0  # from fairseq's trainer (set_num_updates), for the retriever's warm-up
@@ -73,13 +76,13 @@ class RealmModel(BaseFairseqModel):
     def register_reader(self) -> None:
         """Grow the knowledge-augmented encoder (pre-training's reader), started from the ``--encoder-init``
         and ``--realm-init`` weights when given."""
-        self.reader = Reader(self.cfg, self.dictionary)
+        self.reader = Reader(self.reader_cfg, self.dictionary)
         start_heads(self.cfg, self.dictionary, reader=self.reader)
 
     def register_span_reader(self) -> None:
         """Grow the span reader (open-domain QA), started from the ``--encoder-init`` and ``--realm-init``
         weights when given."""
-        self.span_reader = SpanReader(self.cfg, self.dictionary, self.cfg.span_hidden_dim, self.cfg.span_head)
+        self.span_reader = SpanReader(self.reader_cfg, self.dictionary, self.cfg.span_hidden_dim, self.cfg.span_head)
         start_heads(self.cfg, self.dictionary, span_reader=self.span_reader)
 
     def set_num_updates(self, num_updates: int) -> None:
@@ -113,7 +116,7 @@ class RealmModel(BaseFairseqModel):
         scores = torch.einsum("bd,bkd->bk", queries, docs.view(batch, k, -1))  # (B, K)
 
         joined, segments = join_query_and_blocks(
-            src_tokens, blocks, block_lengths, d.pad(), d.eos(), self.cfg.max_positions
+            src_tokens, blocks, block_lengths, d.pad(), d.eos(), self.reader_cfg.max_positions
         )  # (B*K, Tj) with Tj >= T
         token_mask = target.ne(d.pad())  # (B, T)
         width = src_tokens.shape[1]
