@@ -27,7 +27,7 @@ class or ``encoder_options`` is refused.
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import OmegaConf
@@ -62,7 +62,7 @@ class Exported:
 # ---------------------------------------------------------------- reading a checkpoint
 
 
-def checkpoint_parts(path: str) -> (dict, dict, dict):
+def checkpoint_parts(path: str) -> Tuple[dict, dict, dict]:
     """The model config, task config and model state of a ``realm`` checkpoint."""
     state = checkpoint_state(path)
     cfg = state.get("cfg") or {}
@@ -105,7 +105,7 @@ def checkpoint_corpus(task_cfg: dict, path: str) -> str:
 # ---------------------------------------------------------------- our weights -> BERT's
 
 
-def word_rows(ours: torch.Tensor, vocab: List[str]) -> (torch.Tensor, float):
+def word_rows(ours: torch.Tensor, vocab: List[str]) -> Tuple[torch.Tensor, float]:
     """Our (4 + V', C) word embeddings (or output bias, (4 + V',)) -> BERT's (V, ...) rows, and the largest
     difference between the vocab's [SEP] row and ``</s>``'s (see the module docstring)."""
     rows = ours[FAIRSEQ_NSPECIAL : FAIRSEQ_NSPECIAL + len(vocab)].clone()  # symbols a task added are dropped
@@ -115,7 +115,7 @@ def word_rows(ours: torch.Tensor, vocab: List[str]) -> (torch.Tensor, float):
     return rows, float((ours[sep].float() - ours[2].float()).abs().max())
 
 
-def bert_encoder(state: Dict[str, torch.Tensor], num_layers: int, vocab: List[str]) -> (dict, float):
+def bert_encoder(state: Dict[str, torch.Tensor], num_layers: int, vocab: List[str]) -> Tuple[dict, float]:
     """A :class:`~realm_fairseq.models.encoder.TextEncoder` state dict -> BERT's (HF names, no model prefix),
     and the [SEP] row difference of :func:`word_rows`."""
     words, sep_difference = word_rows(state["encoder.embed_tokens.weight"], vocab)  # (V, C)
