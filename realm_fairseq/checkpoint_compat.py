@@ -19,6 +19,7 @@ fairseq's legacy ``argparse.Namespace`` configs (its argparse models, such as Ro
 weights-only loading.
 """
 import argparse
+import json
 import logging
 import os
 
@@ -116,13 +117,27 @@ def check_encoder_classes(state: dict, path: str, arg_overrides: dict) -> None:
 
     model = (state.get("cfg") or {}).get("model") or state.get("args")
     fields = vars(model) if isinstance(model, argparse.Namespace) else dict(model or {})
-    for key, name in fields.items():
-        if key.endswith("encoder_class") and key not in arg_overrides and isinstance(name, str) \
-                and untrusted_encoder_class(name):
+    for key, name in encoder_classes(fields, arg_overrides):
+        if untrusted_encoder_class(name):
             raise CheckpointError(
                 f"{path}: its {key} {name!r} is not one of this plugin's encoders, and loading it would import "
                 f"{name.partition(':')[0]}; if you trust that module, import it first (--user-dir) or list "
                 f"{name} in ${TRUSTED_ENV}")
+
+
+def encoder_classes(fields: dict, arg_overrides: dict):
+    """(option, class name) of every encoder class a saved model config names and the user does not override:
+    ``*encoder_class`` options, and ``encoder_class`` inside the readers' ``reader_encoder`` JSON."""
+    for key, name in fields.items():
+        if key.endswith("encoder_class") and key not in arg_overrides and isinstance(name, str):
+            yield key, name
+    readers = fields.get("reader_encoder") if "reader_encoder" not in arg_overrides else None
+    try:
+        name = json.loads(readers).get("encoder_class") if isinstance(readers, str) else None
+    except (json.JSONDecodeError, AttributeError):  # not a JSON object: building the model says so
+        name = None
+    if isinstance(name, str):
+        yield "reader_encoder's encoder_class", name
 
 
 def load_checkpoint(cfg, trainer, **passthrough_args):

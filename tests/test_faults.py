@@ -216,6 +216,16 @@ def test_a_checkpoint_names_no_encoder_class_that_would_import_code(trained, tmp
     assert overridden["cfg"]["model"]["encoder_class"] == "transformer"
     monkeypatch.setenv("REALM_TRUSTED_ENCODER_CLASSES", f"{module}:Encoder")
     assert checkpoint_utils.load_checkpoint_to_cpu(path)["cfg"]["model"]["encoder_class"] == f"{module}:Encoder"
+    monkeypatch.delenv("REALM_TRUSTED_ENCODER_CLASSES")
+    # the readers' own encoder class, inside --reader-encoder's JSON
+    state["cfg"]["model"]["encoder_class"] = "transformer"
+    state["cfg"]["model"]["reader_encoder"] = json.dumps({"encoder_class": f"{module}:Encoder"})
+    checkpoints.save_state(state, path)
+    with pytest.raises(CheckpointError, match=f"foreign.pt: its reader_encoder's encoder_class '{module}:Encoder' "
+                                              f"is not one of this plugin's encoders"):
+        checkpoint_utils.load_checkpoint_to_cpu(path)
+    assert not (tmp_path / "imported").exists() and module not in sys.modules
+    assert checkpoint_utils.load_checkpoint_to_cpu(path, arg_overrides={"reader_encoder": "{}"})
 
 
 def test_saves_are_committed_by_rename(tmp_path):
