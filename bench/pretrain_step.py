@@ -189,7 +189,7 @@ def main():
     joined = {}
     for b in batches:
         src = b["net_input"]["src_tokens"]
-        tokens, segments = join_query_and_blocks(src, *candidates(b), d.pad(), d.eos(), model.cfg.max_positions)
+        tokens, segments = join_query_and_blocks(src, *candidates(b), d.pad(), d.eos(), model.reader_cfg.max_positions)
         target = b["target"].repeat_interleave(retriever.num_candidates, 0)
         masked = torch.zeros(tokens.shape, dtype=torch.bool, device=device)
         masked[:, : src.shape[1]] = target.ne(d.pad())

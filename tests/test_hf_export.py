@@ -28,7 +28,7 @@ from realm_fairseq.models.embedder import title_body_segments
 from realm_fairseq.models.hf_convert import convert_hf_bert
 from realm_fairseq.models.hf_export import export_checkpoint
 from realm_fairseq.models.loading import snapshot_state
-from realm_fairseq.models.realm import RealmModel, realm_minilm
+from realm_fairseq.models.realm import RealmModel, realm_minilm, realm_tiny
 
 from conftest import SQUAD_DEV, hide_torchaudio, run
 
@@ -214,3 +214,24 @@ def test_the_command_writes_a_readme_keeps_what_exists_and_refuses_other_encoder
     assert refused.returncode != 0 and "LightConvEncoder" in refused.stderr and "only fairseq's transformer" in \
         refused.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_tower_without_segments_reads_text_and_pairs_alike(wiki_corpus, tmp_path, monkeypatch):
+    """An ICT retriever on fairseq's transformer without segment embeddings (--num-segments 0) exports two token
+    types of zeros: sentence-transformers' pairs (title, body), whose body is type 1, read as the text does."""
+    corpus = BlockCorpus(wiki_corpus)
+    args = argparse.Namespace(num_segments=0, dropout=0.0, attention_dropout=0.0)
+    realm_tiny(args)
+    torch.manual_seed(0)
+    task = types.SimpleNamespace(source_dictionary=corpus.dictionary)
+    model = RealmModel.build_model(RealmConfig(**vars(args)), task)
+    save_checkpoint(model, str(tmp_path / "ict.pt"), {"_name": "realm_ict", "data": wiki_corpus})
+    exported = export_checkpoint(str(tmp_path / "ict.pt"), str(tmp_path / "hf"))
+    assert exported.towers == {"query_embedder": "sentence-transformers", "doc_embedder": "sentence-transformers"}
+    hide_torchaudio(monkeypatch)
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(os.path.join(exported.out, "doc_embedder"), device="cpu")
+    blocks = [corpus.block(i) for i in range(0, 400, 50)]
+    texts, pairs = [f"{b.title} [SEP] {b.text}" for b in blocks], [(b.title, b.text) for b in blocks]
+    assert (torch.from_numpy(st.encode(pairs)) - torch.from_numpy(st.encode(texts))).abs().max() < TOL

@@ -2,6 +2,7 @@
 source block is never retrieved, one certain candidate reduces to plain masked LM, fairseq-train runs it
 with its metrics, --retrieval-precision reaches every version searched, and a swapped-out version is let go."""
 import argparse
+import dataclasses
 import gc
 import json
 import math
@@ -33,7 +34,7 @@ from realm_fairseq.retrieval.mips import MipsIndex
 from realm_fairseq.retrieval.retriever import Retriever
 from realm_fairseq.retrieval.versions import IndexStore
 
-from conftest import BIN, ROOT, free_port, run
+from conftest import BIN, ROOT, free_port, hide_torchaudio, run
 
 
 @pytest.fixture(scope="module")
@@ -353,7 +354,8 @@ def test_paper_config_has_the_paper_settings(tmp_path):
     assert resolve_similarity(defaults) == Similarity("cls", "dot")  # REALM's, as BERT weights record
 
 
-def test_readers_of_their_own_size_beside_a_small_retriever(wiki_corpus, index_dir, minilm_weights, tmp_path):
+def test_readers_of_their_own_size_beside_a_small_retriever(wiki_corpus, index_dir, minilm_weights, tmp_path,
+                                                            monkeypatch):
     """--reader-init: realm_tiny's retriever (2 layers of 64) beside a reader started from MiniLM (6 layers of
     384). The checkpoint records the reader's shape; fine-tuning from it (--realm-init) builds its span reader in
     that shape and fills it, and realm-export-hf writes each tower in its own."""
@@ -381,9 +383,25 @@ def test_readers_of_their_own_size_beside_a_small_retriever(wiki_corpus, index_d
     assert trained.keys() == read.keys() and all(torch.equal(read[k], v) for k, v in trained.items())
 
     exported = export_checkpoint(str(save / "checkpoint_last.pt"), str(tmp_path / "hf"))
-    widths = {t: json.load(open(os.path.join(exported.out, t, "config.json")))["hidden_size"]
-              for t in exported.towers}
-    assert widths == {"query_embedder": 64, "doc_embedder": 64, "reader": 384}
+    shapes = {t: [json.load(open(os.path.join(exported.out, t, "config.json")))[k] for k in
+                  ("num_hidden_layers", "hidden_size", "max_position_embeddings")] for t in exported.towers}
+    assert shapes == {"query_embedder": [2, 64, 320], "doc_embedder": [2, 64, 320], "reader": [6, 384, 512]}
+    hide_torchaudio(monkeypatch)
+    from transformers import BertForMaskedLM
+
+    pretrained = RealmModel.build_model(dataclasses.replace(model.cfg, realm_init=None),
+                                        SimpleNamespace(source_dictionary=corpus.dictionary))
+    pretrained.register_reader()
+    pretrained.load_state_dict(state["model"])
+    tokens = corpus.tokens(7)[:60]  # title [SEP] body: the title's [SEP] read as the closing one, as exported
+    tokens = tokens.masked_fill(tokens == corpus.dictionary.index("[SEP]"), corpus.dictionary.eos())
+    ids = torch.cat([torch.tensor([101]), torch.where(tokens == 2, 102, tokens - 4), torch.tensor([102])])[None]
+    with torch.no_grad():
+        ours = pretrained.eval().reader(torch.cat([torch.tensor([0]), tokens, torch.tensor([2])])[None],
+                                        torch.zeros_like(ids))[..., 4:]  # (1, T, V): BERT's columns
+        theirs = BertForMaskedLM.from_pretrained(os.path.join(exported.out, "reader")).eval()(ids).logits
+    columns = [i for i in range(theirs.shape[-1]) if i not in (0, 101, 102)]  # the specials' rows are aliased
+    assert (ours[..., columns] - theirs[..., columns]).abs().max() < 1e-4
 
 
 def test_reader_encoder_options_are_checked(wiki_corpus, minilm_weights, tmp_path):
@@ -403,3 +421,10 @@ def test_reader_encoder_options_are_checked(wiki_corpus, minilm_weights, tmp_pat
         build(reader_encoder="[3]")
     with pytest.raises(ValueError, match="--reader-init .* and --realm-init .* both start the readers"):
         build(reader_init=minilm_weights, realm_init=str(tmp_path / "any.pt"))
+    with pytest.raises(ValueError, match="encoder_layers is '12'; expected int"):
+        build(reader_encoder='{"encoder_layers": "12"}')
+    with pytest.raises(ValueError, match=r"minilm.pt does not fit the readers: encoder_layers 3 \(the weights: 6\).*"
+                                         r"--reader-encoder \{\"encoder_layers\": 3\}"):
+        build(encoder_init=minilm_weights, retriever_projection_dim=0, encoder_layers=6, encoder_embed_dim=384,
+              encoder_ffn_embed_dim=1536, encoder_attention_heads=12, max_positions=512,
+              reader_encoder='{"encoder_layers": 3}')

@@ -27,8 +27,12 @@ NO_INIT = {"encoder_init": None, "retriever_init": None, "realm_init": None, "re
 FORM_DEFAULTS = {"retriever_head": "linear", "doc_segments": "none", "span_head": "mlp", "activation_fn": "gelu",
                  "reader_encoder": "{}"}
 #: the encoder options a reader's weights decide (``--reader-init``): its shape, not how it trains
-READER_SHAPE = ("encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim", "encoder_attention_heads",
-                "max_positions", "num_segments", "layernorm_eps", "activation_fn")
+READER_SHAPE = ("encoder_class", "encoder_arch", "encoder_options", "encoder_layers", "encoder_embed_dim",
+                "encoder_ffn_embed_dim", "encoder_attention_heads", "max_positions", "num_segments", "layernorm_eps",
+                "activation_fn")
+#: those of them weights cannot be loaded across (the others change how the same weights compute)
+SHAPE_CHECKED = ("encoder_class", "encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim",
+                 "encoder_attention_heads", "max_positions", "num_segments")
 
 
 @dataclass
@@ -115,4 +119,19 @@ def reader_config(cfg) -> EncoderConfig:
     if unknown:
         raise ValueError(f"--reader-encoder: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} no encoder "
                          f"option; expected some of {', '.join(names)}")
+    defaults = EncoderConfig()
+    for name, value in changes.items():
+        expected = _option_type(getattr(defaults, name))
+        if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+            raise ValueError(f"--reader-encoder: {name} is {value!r}; expected "
+                             f"{' or '.join(t.__name__ for t in expected)}")
     return EncoderConfig(**{name: changes.get(name, getattr(cfg, name)) for name in names})
+
+
+def _option_type(default) -> tuple:
+    """The JSON types an encoder option with this default takes (a float option also takes an integer)."""
+    if default is None or isinstance(default, str):
+        return (str, type(None)) if default is None else (str,)
+    if isinstance(default, bool):
+        return (bool,)
+    return (int, float) if isinstance(default, float) else (int,)

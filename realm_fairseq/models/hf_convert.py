@@ -289,7 +289,8 @@ def load_weights(path: str) -> dict:
     weights = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     if isinstance(weights, dict) and weights.get("format") == REALM_WEIGHTS_FORMAT:
         raise InputError(f"{path}: holds REALM weights, which start a model with --retriever-init (embedders) or "
-                         f"--realm-init (every part); --encoder-init and --hf take weights converted from BERT")
+                         f"--realm-init (every part); --encoder-init, --reader-init and --hf take weights "
+                         f"converted from BERT")
     if not isinstance(weights, dict) or weights.get("format") != WEIGHTS_FORMAT:
         raise InputError(f"{path}: not a weights file from realm-convert-hf")
     if "retriever" not in weights:

@@ -20,12 +20,13 @@ the rows our sequences use for them (``<s>``, ``<pad>``, ``</s>``); ``[UNK]`` ke
 our tokenizer emits. A block's title separator is the vocab's ``[SEP]`` row here and ``</s>``'s row in the
 export; the two start equal and training may move them apart, so the export reports how far
 (:attr:`Exported.sep_row_difference`). Positions: our row ``i + 2`` is BERT's ``i``. A tower without
-segment embeddings exports one token type of zeros. Only fairseq's Transformer as we set it up (BERT's
+segment embeddings exports two token types of zeros. Only fairseq's Transformer as we set it up (BERT's
 layout) exports, in the readers' own sizes where ``reader_encoder`` gives them some; a swapped-in encoder
 class or ``encoder_options`` is refused.
 """
 import json
 import os
+from types import SimpleNamespace
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -35,9 +36,10 @@ from omegaconf import OmegaConf
 from realm_fairseq.atomic_io import atomic_directory, write_json
 from realm_fairseq.data.vocab import FAIRSEQ_NSPECIAL
 from realm_fairseq.errors import InputError
-from realm_fairseq.models.config import FORM_DEFAULTS
+from realm_fairseq.models.config import FORM_DEFAULTS, reader_config
 from realm_fairseq.models.embedder import TOWERS, tower_norm
-from realm_fairseq.models.hf_convert import _LAYER_MAP, _LM_HEAD_MAP, LM_HEAD_PREFIX
+from realm_fairseq.models.encoder import EncoderConfig
+from realm_fairseq.models.hf_convert import _LAYER_MAP, _LM_HEAD_MAP, LM_HEAD_PREFIX, config_dict
 from realm_fairseq.models.loading import _part, checkpoint_state
 
 #: fairseq activation -> HF ``hidden_act`` (both of ours compute as these do)
@@ -84,6 +86,15 @@ def check_exportable(model_cfg: dict, path: str) -> None:
                          f"layout; only BERT's (no encoder_options) exports")
 
 
+def readers_config(model_cfg: dict, path: str) -> dict:
+    """A saved model config with the readers' own encoder options (``reader_encoder``) in place."""
+    try:
+        readers = reader_config(SimpleNamespace(**{**config_dict(EncoderConfig()), **model_cfg}))
+    except ValueError as e:
+        raise InputError(f"{path}: {e}") from None
+    return {**model_cfg, **config_dict(readers)}
+
+
 def read_vocab(corpus: str) -> List[str]:
     """The vocab a CORPUS was tokenised with: its ``dict.txt`` (vocab order, one ``token count`` a line)."""
     path = os.path.join(corpus, "dict.txt")
@@ -108,6 +119,10 @@ def checkpoint_corpus(task_cfg: dict, path: str) -> str:
 def word_rows(ours: torch.Tensor, vocab: List[str]) -> Tuple[torch.Tensor, float]:
     """Our (4 + V', C) word embeddings (or output bias, (4 + V',)) -> BERT's (V, ...) rows, and the largest
     difference between the vocab's [SEP] row and ``</s>``'s (see the module docstring)."""
+    if len(ours) < FAIRSEQ_NSPECIAL + len(vocab):
+        raise InputError(f"the checkpoint has {len(ours)} rows of word embeddings, fewer than the {len(vocab)} of "
+                         f"the vocab plus fairseq's {FAIRSEQ_NSPECIAL} specials: give the CORPUS it was trained on "
+                         f"(--corpus)")
     rows = ours[FAIRSEQ_NSPECIAL : FAIRSEQ_NSPECIAL + len(vocab)].clone()  # symbols a task added are dropped
     for special, symbol in SPECIAL_ROWS.items():
         rows[vocab.index(symbol)] = ours[special]
@@ -120,7 +135,7 @@ def bert_encoder(state: Dict[str, torch.Tensor], num_layers: int, vocab: List[st
     and the [SEP] row difference of :func:`word_rows`."""
     words, sep_difference = word_rows(state["encoder.embed_tokens.weight"], vocab)  # (V, C)
     width = words.shape[1]
-    segments = state.get("segment_embeddings.weight", torch.zeros(1, width))  # (S, C)
+    segments = state.get("segment_embeddings.weight", torch.zeros(2, width))  # (S, C); none: both types add 0
     hf = {
         "embeddings.word_embeddings.weight": words,
         "embeddings.position_embeddings.weight": state["encoder.embed_positions.weight"][2:],  # (P, C)
@@ -159,7 +174,7 @@ def bert_config(model_cfg: dict, state: Dict[str, torch.Tensor], vocab: List[str
         "attention_probs_dropout_prob": model_cfg.get("attention_dropout", 0.1),
         "max_position_embeddings": state["encoder.embed_positions.weight"].shape[0] - 2,
         "type_vocab_size": state["segment_embeddings.weight"].shape[0] if "segment_embeddings.weight" in state
-        else 1,
+        else 2,
         "layer_norm_eps": model_cfg.get("layernorm_eps", 1e-12),
         "initializer_range": 0.02,
         "pad_token_id": vocab.index("[PAD]"),
@@ -259,7 +274,7 @@ def export_checkpoint(path: str, out: str, corpus: Optional[str] = None, force: 
     """Every tower of the ``realm`` checkpoint ``path`` as a directory under ``out`` (see the module
     docstring), written to a temporary directory and renamed: ``out`` is complete or absent."""
     model_cfg, task_cfg, state = checkpoint_parts(path)
-    reader_cfg = {**model_cfg, **json.loads(model_cfg.get("reader_encoder") or "{}")}  # --reader-encoder
+    reader_cfg = readers_config(model_cfg, path)
     check_exportable(model_cfg, path)
     check_exportable(reader_cfg, path)
     vocab = read_vocab(corpus or checkpoint_corpus(task_cfg, path))

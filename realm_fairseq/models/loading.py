@@ -31,11 +31,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.errors import InputError
 from realm_fairseq.models import realm_hf
-from realm_fairseq.models.config import FORM_DEFAULTS, NO_INIT, READER_SHAPE, RealmConfig
+from realm_fairseq.models.config import (FORM_DEFAULTS, NO_INIT, READER_SHAPE, SHAPE_CHECKED, RealmConfig,
+                                        reader_config)
 from realm_fairseq.models.embedder import Embedder, retriever_tower, tower_norm
 from realm_fairseq.models.encoder import EncoderConfig
-from realm_fairseq.models.hf_convert import (convert_hf_bert, load_into_encoder, load_lm_head, load_weights,
-                                               weights_similarity)
+from realm_fairseq.models.hf_convert import (config_dict, convert_hf_bert, load_into_encoder, load_lm_head,
+                                               load_weights, weights_similarity)
 from realm_fairseq.models.similarity import REALM_SIMILARITY, Similarity, resolve_retriever_config
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def resolve_similarity(cfg) -> Similarity:
                          f"give one")
     with open_dict(cfg) if OmegaConf.is_config(cfg) else contextlib.nullcontext():
         resolve_form(cfg)
+        reader_config(cfg)  # a bad --reader-encoder is named before any tower is built
         return _resolve_similarity(cfg)
 
 
@@ -157,25 +159,44 @@ def resolve_form(cfg) -> None:
     if cfg.encoder_init:
         activation = encoder_init_weights(cfg.encoder_init)["config"].get("activation_fn") or "gelu"
         sources.append((cfg.encoder_init, {"activation_fn": activation}))
-    if getattr(cfg, "reader_init", None):
-        sources.insert(0, (cfg.reader_init, {"reader_encoder": reader_shape(cfg.reader_init, cfg)}))
     activations = {path: form["activation_fn"] for path, form in sources if "activation_fn" in form}
     if len(set(activations.values())) > 1 and getattr(cfg, "activation_fn", None) is None:
         raise ValueError(f"the weights the towers start from disagree on the activation ({activations}); one "
-                         f"--activation-fn serves every tower")
+                         f"--activation-fn serves every tower (the readers' own: --reader-init)")
+    reader_init = getattr(cfg, "reader_init", None)
     for name, default in FORM_DEFAULTS.items():
-        if getattr(cfg, name, None) is None:
+        if getattr(cfg, name, None) is None and not (name == "reader_encoder" and reader_init):
             decided = next((form[name] for _, form in sources if name in form), default)
             setattr(cfg, name, decided)
+    if getattr(cfg, "reader_encoder", None) is None:  # against the retriever's options, resolved above
+        cfg.reader_encoder = json.dumps(reader_shape(reader_init, cfg), sort_keys=True)
 
 
-def reader_shape(path: str, cfg) -> str:
+def weights_shape(path: str) -> dict:
+    """The :data:`~realm_fairseq.models.config.READER_SHAPE` options of converted weights (``--encoder-init``,
+    ``--reader-init``), as the encoder they were converted for has them."""
+    config = {**config_dict(EncoderConfig()), **encoder_init_weights(path)["config"]}
+    config["activation_fn"] = config["activation_fn"] or FORM_DEFAULTS["activation_fn"]
+    return {name: config[name] for name in READER_SHAPE}
+
+
+def reader_shape(path: str, cfg) -> dict:
     """``--reader-encoder`` for readers started from the converted weights ``path`` (``--reader-init``): the
-    :data:`~realm_fairseq.models.config.READER_SHAPE` options where they differ from the retriever's."""
-    weights = dict(encoder_init_weights(path)["config"])
-    weights["activation_fn"] = weights.get("activation_fn") or FORM_DEFAULTS["activation_fn"]
-    shape = {name: weights[name] for name in READER_SHAPE if weights[name] != getattr(cfg, name, None)}
-    return json.dumps(shape, sort_keys=True)
+    options of their shape that differ from the retriever's."""
+    return {name: value for name, value in weights_shape(path).items() if value != getattr(cfg, name, None)}
+
+
+def check_reader_shape(path: str, cfg) -> None:
+    """Refuse to start the readers from weights of another shape than ``--reader-encoder`` gives them, with
+    the options that differ (rather than a tensor size mismatch)."""
+    readers = reader_config(cfg)
+    wrong = [f"{name} {getattr(readers, name)} (the weights: {value})" for name, value in weights_shape(path).items()
+             if name in SHAPE_CHECKED and value != getattr(readers, name)]
+    if wrong:
+        raise ValueError(f"{path} does not fit the readers: {'; '.join(wrong)}; --reader-encoder "
+                         f"{cfg.reader_encoder} gives them their shape: start them with --reader-init WEIGHTS of "
+                         f"that shape, or leave --reader-encoder unset to take these weights' shape with "
+                         f"--reader-init {path}")
 
 
 # ---------------------------------------------------------------- building the realm model
@@ -197,6 +218,7 @@ def start_heads(cfg, dictionary, reader=None, span_reader=None) -> None:
     (and masked-LM head) from ``--reader-init``, else ``--encoder-init``, then from ``--realm-init``."""
     init = getattr(cfg, "reader_init", None) or cfg.encoder_init
     if init:
+        check_reader_shape(init, cfg)
         load_encoder_init(init, [], reader, span_reader, dictionary)
     if cfg.realm_init:
         load_reader(reader, span_reader, cfg.realm_init, cfg, dictionary)

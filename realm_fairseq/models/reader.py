@@ -33,7 +33,8 @@ def join_query_and_blocks(
     ends = query_lengths + block_lengths  # (N,): where the closing [SEP] goes
     longest, width = torch.stack([query_lengths.max(), ends.max() + 1]).tolist()
     if longest + 1 > max_positions:
-        raise ValueError(f"a query of {longest} tokens does not fit --max-positions {max_positions}")
+        raise ValueError(f"a query of {longest} tokens does not fit the reader's {max_positions} positions "
+                         f"(--max-positions, or the readers' own in --reader-encoder)")
     positions = torch.arange(width, device=device).expand(len(ends), width)  # (N, T)
     in_query = positions < query_lengths[:, None]
     from_query = queries.repeat_interleave(k, 0).gather(1, positions.clamp(max=queries.shape[1] - 1))
