@@ -43,7 +43,7 @@ def test_joined_inputs_put_each_block_after_its_query_and_fit(dictionary):
     assert tokens[3, :5].tolist() == [0, 20, 2, 40, 2]
     assert segments[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0] and segments[1].sum() == 8
     assert segments[2].tolist() == [0, 0, 0, 1] + [0] * 8
-    with pytest.raises(ValueError, match="does not fit --max-positions 3"):
+    with pytest.raises(ValueError, match=r"does not fit the reader.s 3 positions \(--max-positions, or"):
         join_query_and_blocks(queries[:1], *padded([[5]], pad), pad, eos, max_positions=3)
 
 
