@@ -8,14 +8,13 @@ model uses. fairseq registers it under the model's name, ``realm`` (:mod:`realm_
 stores it in every checkpoint as a plain dict of these fields.
 """
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Optional
 
 from fairseq.dataclass import ChoiceEnum
 
 from realm_fairseq.models.embedder import DOC_SEGMENTS, HEADS
-from realm_fairseq.models.encoder import EncoderConfig
+from realm_fairseq.models.encoder import EncoderConfig, json_options
 from realm_fairseq.models.similarity import POOLINGS, SCORES
 from realm_fairseq.models.span_reader import SPAN_HEADS
 
@@ -108,13 +107,7 @@ def reader_config(cfg) -> EncoderConfig:
     """The encoder config of the readers of a ``realm`` config: its encoder options with ``reader_encoder``
     applied (see that field)."""
     names = [f.name for f in dataclasses.fields(EncoderConfig) if not f.name.startswith("_")]
-    options = getattr(cfg, "reader_encoder", None) or "{}"
-    try:
-        changes = json.loads(options)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--reader-encoder {options!r}: invalid JSON ({e.msg})") from None
-    if not isinstance(changes, dict):
-        raise ValueError(f"--reader-encoder {options!r}: expected a JSON object of encoder options")
+    changes = json_options(getattr(cfg, "reader_encoder", None) or "{}", "--reader-encoder")
     unknown = sorted(set(changes) - set(names))
     if unknown:
         raise ValueError(f"--reader-encoder: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} no encoder "

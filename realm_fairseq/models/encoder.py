@@ -119,6 +119,18 @@ def activation(cfg) -> str:
     return getattr(cfg, "activation_fn", None) or "gelu"
 
 
+def json_options(text: str, flag: str) -> dict:
+    """Encoder options given as a JSON object (``encoder_options``, ``--reader-encoder``); a ValueError naming
+    ``flag`` otherwise."""
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{flag} {text!r}: invalid JSON ({e.msg})") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"{flag} {text!r}: expected a JSON object of encoder options")
+    return options
+
+
 def encoder_args(cfg: EncoderConfig) -> argparse.Namespace:
     """The legacy argparse options fairseq encoders are built from, BERT-style."""
     args = argparse.Namespace(
@@ -138,13 +150,7 @@ def encoder_args(cfg: EncoderConfig) -> argparse.Namespace:
         encoder_layerdrop=0.0,
         checkpoint_activations=bool(getattr(cfg, "checkpoint_activations", False)),
     )
-    try:
-        options = json.loads(cfg.encoder_options)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"encoder_options {cfg.encoder_options!r}: invalid JSON ({e.msg})") from None
-    if not isinstance(options, dict):
-        raise ValueError(f"encoder_options {cfg.encoder_options!r}: expected a JSON object")
-    vars(args).update(options)
+    vars(args).update(json_options(cfg.encoder_options, "encoder_options"))
     if cfg.encoder_arch is not None:
         if cfg.encoder_arch not in ARCH_CONFIG_REGISTRY:
             raise ValueError(f"encoder_arch {cfg.encoder_arch!r} is not a registered fairseq architecture")

@@ -31,7 +31,7 @@ tokenizer of :mod:`realm_fairseq.data.vocab` lower-cases. REALM's own checkpoint
 import dataclasses
 import json
 import os
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 from fairseq.data import Dictionary
@@ -49,7 +49,7 @@ SPECIAL_ALIASES = ("[CLS]", "[PAD]", "[SEP]", "[UNK]")
 #: HF ``hidden_act`` -> fairseq activation
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_accurate", "gelu_pytorch_tanh": "gelu_accurate"}
 #: BERT's masked-LM head, HF key (after ``cls.predictions.``) -> key of fairseq's ``RobertaLMHead``
-_LM_HEAD_MAP = {
+LM_HEAD_MAP = {
     "transform.dense.weight": "dense.weight",
     "transform.dense.bias": "dense.bias",
     "transform.LayerNorm.weight": "layer_norm.weight",
@@ -67,6 +67,21 @@ _LAYER_MAP = {
     "output.dense": "fc2",
     "output.LayerNorm": "final_layer_norm",
 }
+
+
+#: BERT's embedding LayerNorm -> ours
+_EMBEDDING_NORM = {"embeddings.LayerNorm.weight": "encoder.layernorm_embedding.weight",
+                   "embeddings.LayerNorm.bias": "encoder.layernorm_embedding.bias"}
+
+
+def copied_keys(num_layers: int) -> Iterator[Tuple[str, str]]:
+    """(BERT key, our key) of the encoder weights that convert as they are, either way: the embedding
+    LayerNorm and every layer's weights (all but the word, position and segment embeddings)."""
+    yield from _EMBEDDING_NORM.items()
+    for i in range(num_layers):
+        for hf_name, our_name in _LAYER_MAP.items():
+            for param in ("weight", "bias"):
+                yield f"encoder.layer.{i}.{hf_name}.{param}", f"encoder.layers.{i}.{our_name}.{param}"
 
 
 def dictionary_for(vocab: Vocab) -> Dictionary:
@@ -185,14 +200,9 @@ def bert_encoder_to_ours(hf: Dict[str, torch.Tensor], vocab: Vocab, num_layers: 
     ours = {
         "encoder.embed_tokens.weight": with_specials(words, vocab),  # (4 + V, C)
         "encoder.embed_positions.weight": torch.cat([positions.new_zeros(2, positions.shape[1]), positions]),
-        "encoder.layernorm_embedding.weight": take("embeddings.LayerNorm.weight"),
-        "encoder.layernorm_embedding.bias": take("embeddings.LayerNorm.bias"),
         "segment_embeddings.weight": take("embeddings.token_type_embeddings.weight"),
     }
-    for i in range(num_layers):
-        for hf_name, our_name in _LAYER_MAP.items():
-            for param in ("weight", "bias"):
-                ours[f"encoder.layers.{i}.{our_name}.{param}"] = take(f"encoder.layer.{i}.{hf_name}.{param}")
+    ours.update({our_key: take(hf_key) for hf_key, our_key in copied_keys(num_layers)})
     return ours
 
 
@@ -202,15 +212,15 @@ def lm_head_to_ours(hf: Dict[str, torch.Tensor], vocab: Vocab, words: torch.Tens
     its output weights (tied to ``words``, the (V, C) word embeddings); None if ``hf`` holds no head."""
     if not any(k.startswith(LM_HEAD_PREFIX) for k in hf):
         return None
-    missing = [LM_HEAD_PREFIX + k for k in [*_LM_HEAD_MAP, "bias"] if LM_HEAD_PREFIX + k not in hf]
+    missing = [LM_HEAD_PREFIX + k for k in [*LM_HEAD_MAP, "bias"] if LM_HEAD_PREFIX + k not in hf]
     if missing:
         raise InputError(f"{where}: its masked-LM head lacks {missing[0]!r}; expected BERT's cls.predictions.* "
-                         f"({', '.join(['bias', *_LM_HEAD_MAP])})")
+                         f"({', '.join(['bias', *LM_HEAD_MAP])})")
     decoder = hf.get(LM_HEAD_PREFIX + "decoder.weight")
     if decoder is not None and not torch.equal(decoder.float(), words.float()):
         raise InputError(f"{where}: {LM_HEAD_PREFIX}decoder.weight differs from the word embeddings; only "
                          f"a masked-LM head tied to them (as BERT's) converts")
-    head = {ours: hf[LM_HEAD_PREFIX + theirs].float() for theirs, ours in _LM_HEAD_MAP.items()}
+    head = {ours: hf[LM_HEAD_PREFIX + theirs].float() for theirs, ours in LM_HEAD_MAP.items()}
     bias = hf[LM_HEAD_PREFIX + "bias"].float()  # (V,)
     if bias.shape != (len(vocab),):
         raise InputError(f"{where}: {LM_HEAD_PREFIX}bias has shape {tuple(bias.shape)}, expected "

@@ -24,13 +24,13 @@ segment embeddings exports two token types of zeros. Only fairseq's Transformer 
 layout) exports, in the readers' own sizes where ``reader_encoder`` gives them some; a swapped-in encoder
 class or ``encoder_options`` is refused.
 """
-import json
 import os
 from types import SimpleNamespace
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import torch
+from fairseq.data import Dictionary
 from omegaconf import OmegaConf
 
 from realm_fairseq.atomic_io import atomic_directory, write_json
@@ -38,14 +38,15 @@ from realm_fairseq.data.vocab import FAIRSEQ_NSPECIAL
 from realm_fairseq.errors import InputError
 from realm_fairseq.models.config import FORM_DEFAULTS, reader_config
 from realm_fairseq.models.embedder import TOWERS, tower_norm
-from realm_fairseq.models.encoder import EncoderConfig
-from realm_fairseq.models.hf_convert import _LAYER_MAP, _LM_HEAD_MAP, LM_HEAD_PREFIX, config_dict
-from realm_fairseq.models.loading import _part, checkpoint_state
+from realm_fairseq.models.encoder import EncoderConfig, json_options
+from realm_fairseq.models.hf_convert import LM_HEAD_MAP, LM_HEAD_PREFIX, SPECIAL_ALIASES, config_dict, copied_keys
+from realm_fairseq.models.loading import checkpoint_state, state_part
 
 #: fairseq activation -> HF ``hidden_act`` (both of ours compute as these do)
 FAIRSEQ_ACTIVATIONS = {"gelu": "gelu", "gelu_accurate": "gelu_new"}
-#: fairseq special row -> the BERT symbol whose row it becomes
-SPECIAL_ROWS = {0: "[CLS]", 1: "[PAD]", 2: "[SEP]"}
+#: fairseq special row -> the BERT symbol whose row it becomes (``<unk>`` aside: our tokenizer emits the vocab's)
+SPECIAL_ROWS = {row: symbol for row, symbol in enumerate(SPECIAL_ALIASES) if symbol != "[UNK]"}
+EOS_ROW = SPECIAL_ALIASES.index("[SEP]")
 #: where each tower's weights are in a checkpoint, and what it becomes
 READERS = {"reader": ("reader.", "BertForMaskedLM"), "span_reader": ("span_reader.", "BertModel")}
 ST_MODULE = "sentence_transformers.models."
@@ -81,7 +82,7 @@ def check_exportable(model_cfg: dict, path: str) -> None:
     if model_cfg.get("encoder_class", "transformer") != "transformer":
         raise InputError(f"{path}: its towers are {model_cfg['encoder_class']}; only fairseq's transformer "
                          f"(encoder_class transformer, BERT's layout) exports to BERT")
-    if json.loads(model_cfg.get("encoder_options") or "{}"):
+    if json_options(model_cfg.get("encoder_options") or "{}", f"{path}: encoder_options"):
         raise InputError(f"{path}: encoder_options {model_cfg['encoder_options']} change the transformer's "
                          f"layout; only BERT's (no encoder_options) exports")
 
@@ -96,13 +97,12 @@ def readers_config(model_cfg: dict, path: str) -> dict:
 
 
 def read_vocab(corpus: str) -> List[str]:
-    """The vocab a CORPUS was tokenised with: its ``dict.txt`` (vocab order, one ``token count`` a line)."""
+    """The vocab a CORPUS was tokenised with: its fairseq dictionary (``dict.txt``) after fairseq's specials."""
     path = os.path.join(corpus, "dict.txt")
     if not os.path.isfile(path):
         raise InputError(f"{corpus}: no dict.txt; expected the CORPUS directory the checkpoint was trained on "
                          f"(--corpus)")
-    with open(path, encoding="utf-8") as f:
-        return [line.rsplit(" ", 1)[0] for line in f.read().splitlines()]
+    return Dictionary.load(path).symbols[FAIRSEQ_NSPECIAL:]
 
 
 def checkpoint_corpus(task_cfg: dict, path: str) -> str:
@@ -127,7 +127,7 @@ def word_rows(ours: torch.Tensor, vocab: List[str]) -> Tuple[torch.Tensor, float
     for special, symbol in SPECIAL_ROWS.items():
         rows[vocab.index(symbol)] = ours[special]
     sep = FAIRSEQ_NSPECIAL + vocab.index("[SEP]")
-    return rows, float((ours[sep].float() - ours[2].float()).abs().max())
+    return rows, float((ours[sep].float() - ours[EOS_ROW].float()).abs().max())
 
 
 def bert_encoder(state: Dict[str, torch.Tensor], num_layers: int, vocab: List[str]) -> Tuple[dict, float]:
@@ -140,22 +140,27 @@ def bert_encoder(state: Dict[str, torch.Tensor], num_layers: int, vocab: List[st
         "embeddings.word_embeddings.weight": words,
         "embeddings.position_embeddings.weight": state["encoder.embed_positions.weight"][2:],  # (P, C)
         "embeddings.token_type_embeddings.weight": segments,
-        "embeddings.LayerNorm.weight": state["encoder.layernorm_embedding.weight"],
-        "embeddings.LayerNorm.bias": state["encoder.layernorm_embedding.bias"],
     }
-    for i in range(num_layers):
-        for hf_name, our_name in _LAYER_MAP.items():
-            for param in ("weight", "bias"):
-                hf[f"encoder.layer.{i}.{hf_name}.{param}"] = state[f"encoder.layers.{i}.{our_name}.{param}"]
+    hf.update({hf_key: state[our_key] for hf_key, our_key in copied_keys(num_layers)})
     return hf, sep_difference
 
 
 def bert_lm_head(head: Dict[str, torch.Tensor], vocab: List[str]) -> Dict[str, torch.Tensor]:
     """Our masked-LM head (fairseq's ``RobertaLMHead``) -> BERT's ``cls.predictions.*``, its output weights
     tied to the word embeddings (transformers ties them on loading)."""
-    hf = {LM_HEAD_PREFIX + theirs: head[ours] for theirs, ours in _LM_HEAD_MAP.items()}
+    hf = {LM_HEAD_PREFIX + theirs: head[ours] for theirs, ours in LM_HEAD_MAP.items()}
     hf[LM_HEAD_PREFIX + "bias"], _ = word_rows(head["bias"], vocab)  # (V,)
     return hf
+
+
+def max_positions(state: Dict[str, torch.Tensor]) -> int:
+    """The positions an encoder state dict (our names) has: fairseq's learned positions start at row 2."""
+    return state["encoder.embed_positions.weight"].shape[0] - 2
+
+
+def retriever_score(model_cfg: dict) -> str:
+    """The score a saved model config's retriever was trained with (REALM's inner product when unrecorded)."""
+    return model_cfg.get("retriever_score") or "dot"
 
 
 def bert_config(model_cfg: dict, state: Dict[str, torch.Tensor], vocab: List[str], architecture: str) -> dict:
@@ -172,7 +177,7 @@ def bert_config(model_cfg: dict, state: Dict[str, torch.Tensor], vocab: List[str
         "hidden_act": FAIRSEQ_ACTIVATIONS[activation],
         "hidden_dropout_prob": model_cfg.get("dropout", 0.1),
         "attention_probs_dropout_prob": model_cfg.get("attention_dropout", 0.1),
-        "max_position_embeddings": state["encoder.embed_positions.weight"].shape[0] - 2,
+        "max_position_embeddings": max_positions(state),
         "type_vocab_size": state["segment_embeddings.weight"].shape[0] if "segment_embeddings.weight" in state
         else 2,
         "layer_norm_eps": model_cfg.get("layernorm_eps", 1e-12),
@@ -229,8 +234,7 @@ def embedder_head(model_cfg: dict, tower_state: dict, tower: str) -> List[tuple]
     if "projection_norm.weight" in tower_state:
         modules.append(("LayerNorm", {"dimension": width}, {"norm.weight": tower_state["projection_norm.weight"],
                                                            "norm.bias": tower_state["projection_norm.bias"]}))
-    score = model_cfg.get("retriever_score") or "dot"
-    if tower_norm(score, 1.0, tower) > 0:
+    if tower_norm(retriever_score(model_cfg), 1.0, tower) > 0:
         modules.append(("Normalize", {}, None))
     return modules
 
@@ -245,8 +249,8 @@ def write_sentence_transformer(out: str, model_cfg: dict, tower_state: dict, tow
     difference."""
     encoder_state = {k[len("encoder."):]: v for k, v in tower_state.items() if k.startswith("encoder.")}
     sep_difference = write_bert(out, model_cfg, encoder_state, vocab, "BertModel")
-    max_len = encoder_state["encoder.embed_positions.weight"].shape[0] - 2
-    write_json(os.path.join(out, "sentence_bert_config.json"), {"max_seq_length": max_len, "do_lower_case": False})
+    write_json(os.path.join(out, "sentence_bert_config.json"),
+               {"max_seq_length": max_positions(encoder_state), "do_lower_case": False})
     pooling = model_cfg.get("retriever_pooling") or "cls"
     modules = [{"idx": 0, "name": "0", "path": "", "type": ST_MODULE + "Transformer"}]
     heads = [("Pooling", pooling_config(pooling, model_cfg["encoder_embed_dim"]), None)]
@@ -258,9 +262,8 @@ def write_sentence_transformer(out: str, model_cfg: dict, tower_state: dict, tow
         if weights is not None:
             save_tensors(weights, os.path.join(out, path, "model.safetensors"))
     write_json(os.path.join(out, "modules.json"), modules)
-    score = model_cfg.get("retriever_score") or "dot"
     write_json(os.path.join(out, "config_sentence_transformers.json"),
-               {"similarity_fn_name": "cosine" if score == "cosine" else "dot"})
+               {"similarity_fn_name": retriever_score(model_cfg)})
     return sep_difference
 
 
@@ -281,17 +284,17 @@ def export_checkpoint(path: str, out: str, corpus: Optional[str] = None, force: 
     exported = Exported(os.path.abspath(out))
     with atomic_directory(out, force=force) as tmp:
         for tower in TOWERS:
-            weights = _part(state, tower + ".")
+            weights = state_part(state, tower + ".")
             if weights:
                 exported.sep_row_difference[tower] = write_sentence_transformer(
                     os.path.join(tmp, tower), model_cfg, weights, tower, vocab)
                 exported.towers[tower] = "sentence-transformers"
         for reader, (prefix, architecture) in READERS.items():
-            weights = _part(state, prefix)
+            weights = state_part(state, prefix)
             if weights:
-                head = _part(weights, "lm_head.") or None
+                head = state_part(weights, "lm_head.") or None
                 exported.sep_row_difference[reader] = write_bert(
-                    os.path.join(tmp, reader), reader_cfg, _part(weights, "encoder."), vocab, architecture, head)
+                    os.path.join(tmp, reader), reader_cfg, state_part(weights, "encoder."), vocab, architecture, head)
                 exported.towers[reader] = architecture
         if not exported.towers:
             raise InputError(f"{path}: holds no tower of the realm model (query_embedder, doc_embedder, reader, "
@@ -304,7 +307,7 @@ def export_checkpoint(path: str, out: str, corpus: Optional[str] = None, force: 
 def usage(path: str, task: Optional[str], model_cfg: dict, exported: Exported) -> str:
     """The README of an export: what each directory is and how to feed it text as our towers read it."""
     pair = (model_cfg.get("doc_segments") or FORM_DEFAULTS["doc_segments"]) == "title_body"
-    score = "the cosine" if (model_cfg.get("retriever_score") or "dot") == "cosine" else "the inner product"
+    score = "the cosine" if retriever_score(model_cfg) == "cosine" else "the inner product"
     lines = [f"# Exported by realm-export-hf from {os.path.abspath(path)} ({task or 'realm'})", ""]
     described = {
         "query_embedder": "sentence-transformers, Embed_input: `SentenceTransformer(DIR).encode(questions)`",

@@ -55,7 +55,7 @@ def _realm_cfg(model_cfg) -> RealmConfig:
     return RealmConfig(**{k: v for k, v in dict(model_cfg).items() if k in names})
 
 
-def _part(state: dict, prefix: str) -> dict:
+def state_part(state: dict, prefix: str) -> dict:
     """The weights under ``prefix`` of a checkpoint's ``model`` state, with the prefix dropped."""
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
@@ -249,7 +249,7 @@ def load_retriever(towers, path: str, cfg=None, dictionary=None) -> None:
         return
     state = checkpoint_state(path)["model"]
     for tower, prefix in zip(towers, ("query_embedder.", "doc_embedder.")):
-        weights = _part(state, prefix)
+        weights = state_part(state, prefix)
         if not weights:
             raise ValueError(f"{path}: no {prefix[:-1]} weights; expected a checkpoint of the realm model")
         tower.load_state_dict(weights)
@@ -266,7 +266,7 @@ def load_reader(reader, span_reader, path: str, cfg=None, dictionary=None) -> No
     encoders = [r.encoder for r in (reader, span_reader) if r is not None]
     state = checkpoint_state(path)["model"]
     for prefix in ("reader.encoder.", "span_reader.encoder."):
-        weights = _part(state, prefix)
+        weights = state_part(state, prefix)
         if weights:
             for encoder in encoders:
                 encoder.load_state_dict(weights)
@@ -292,7 +292,7 @@ def embedder_from_state(state: dict, path: str, corpus: BlockCorpus, tower: str 
     cfg.retriever_score = score or cfg.retriever_score
     resolve_similarity(cfg)
     embedder = retriever_tower(cfg, corpus.dictionary, tower)
-    weights = _part(state["model"], tower + ".")
+    weights = state_part(state["model"], tower + ".")
     if not weights:
         raise ValueError(f"{path}: no {tower} weights; expected a checkpoint of the realm model")
     embedder.load_state_dict(weights)
