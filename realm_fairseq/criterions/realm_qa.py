@@ -11,7 +11,8 @@ span; in validation only, as training reads only the blocks that hold an answer)
 the best k blocks, k in 1, 5, 20, 100 up to ``--retriever-beam``), ``no_answer_read`` and ``no_answer_beam``
 (questions without an answer in the blocks read / retrieved); and ``blocks_read``, the blocks read per
 question (in training only those with a gold span). ``--best-checkpoint-metric em
---maximize-best-checkpoint-metric`` keeps the checkpoint of best validation EM. EM, F1 and recall@k are :mod:`realm_fairseq.data.qa_metrics`'.
+--maximize-best-checkpoint-metric`` keeps the checkpoint of best validation EM. EM, F1 and recall@k are
+:mod:`realm_fairseq.data.qa_metrics`'.
 """
 import math
 from dataclasses import dataclass
