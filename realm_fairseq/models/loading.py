@@ -168,7 +168,7 @@ def resolve_form(cfg) -> None:
         if getattr(cfg, name, None) is None and not (name == "reader_encoder" and reader_init):
             decided = next((form[name] for _, form in sources if name in form), default)
             setattr(cfg, name, decided)
-    if getattr(cfg, "reader_encoder", None) is None:  # against the retriever's options, resolved above
+    if reader_init and getattr(cfg, "reader_encoder", None) is None:  # against the retriever's options, resolved above
         cfg.reader_encoder = json.dumps(reader_shape(reader_init, cfg), sort_keys=True)
 
 
