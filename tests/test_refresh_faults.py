@@ -16,7 +16,9 @@ import torch
 
 from realm_fairseq.data import BlockCorpus
 from realm_fairseq.indexing.config import RefreshConfig
+from realm_fairseq.indexing.launchers import LocalRefreshJob, RefreshPlan
 from realm_fairseq.indexing.refresh import IndexRefresher, RefreshFailedError
+from realm_fairseq.indexing.scheduler import failure_cause
 from realm_fairseq.retrieval.retriever import Retriever
 from realm_fairseq.retrieval.versions import IndexStore
 
@@ -105,6 +107,23 @@ def test_a_full_disk_is_named_and_survived(small_corpus, first_index, small_disk
     train.wait_for(SWAP)
     assert train.finish(interrupt=True) != 0
     assert "unexpected pos" not in train.text
+
+
+def test_a_refresh_that_could_not_write_even_its_log_is_named_by_the_full_disk(small_corpus, small_disk):
+    """A disk that fills up before the refresher writes a line: whatever it died of, its log is empty. The
+    trainer names the full disk from outside, and blames an empty log on the disk only when it is full."""
+    plan = RefreshPlan(update=4, snapshot=str(small_disk / "snapshot.pt"), corpus=small_corpus,
+                       index_dir=str(small_disk / "index"), workdir=str(small_disk / "refresh" / "u4"))
+    plan.save()
+    filler = fill(small_disk)
+    job = LocalRefreshJob(plan)
+    job.process.wait(timeout=120)
+    assert job.poll() is False and os.path.getsize(plan.log_path) == 0
+    cause = failure_cause(job.log())
+    assert re.fullmatch(rf"disk full \(No space left on device\): {plan.workdir} has \d+ bytes free, too few for "
+                        r"the refresh to write even its log", cause), cause
+    os.remove(filler)
+    assert failure_cause(job.log()) == f"[exit code {job.process.returncode}] {plan.log_path}:"
 
 
 def test_too_many_failed_refreshes_save_a_checkpoint_and_name_the_cause(small_corpus, first_index, tmp_path):

@@ -16,9 +16,11 @@ so a refresh commits exactly what ``realm-build-index --checkpoint SNAPSHOT`` wo
 :class:`RefreshJob` that the trainer polls without blocking, or cancels.
 """
 import contextlib
+import errno
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
-from realm_fairseq.atomic_io import write_json
+from realm_fairseq.atomic_io import FAULTS, write_json
 from realm_fairseq.indexing.build import BuildRequest, run_build
 from realm_fairseq.retrieval.mips import DEFAULT_INDEX_TYPE, check_options
 from realm_fairseq.slurm import SlurmResources
@@ -112,6 +114,23 @@ def log_tail(path: str, lines: int = 40) -> str:
             return "".join(f.readlines()[-lines:])
     except FileNotFoundError:
         return ""
+
+
+FULL_BELOW_BYTES = 1 << 20  # a file system with less free space than this is taken as full
+
+
+def silent_failure(log_dir: str) -> str:
+    """What a refresh that wrote no log died of, where that can be seen from outside it: an ``error:`` line
+    naming a full disk when ``log_dir``'s file system has (almost) no space left (the refresher could not
+    write even its log), else ''."""
+    try:
+        free = shutil.disk_usage(log_dir).free
+    except OSError:
+        return ""
+    if free >= FULL_BELOW_BYTES:
+        return ""
+    return (f"error: {FAULTS[errno.ENOSPC]} ({os.strerror(errno.ENOSPC)}): {log_dir} has {free} bytes free, "
+            f"too few for the refresh to write even its log")
 
 
 class RefreshJob:
@@ -217,7 +236,8 @@ class LocalRefreshJob(RefreshJob):
     def log(self) -> str:
         code = self.process.poll()
         status = "" if code is None else (f"exit code {code}" if code >= 0 else f"killed by signal {-code}")
-        return f"[{status}] {self.plan.log_path}:\n{log_tail(self.plan.log_path)}"
+        path = self.plan.log_path
+        return f"[{status}] {path}:\n{log_tail(path) or silent_failure(os.path.dirname(path)) or '(empty)'}"
 
 
 class LocalLauncher:
@@ -302,7 +322,7 @@ class SubmititRefreshJob(RefreshJob):
                 tail = log_tail(str(path), 20)
                 if tail:
                     parts.append(f"{path}:\n{tail}")
-        return "\n".join(parts) or f"(no job logs under {self.plan.workdir})"
+        return "\n".join(parts) or silent_failure(self.plan.workdir) or f"(no job logs under {self.plan.workdir})"
 
 
 class SubmititLauncher:
