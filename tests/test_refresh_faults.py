@@ -110,8 +110,8 @@ def test_a_full_disk_is_named_and_survived(small_corpus, first_index, small_disk
 
 
 def test_a_refresh_that_could_not_write_even_its_log_is_named_by_the_full_disk(small_corpus, small_disk):
-    """A disk that fills up before the refresher writes a line: whatever it died of, its log is empty. The
-    trainer names the full disk from outside, and blames an empty log on the disk only when it is full."""
+    """A disk that fills up before the refresher writes its error: whatever it died of, its log does not say.
+    The trainer names the full disk from outside, and blames such a log on the disk only when it is full."""
     plan = RefreshPlan(update=4, snapshot=str(small_disk / "snapshot.pt"), corpus=small_corpus,
                        index_dir=str(small_disk / "index"), workdir=str(small_disk / "refresh" / "u4"))
     plan.save()
@@ -121,9 +121,14 @@ def test_a_refresh_that_could_not_write_even_its_log_is_named_by_the_full_disk(s
     assert job.poll() is False and os.path.getsize(plan.log_path) == 0
     cause = failure_cause(job.log())
     assert re.fullmatch(rf"disk full \(No space left on device\): {plan.workdir} has \d+ bytes free, too few for "
-                        r"the refresh to write even its log", cause), cause
+                        r"the refresh to write its error", cause), cause
     os.remove(filler)
     assert failure_cause(job.log()) == f"[exit code {job.process.returncode}] {plan.log_path}:"
+    with open(plan.log_path, "w") as log:  # it wrote lines before the disk filled up, then none
+        log.write("INFO | realm_fairseq.indexing.build | embedding 70 blocks\n")
+    filler = fill(small_disk)
+    assert failure_cause(job.log()).startswith("disk full (No space left on device): ")
+    os.remove(filler)
 
 
 def test_too_many_failed_refreshes_save_a_checkpoint_and_name_the_cause(small_corpus, first_index, tmp_path):

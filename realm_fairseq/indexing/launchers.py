@@ -120,9 +120,9 @@ FULL_BELOW_BYTES = 1 << 20  # a file system with less free space than this is ta
 
 
 def silent_failure(log_dir: str) -> str:
-    """What a refresh that wrote no log died of, where that can be seen from outside it: an ``error:`` line
-    naming a full disk when ``log_dir``'s file system has (almost) no space left (the refresher could not
-    write even its log), else ''."""
+    """What a refresh whose log says nothing of its death died of, where that can be seen from outside it: an
+    ``error:`` line naming a full disk when ``log_dir``'s file system has (almost) no space left (the refresher
+    could not write its last words), else ''."""
     try:
         free = shutil.disk_usage(log_dir).free
     except OSError:
@@ -130,7 +130,7 @@ def silent_failure(log_dir: str) -> str:
     if free >= FULL_BELOW_BYTES:
         return ""
     return (f"error: {FAULTS[errno.ENOSPC]} ({os.strerror(errno.ENOSPC)}): {log_dir} has {free} bytes free, "
-            f"too few for the refresh to write even its log")
+            f"too few for the refresh to write its error")
 
 
 class RefreshJob:
@@ -237,7 +237,10 @@ class LocalRefreshJob(RefreshJob):
         code = self.process.poll()
         status = "" if code is None else (f"exit code {code}" if code >= 0 else f"killed by signal {-code}")
         path = self.plan.log_path
-        return f"[{status}] {path}:\n{log_tail(path) or silent_failure(os.path.dirname(path)) or '(empty)'}"
+        tail = log_tail(path)
+        if code and "error: " not in tail:  # it died before it could say why (the disk filled up mid-line?)
+            tail = "\n".join(filter(None, [tail.rstrip("\n"), silent_failure(os.path.dirname(path))]))
+        return f"[{status}] {path}:\n{tail}"
 
 
 class LocalLauncher:
