@@ -121,6 +121,15 @@ def reader_config(cfg) -> EncoderConfig:
     return EncoderConfig(**{name: changes.get(name, getattr(cfg, name)) for name in names})
 
 
+def fill_missing_options(cfg) -> None:
+    """Give every ``realm`` option that ``cfg`` lacks its default: a checkpoint written before an option
+    existed loads as it was built (an option's default is the behaviour from before it)."""
+    defaults = RealmConfig()
+    for f in dataclasses.fields(RealmConfig):
+        if not hasattr(cfg, f.name):
+            setattr(cfg, f.name, getattr(defaults, f.name))
+
+
 def _option_type(default) -> tuple:
     """The JSON types an encoder option with this default takes (a float option also takes an integer)."""
     if default is None or isinstance(default, str):

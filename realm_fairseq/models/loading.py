@@ -32,7 +32,7 @@ from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.errors import InputError
 from realm_fairseq.models import realm_hf
 from realm_fairseq.models.config import (FORM_DEFAULTS, NO_INIT, READER_SHAPE, SHAPE_CHECKED, RealmConfig,
-                                        reader_config)
+                                        fill_missing_options, reader_config)
 from realm_fairseq.models.embedder import Embedder, retriever_tower, tower_norm
 from realm_fairseq.models.encoder import EncoderConfig
 from realm_fairseq.models.hf_convert import (config_dict, convert_hf_bert, load_into_encoder, load_lm_head,
@@ -69,10 +69,11 @@ def resolve_similarity(cfg) -> Similarity:
     contradicts the checkpoint the retriever starts from is refused. The fields that say how the towers
     compute are resolved the same way (:func:`resolve_form`). Tasks call this on the training config before
     building the model, so that checkpoints record what the model uses."""
-    if getattr(cfg, "reader_init", None) and cfg.realm_init:
-        raise ValueError(f"--reader-init {cfg.reader_init} and --realm-init {cfg.realm_init} both start the readers; "
-                         f"give one")
     with open_dict(cfg) if OmegaConf.is_config(cfg) else contextlib.nullcontext():
+        fill_missing_options(cfg)
+        if cfg.reader_init and cfg.realm_init:
+            raise ValueError(f"--reader-init {cfg.reader_init} and --realm-init {cfg.realm_init} both start the "
+                             f"readers; give one")
         resolve_form(cfg)
         reader_config(cfg)  # a bad --reader-encoder is named before any tower is built
         return _resolve_similarity(cfg)
