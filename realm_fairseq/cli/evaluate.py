@@ -5,7 +5,9 @@ JSON (``em``, ``f1`` for text answers, ``recall@k`` for k in 1, 5, 20, 100 up to
 and, with ``--out``, writes one prediction a line: the question, the predicted answer and its score, the
 gold answers, whether it is correct and its F1, and the evidence blocks read (title, text, retrieval score,
 whether it holds a gold answer). Exact match and F1 are SQuAD's (:mod:`realm_fairseq.data.qa_metrics`); a
-block holds an answer by DPR's rule (:mod:`realm_fairseq.data.answers`).
+block holds an answer by DPR's rule (:mod:`realm_fairseq.data.answers`). With ``--bm25`` the checkpoint's
+reader reads the blocks BM25 ranks first, BM25's score in the place of f(x, z): the pipeline baseline of
+BM25 and the same reader (REALM's Table 1 compares with BM25 + BERT).
 
 ``--retrieval-only`` measures a retriever alone, zero-shot, as REALM's Table 2 does
 (:mod:`realm_fairseq.retrieval.recall`): the query embedder of any of our checkpoints (``--checkpoint``),
@@ -64,7 +66,7 @@ def load_model(args: argparse.Namespace, **overrides) -> RealmQA:
     if args.index_version is not None:
         overrides["index_version"] = args.index_version
     return RealmQA.from_pretrained(args.checkpoint, index=args.index, corpus=args.corpus, device=args.device,
-                                   span_rule=args.span_rule, **overrides)
+                                   span_rule=args.span_rule, bm25=getattr(args, "bm25", False), **overrides)
 
 
 def score(corpus: BlockCorpus, questions: List[Question], answers: Iterable[Answer], answer_type: str = "text"
@@ -115,8 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--hf", help="converted BERT, sentence-transformers or REALM weights (realm-convert-hf file, "
                                      "or a BERT or sentence-transformers directory) as both towers, pooled and "
                                      "scored as they were trained")
-    source.add_argument("--bm25", action="store_true", help="rank blocks by BM25 (bm25s, k1=0.9, b=0.4; the bm25 "
-                                                            "extra), no index needed")
+    source.add_argument("--bm25", action="store_true",
+                        help="rank blocks by BM25 (bm25s, k1=0.9, b=0.4; the bm25 extra), no index needed; with "
+                             "--checkpoint and no --retrieval-only, the checkpoint's reader reads BM25's blocks "
+                             "(BM25's score as f(x, z)): the same reader with BM25 as its retriever")
     zero_shot.add_argument("--max-tokens", type=int, default=16384,
                            help="tokens in a batch when embedding the corpus (no --index)")
     return parser
@@ -125,10 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_sources(args: argparse.Namespace) -> None:
     """Raise InputError where the options do not name exactly one model for the chosen mode."""
     if not args.retrieval_only:
-        if args.hf or args.bm25:
-            raise InputError("--hf and --bm25 measure a retriever alone: add --retrieval-only")
+        if args.hf:
+            raise InputError("--hf measures a retriever alone: add --retrieval-only")
         if not args.checkpoint:
             raise InputError("--checkpoint is required (or --retrieval-only with --hf or --bm25)")
+        if args.bm25 and args.index:
+            raise InputError("--bm25 retrieves from the CORPUS for the checkpoint's reader; it takes no --index")
         return
     named = [o for o, v in (("--checkpoint", args.checkpoint), ("--hf", args.hf), ("--bm25", args.bm25)) if v]
     if len(named) != 1:
@@ -174,6 +180,8 @@ def answer_questions(args: argparse.Namespace, questions: List[Question]) -> Tup
     answers = qa.answer_all([q.question for q in questions], args.batch_size, args.topk, args.beam,
                             progress=not args.no_progress)
     metrics, records = score(qa.task.corpus, questions, answers, args.answer_type)
+    if args.bm25:
+        metrics["retriever"] = "bm25"
     metrics["questions_per_second"] = round(len(questions) / max(time.perf_counter() - started, 1e-9), 2)
     return metrics, records
 

@@ -21,7 +21,7 @@ to the loss or its gradient, while p(z | x) comes from the retrieval scores alon
 question then costs the blocks that hold its answer (1.3 on SQuAD) instead of 5.
 """
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -94,16 +94,20 @@ class Prediction:
 
 def retrieve_and_read(model, retriever: FixedIndexRetriever, finder: AnswerFinder, src_tokens: torch.Tensor,
                       reading: Reading, answers: Optional[Sequence[Sequence[str]]] = None,
-                      gold_only: bool = False) -> ReadBatch:
+                      gold_only: bool = False, retrieved: Optional[Tuple[np.ndarray, torch.Tensor]] = None
+                      ) -> ReadBatch:
     """Retrieve ``reading.beam`` blocks per question of ``src_tokens`` (B, T) ``[CLS] x [SEP]`` and read the
     best ``reading.topk``; their answer spans are to be predicted by ``reading.span_rule``. With the
     questions' gold ``answers`` the batch carries their gold spans and which retrieved blocks hold one, and
     with ``gold_only`` only the blocks holding a gold span are read (training: the loss is the same,
-    predictions are not; see the module's docstring)."""
+    predictions are not; see the module's docstring). ``retrieved``, blocks another retriever found (ids
+    (B, beam) best first and their scores, e.g. BM25's), is read in place of the model's own retrieval."""
     d, max_span_len = model.dictionary, reading.max_span_len
     targets = None if answers is None else [finder.targets(a) for a in answers]
-    queries = model.embed_queries(src_tokens)  # (B, D)
-    block_ids, scores = retriever.search(queries, max(reading.beam, reading.topk))  # (B, beam) each
+    if retrieved is None:
+        queries = model.embed_queries(src_tokens)  # (B, D)
+        retrieved = retriever.search(queries, max(reading.beam, reading.topk))
+    block_ids, scores = retrieved  # (B, beam) each
     topk = min(reading.topk, block_ids.shape[1])
     lengths = src_tokens.ne(d.pad()).sum(1).cpu().numpy()  # (B,)
     blocks, block_lengths = retriever.corpus.padded_tokens(block_ids[:, :topk].reshape(-1).tolist())  # (B*K, L)

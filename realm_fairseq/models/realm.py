@@ -31,8 +31,9 @@ they hold (embedders, the knowledge-augmented encoder with its masked-LM head, a
 span head). The options are :class:`~realm_fairseq.models.config.RealmConfig`; resolving them and loading
 these weights is :mod:`realm_fairseq.models.loading`'s.
 """
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
 from fairseq.utils import safe_getattr
@@ -135,12 +136,14 @@ class RealmModel(BaseFairseqModel):
         }
 
     def read(self, src_tokens: torch.Tensor, retriever: FixedIndexRetriever, finder: AnswerFinder, reading: Reading,
-             answers: Optional[Sequence[Sequence[str]]] = None, gold_only: bool = False) -> ReadBatch:
+             answers: Optional[Sequence[Sequence[str]]] = None, gold_only: bool = False,
+             retrieved: Optional[Tuple[np.ndarray, torch.Tensor]] = None) -> ReadBatch:
         """Open-domain QA's retrieve and read (section 3.3): ``src_tokens`` (B, T) are ``[CLS] x [SEP]``
         questions, ``retriever`` the fixed index, ``reading`` how many blocks to retrieve and read; with the
-        questions' gold ``answers`` the result carries their gold spans, and with ``gold_only`` only the
-        blocks holding one are read (:func:`~realm_fairseq.models.open_qa.retrieve_and_read`)."""
-        return retrieve_and_read(self, retriever, finder, src_tokens, reading, answers, gold_only)
+        questions' gold ``answers`` the result carries their gold spans, with ``gold_only`` only the blocks
+        holding one are read, and ``retrieved`` (ids, scores) are blocks found by another retriever, read
+        instead (:func:`~realm_fairseq.models.open_qa.retrieve_and_read`)."""
+        return retrieve_and_read(self, retriever, finder, src_tokens, reading, answers, gold_only, retrieved)
 
 
 def _set_defaults(args, **defaults) -> None:

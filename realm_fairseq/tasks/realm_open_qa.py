@@ -106,7 +106,9 @@ class RealmOpenQATask(RealmTask):
         return Reading(topk or self.cfg.retrieval_topk, beam or self.cfg.retriever_beam, self.cfg.max_span_len,
                        str(self.cfg.span_rule))
 
-    def read(self, model, src_tokens, topk: Optional[int] = None, beam: Optional[int] = None) -> ReadBatch:
+    def read(self, model, src_tokens, topk: Optional[int] = None, beam: Optional[int] = None,
+             retrieved=None) -> ReadBatch:
         """The model's :meth:`~realm_fairseq.models.realm.RealmModel.read` of a batch of ``[CLS] x [SEP]``
-        questions (B, T) from this task's retriever, with its settings (:meth:`reading`)."""
-        return model.read(src_tokens, self.retriever, self.finder, self.reading(topk, beam))
+        questions (B, T) from this task's retriever, or of the blocks ``retrieved`` elsewhere (ids, scores),
+        with its settings (:meth:`reading`)."""
+        return model.read(src_tokens, self.retriever, self.finder, self.reading(topk, beam), retrieved=retrieved)
