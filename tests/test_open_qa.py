@@ -180,6 +180,10 @@ def test_realm_answer_and_the_python_api_agree(qa, fine_tuned):
         assert f"A: {ours.text}    " in shown
         evidence = ours.evidence[ours.block_rank]
         assert ours.text in f"{evidence.title}\n{evidence.text}"  # the answer is a span of its evidence
+    with_bm25 = json.loads(run(["realm-answer", "--checkpoint", checkpoint, "--json", "--bm25", questions[0]]).stdout)
+    ours = RealmQA.from_pretrained(checkpoint, bm25=True).answer(questions[0])
+    assert with_bm25["text"] == ours.text and [e["block"] for e in with_bm25["evidence"]] == \
+        [e.block for e in ours.evidence] == [int(i) for i in ours.retrieved[:2]]
     # --evidence 0 still shows the block the answer came from, the answer in brackets in its text
     alone = run(["realm-answer", "--checkpoint", checkpoint, "--evidence", "0", questions[0]]).stdout
     blocks = re.findall(r"^ ([ *]) \[(\d+)\] ", alone, re.M)

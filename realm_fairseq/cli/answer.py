@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(parser)
     parser.add_argument("--evidence", type=int, default=3, help="evidence blocks shown per answer")
     parser.add_argument("--json", action="store_true", help="print one JSON object per answer")
+    parser.add_argument("--bm25", action="store_true",
+                        help="the reader reads the blocks BM25 ranks first instead of its retriever's (BM25's score "
+                             "as the retrieval score; the bm25 extra)")
     return parser
 
 
