@@ -139,13 +139,14 @@ def test_the_same_reader_reads_the_blocks_bm25_ranks_first(qa, fine_tuned, tmp_p
 
 
 def test_a_checkpoint_older_than_the_models_options_answers_as_it_did(qa, fine_tuned, tmp_path):
-    """A checkpoint written before some of today's model options existed (the fa5ccee demo's had no
+    """A checkpoint written before some of today's model and task options existed (the fa5ccee demo's had no
     checkpoint_activations, reader_init or reader_encoder): every option it lacks takes its default, and it
     answers as before."""
     import dataclasses
 
     from realm_fairseq.hub import RealmQA
     from realm_fairseq.models.config import RealmConfig
+    from realm_fairseq.tasks.realm_open_qa import RealmOpenQAConfig
 
     checkpoint, _ = fine_tuned
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -154,6 +155,10 @@ def test_a_checkpoint_older_than_the_models_options_answers_as_it_did(qa, fine_t
                   if f.name in options and options[f.name] == getattr(defaults, f.name)}
     for name in at_default | {"checkpoint_activations", "reader_init", "reader_encoder"}:
         del options[name]
+    task_options, task_defaults = state["cfg"]["task"], RealmOpenQAConfig()
+    for f in dataclasses.fields(RealmOpenQAConfig):  # the task's too (fairseq merges them with its defaults)
+        if f.name in task_options and task_options[f.name] == getattr(task_defaults, f.name):
+            del task_options[f.name]
     older = tmp_path / "older.pt"
     torch.save(state, older)
     question = "Which NFL team represented the AFC at Super Bowl 50?"
