@@ -57,12 +57,11 @@ class Answer:
 class RealmQA(nn.Module):
     """A ``realm_open_qa`` model with its task (corpus, fixed index, answer finder)."""
 
-    def __init__(self, cfg, task, model, bm25=None):
+    def __init__(self, cfg, task, model):
         super().__init__()
         self.cfg = cfg
         self.task = task
         self.model = model.eval()
-        self.bm25 = bm25  # a Bm25Retriever over the task's corpus that retrieves in place of the model's
 
     @classmethod
     def from_pretrained(cls, checkpoint: str, index: Optional[str] = None, corpus: Optional[str] = None,
@@ -70,25 +69,21 @@ class RealmQA(nn.Module):
                         **overrides) -> "RealmQA":
         """Load a checkpoint; ``index``/``corpus`` replace those it was trained with, ``span_rule``
         (``marginal`` or ``orqa``) the rule it predicts by (default: as trained or converted), ``bm25`` has
-        BM25 retrieve for its reader, ``overrides`` any other task option (``retrieval_topk``,
-        ``retriever_beam``, ``max_span_len``, ``answer_type``)."""
+        BM25 retrieve for its reader (``retrieval="bm25"``), ``overrides`` any other task option
+        (``retrieval_topk``, ``retriever_beam``, ``max_span_len``, ``answer_type``)."""
         if span_rule is not None and span_rule not in SPAN_RULES:
             raise ValueError(f"span rule {span_rule!r}: expected one of {', '.join(SPAN_RULES)}")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         overrides = {**NO_INIT, **overrides}  # its weights are its own: never read what it started from
         overrides.setdefault("cpu", torch.device(device).type == "cpu")  # not as the checkpoint was trained
         overrides.setdefault("retrieval_devices", placement.beside(device))  # the search beside the model
-        given = (("index", index), ("corpus", corpus), ("span_rule", span_rule))
+        given = (("index", index), ("corpus", corpus), ("span_rule", span_rule),
+                 ("retrieval", "bm25" if bm25 else None))
         overrides.update({k: v for k, v in given if v is not None})
         models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
         if getattr(task, "finder", None) is None:
             raise ValueError(f"{checkpoint}: a checkpoint of task {cfg.task._name}; expected realm_open_qa")
-        retriever = None
-        if bm25:
-            from realm_fairseq.retrieval.bm25 import Bm25Retriever
-
-            retriever = Bm25Retriever.for_corpus(task.corpus)
-        return cls(cfg, task, models[0], retriever).to(device)
+        return cls(cfg, task, models[0]).to(device)
 
     @property
     def device(self) -> torch.device:
@@ -112,7 +107,7 @@ class RealmQA(nn.Module):
             tokens = [encode_question(corpus, q, task.cfg.max_question_len) for q in batch]
             src = collate_questions(tokens, corpus.dictionary.pad())["src_tokens"].to(self.device)
             with torch.inference_mode():
-                read = task.read(self.model, src, topk, beam, self._bm25_blocks(batch, topk, beam))
+                read = task.read(self.model, src, batch, topk, beam)
             scores = read.retrieval_scores.float().cpu().numpy()
             for b, (question, prediction) in enumerate(zip(batch, predict(read, task.finder))):
                 yield Answer(question, prediction.text, prediction.score, prediction.rank,
@@ -120,15 +115,6 @@ class RealmQA(nn.Module):
                              [int(i) for i in read.block_ids[b]])
             bar.update(len(batch))
         bar.close()
-
-    def _bm25_blocks(self, questions: List[str], topk: Optional[int], beam: Optional[int]):
-        """BM25's best blocks for ``questions`` and their scores, ids (B, beam) and scores (B, beam) on the
-        model's device; None when the model retrieves for itself."""
-        if self.bm25 is None:
-            return None
-        reading = self.task.reading(topk, beam)
-        ids, scores = self.bm25.search(questions, max(reading.beam, reading.topk))
-        return ids, torch.from_numpy(scores).to(self.device)
 
     def _evidence(self, block_ids: np.ndarray, scores: np.ndarray) -> List[Evidence]:
         blocks = [self.task.corpus.block(int(i)) for i in block_ids]

@@ -138,6 +138,34 @@ def test_the_same_reader_reads_the_blocks_bm25_ranks_first(qa, fine_tuned, tmp_p
         "no --index" in refused.stderr
 
 
+def test_a_reader_fine_tuned_on_bm25s_blocks(qa, fine_tuned, tmp_path, measured):
+    """--retrieval bm25: the reader trains on the blocks BM25 ranks first, with no INDEX; the embedders stay as
+    they started, and the checkpoint answers from BM25's blocks by default."""
+    from realm_fairseq.hub import RealmQA
+
+    save = tmp_path / "ckpt"
+    save.mkdir()
+    run(["realm-train", qa["questions"], "--corpus", qa["corpus"], *QA_ARGS, "--retrieval", "bm25",
+         "--encoder-init", qa["minilm.pt"], *TRAIN_ARGS, "--max-update", "20", "--validate-interval-updates", "20",
+         "--best-checkpoint-metric", "em", "--maximize-best-checkpoint-metric", "--save-dir", str(save)], cwd=save)
+    valid = os.path.join(qa["questions"], "valid.jsonl")
+    pipeline = json.loads(run(["realm-evaluate", "--checkpoint", str(save / "checkpoint_best.pt"), "--questions",
+                               valid, "--no-progress"]).stdout)
+    dense = json.loads(run(["realm-evaluate", "--checkpoint", fine_tuned[0], "--questions", valid,
+                            "--no-progress"]).stdout)
+    ranked, _ = evaluate_retrieval("--bm25", "--corpus", qa["corpus"], "--questions", valid)
+    measured(f"valid ({VALID_QUESTIONS} questions) after 20 updates from MiniLM, REALM's fine-tuning (dense) -> "
+             f"the reader trained on BM25's blocks: " + ", ".join(f"{k} {dense[k]} -> {pipeline[k]}"
+                                                                   for k in ("em", "f1", "recall@5")))
+    assert pipeline["retriever"] == "bm25" and pipeline["recall@5"] == ranked["recall@5"]
+    assert round(pipeline["em"] * VALID_QUESTIONS / 100) >= 3  # it learns to read: EM starts at 0 (see above)
+    trained = RealmQA.from_pretrained(str(save / "checkpoint_best.pt")).model
+    start = torch.load(qa["minilm.pt"], map_location="cpu", weights_only=True)["state_dict"]
+    for tower in (trained.query_embedder, trained.doc_embedder):  # nothing reaches them: as they started
+        layer = tower.encoder.encoder.layers[0].fc1.weight
+        assert torch.equal(layer, start["encoder.layers.0.fc1.weight"].to(layer.dtype))
+
+
 def test_a_checkpoint_older_than_the_models_options_answers_as_it_did(qa, fine_tuned, tmp_path):
     """A checkpoint written before some of today's model and task options existed (the fa5ccee demo's had no
     checkpoint_activations, reader_init or reader_encoder): every option it lacks takes its default, and it

@@ -169,7 +169,7 @@ def test_loss_and_predictions_match_a_direct_computation(qa_case):
     expected = direct(task, model, batch)
     with torch.no_grad():
         loss, sample_size, log = RealmQaCriterion(task)(model, batch)
-        predictions = predict(task.read(model, batch["net_input"]["src_tokens"]), task.finder)
+        predictions = predict(task.read(model, batch["net_input"]["src_tokens"], batch["questions"]), task.finder)
     # the case has questions answered and not answered in their blocks, read and retrieved
     assert 0 < expected["readable"] < expected["retrievable"] < QUESTIONS, expected
     assert sample_size == QUESTIONS and (log["readable"], log["retrievable"]) == (

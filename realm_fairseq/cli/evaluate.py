@@ -180,7 +180,7 @@ def answer_questions(args: argparse.Namespace, questions: List[Question]) -> Tup
     answers = qa.answer_all([q.question for q in questions], args.batch_size, args.topk, args.beam,
                             progress=not args.no_progress)
     metrics, records = score(qa.task.corpus, questions, answers, args.answer_type)
-    if args.bm25:
+    if qa.task.cfg.retrieval == "bm25":  # --bm25, or a checkpoint fine-tuned with --retrieval bm25
         metrics["retriever"] = "bm25"
     metrics["questions_per_second"] = round(len(questions) / max(time.perf_counter() - started, 1e-9), 2)
     return metrics, records

@@ -52,8 +52,8 @@ class RealmQaCriterion(FairseqCriterion):
     def forward(self, model, sample, reduce=True):
         task = self.task
         # training reads only the blocks with a gold span: the same loss, no predictions
-        read = model.read(sample["net_input"]["src_tokens"], task.retriever, task.finder, task.reading(),
-                          sample["answers"], gold_only=model.training)
+        read = task.read(model, sample["net_input"]["src_tokens"], sample["questions"], answers=sample["answers"],
+                         gold_only=model.training)
         gold = read.gold  # (B, K, T, L)
         in_beam = torch.from_numpy(read.holds_answer).to(gold.device)  # (B, beam)
         readable, retrievable = gold.flatten(1).any(1), in_beam.any(1)  # (B,) each

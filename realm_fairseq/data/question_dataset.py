@@ -40,7 +40,8 @@ class QuestionsDataset(SeededEpochDataset):
         self.pad = corpus.dictionary.pad()
 
     def __getitem__(self, index: int) -> Dict:
-        return {"id": index, "source": self.tokens[index], "answers": self.questions[index].answers}
+        question = self.questions[index]
+        return {"id": index, "source": self.tokens[index], "question": question.question, "answers": question.answers}
 
     def ordered_indices(self) -> np.ndarray:
         with data_utils.numpy_seed(self.seed, self.epoch):
@@ -55,5 +56,6 @@ class QuestionsDataset(SeededEpochDataset):
             "nsentences": len(samples),
             "ntokens": int(net_input["src_lengths"].sum()),
             "net_input": net_input,
+            "questions": [s["question"] for s in samples],  # the texts, for a retriever that reads words (BM25)
             "answers": [s["answers"] for s in samples],
         }

@@ -92,7 +92,7 @@ class Prediction:
     end: int
 
 
-def retrieve_and_read(model, retriever: FixedIndexRetriever, finder: AnswerFinder, src_tokens: torch.Tensor,
+def retrieve_and_read(model, retriever: Optional[FixedIndexRetriever], finder: AnswerFinder, src_tokens: torch.Tensor,
                       reading: Reading, answers: Optional[Sequence[Sequence[str]]] = None,
                       gold_only: bool = False, retrieved: Optional[Tuple[np.ndarray, torch.Tensor]] = None
                       ) -> ReadBatch:
@@ -110,7 +110,7 @@ def retrieve_and_read(model, retriever: FixedIndexRetriever, finder: AnswerFinde
     block_ids, scores = retrieved  # (B, beam) each
     topk = min(reading.topk, block_ids.shape[1])
     lengths = src_tokens.ne(d.pad()).sum(1).cpu().numpy()  # (B,)
-    blocks, block_lengths = retriever.corpus.padded_tokens(block_ids[:, :topk].reshape(-1).tolist())  # (B*K, L)
+    blocks, block_lengths = finder.corpus.padded_tokens(block_ids[:, :topk].reshape(-1).tolist())  # (B*K, L)
     joined, segments = join_query_and_blocks(src_tokens, blocks, block_lengths, d.pad(), d.eos(),
                                              model.reader_cfg.max_positions)
     # (B * K, Tj): row b * K + k is question b with its k-th block

@@ -46,7 +46,8 @@ def param_groups(params: List[torch.Tensor], retriever_lr_scale: float) -> List[
     if not retriever and retriever_lr_scale != 1:
         raise ValueError(f"--retriever-lr-scale {retriever_lr_scale}: no parameter is tagged as the retriever's "
                          f"(with --fp16, add --fp16-no-flatten-grads: fairseq flattens the parameters into one "
-                         f"and the tags are lost)")
+                         f"and the tags are lost; where nothing trains the retriever, e.g. --retrieval bm25, "
+                         f"leave --retriever-lr-scale at 1)")
     groups = [{"params": reader, "lr_scale": 1.0}, {"params": retriever, "lr_scale": retriever_lr_scale}]
     groups = [g for g in groups if g["params"]]
     if all(g["lr_scale"] == 0 for g in groups):

@@ -9,10 +9,17 @@ QUESTIONS is a directory of question files ``train.jsonl``, ``valid.jsonl`` (and
 version or ``--index-version``, checked against the CORPUS) and the document embedder stay fixed, as in
 the paper: only the query embedder and the reader train. Each question retrieves ``--retriever-beam``
 blocks for the retriever's loss and recall@k, and the reader reads the best ``--retrieval-topk``.
+
+``--retrieval bm25`` is the pipeline baseline instead (BM25 + BERT in REALM's Table 1): BM25 ranks the
+CORPUS's blocks for the question's words (:mod:`realm_fairseq.retrieval.bm25`), its score takes the place of
+f(x, z), no INDEX is read and only the reader trains. A checkpoint of either kind is evaluated either way
+(``realm-evaluate --bm25``).
 """
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
+
+import torch
 
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
@@ -29,6 +36,9 @@ from realm_fairseq.retrieval.versions import check_serves
 from realm_fairseq.tasks.base import RealmTask
 
 
+RETRIEVALS = ("dense", "bm25")  # what finds the blocks a question's reader reads (--retrieval)
+
+
 @dataclass
 class RealmOpenQAConfig(placement.PlacementConfig):
     data: str = field(default=MISSING, metadata={"help": "directory of question files {split}.jsonl"})
@@ -37,6 +47,11 @@ class RealmOpenQAConfig(placement.PlacementConfig):
                                                          "the corpus; it is used as it is, never updated"})
     index_version: Optional[int] = field(
         default=None, metadata={"help": "which version of the INDEX to use (default: the newest)"}
+    )
+    retrieval: ChoiceEnum(list(RETRIEVALS)) = field(
+        default="dense", metadata={"help": "dense: the query embedder over the INDEX (REALM); bm25: BM25 over the "
+                                   "CORPUS (bm25s, k1=0.9, b=0.4; the bm25 extra), its score as f(x, z), no INDEX "
+                                   "and only the reader trains: the pipeline baseline (BM25 + BERT)"}
     )
     answer_type: ChoiceEnum(list(ANSWER_TYPES)) = field(
         default="text", metadata={"help": "answers are strings (NQ-Open, WebQuestions) or regular expressions "
@@ -62,23 +77,31 @@ class RealmOpenQAConfig(placement.PlacementConfig):
 
 @register_task("realm_open_qa", dataclass=RealmOpenQAConfig)
 class RealmOpenQATask(RealmTask):
-    def __init__(self, cfg: RealmOpenQAConfig, corpus: BlockCorpus, retriever: FixedIndexRetriever):
+    def __init__(self, cfg: RealmOpenQAConfig, corpus: BlockCorpus, retriever: Optional[FixedIndexRetriever],
+                 bm25=None):
         super().__init__(cfg, corpus)
         if cfg.retriever_beam < cfg.retrieval_topk:
             raise ValueError(f"--retriever-beam {cfg.retriever_beam} must be at least --retrieval-topk "
                              f"{cfg.retrieval_topk}")
-        self.retriever = retriever
+        self.retriever = retriever  # the fixed INDEX (--retrieval dense)
+        self.bm25 = bm25  # a Bm25Retriever over the corpus (--retrieval bm25)
         self.finder = AnswerFinder(corpus, cfg.answer_type)
 
     @classmethod
     def setup_task(cls, cfg: RealmOpenQAConfig, **kwargs):
-        missing = [f"--{name}" for name in ("corpus", "index") if not getattr(cfg, name)]
+        needed = ("corpus",) if cfg.retrieval == "bm25" else ("corpus", "index")
+        missing = [f"--{name}" for name in needed if not getattr(cfg, name)]
         if missing:
             raise ValueError(f"realm_open_qa needs {' and '.join(missing)} (the CORPUS the questions are "
                              f"answered from and its INDEX from realm-build-index)")
         for name in ("corpus", "index"):  # recorded in checkpoints, which may be used from elsewhere
-            setattr(cfg, name, os.path.abspath(getattr(cfg, name)))
+            if getattr(cfg, name):
+                setattr(cfg, name, os.path.abspath(getattr(cfg, name)))
         corpus = BlockCorpus(cfg.corpus)
+        if cfg.retrieval == "bm25":
+            from realm_fairseq.retrieval.bm25 import Bm25Retriever
+
+            return cls(cfg, corpus, None, Bm25Retriever.for_corpus(corpus))
         devices = placement.resolve(cfg.retrieval_devices, cfg.cpu)
         return cls(cfg, corpus, FixedIndexRetriever(corpus, cfg.index, cfg.index_version, devices,
                                                     cfg.retrieval_precision))
@@ -93,8 +116,11 @@ class RealmOpenQATask(RealmTask):
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
-        check_serves(self.retriever.manifest, self.cfg.index, model.query_embedder)
         model.doc_embedder.requires_grad_(False)  # the index holds its embeddings; both stay fixed
+        if self.bm25 is not None:
+            model.query_embedder.requires_grad_(False)  # BM25 retrieves: nothing reaches it
+        else:
+            check_serves(self.retriever.manifest, self.cfg.index, model.query_embedder)
         return model
 
     def register_heads(self, model) -> None:
@@ -106,9 +132,15 @@ class RealmOpenQATask(RealmTask):
         return Reading(topk or self.cfg.retrieval_topk, beam or self.cfg.retriever_beam, self.cfg.max_span_len,
                        str(self.cfg.span_rule))
 
-    def read(self, model, src_tokens, topk: Optional[int] = None, beam: Optional[int] = None,
-             retrieved=None) -> ReadBatch:
-        """The model's :meth:`~realm_fairseq.models.realm.RealmModel.read` of a batch of ``[CLS] x [SEP]``
-        questions (B, T) from this task's retriever, or of the blocks ``retrieved`` elsewhere (ids, scores),
-        with its settings (:meth:`reading`)."""
-        return model.read(src_tokens, self.retriever, self.finder, self.reading(topk, beam), retrieved=retrieved)
+    def read(self, model, src_tokens, questions: Sequence[str], topk: Optional[int] = None,
+             beam: Optional[int] = None, answers: Optional[Sequence[Sequence[str]]] = None,
+             gold_only: bool = False) -> ReadBatch:
+        """The model's :meth:`~realm_fairseq.models.realm.RealmModel.read` of a batch of questions,
+        ``src_tokens`` (B, T) ``[CLS] x [SEP]`` and their texts ``questions``, from this task's retriever with
+        its settings (:meth:`reading`); ``answers`` and ``gold_only`` as that method takes them."""
+        reading = self.reading(topk, beam)
+        retrieved = None
+        if self.bm25 is not None:
+            ids, scores = self.bm25.search(list(questions), max(reading.beam, reading.topk))  # (B, beam) each
+            retrieved = ids, torch.from_numpy(scores).to(src_tokens.device)
+        return model.read(src_tokens, self.retriever, self.finder, reading, answers, gold_only, retrieved)
