@@ -5,7 +5,8 @@
 #
 # QUESTIONS holds train.jsonl and valid.jsonl (realm-squad-to-questions). The options after SAVE_DIR come
 # last, so they add to these settings or replace them: the start (--encoder-init WEIGHTS or --realm-init
-# CHECKPOINT), --index-version, --max-update, ...  The settings, and why:
+# CHECKPOINT), --index-version, --max-update, ...; "--retrieval bm25 --retriever-lr-scale 1" fine-tunes the
+# BM25 pipeline baseline instead (the reader on BM25's blocks). The settings, and why:
 #   --retrieval-topk 5       REALM's 5 blocks read per question; training reads only those that hold an
 #                            answer (the same loss), so a question costs its answer blocks, not 5
 #   --retriever-beam 100     blocks the retriever's loss and recall@k see (query embedding only: cheap)
