@@ -96,12 +96,13 @@ def retrieve_and_read(model, retriever: Optional[FixedIndexRetriever], finder: A
                       reading: Reading, answers: Optional[Sequence[Sequence[str]]] = None,
                       gold_only: bool = False, retrieved: Optional[Tuple[np.ndarray, torch.Tensor]] = None
                       ) -> ReadBatch:
-    """Retrieve ``reading.beam`` blocks per question of ``src_tokens`` (B, T) ``[CLS] x [SEP]`` and read the
-    best ``reading.topk``; their answer spans are to be predicted by ``reading.span_rule``. With the
+    """Retrieve ``reading.beam`` blocks per question of ``src_tokens`` (B, T) ``[CLS] x [SEP]`` from
+    ``retriever`` (the fixed index; None when ``retrieved`` is given) and read the best ``reading.topk``; their answer spans are to be predicted by ``reading.span_rule``. With the
     questions' gold ``answers`` the batch carries their gold spans and which retrieved blocks hold one, and
     with ``gold_only`` only the blocks holding a gold span are read (training: the loss is the same,
     predictions are not; see the module's docstring). ``retrieved``, blocks another retriever found (ids
-    (B, beam) best first and their scores, e.g. BM25's), is read in place of the model's own retrieval."""
+    (B, beam) best first and their scores, e.g. BM25's), is read in place of the model's own retrieval, and
+    their scores are f(x, z)."""
     d, max_span_len = model.dictionary, reading.max_span_len
     targets = None if answers is None else [finder.targets(a) for a in answers]
     if retrieved is None:
