@@ -26,7 +26,7 @@ def test_demo_quick_runs_the_pipeline_and_prints_its_results(tmp_path):
     assert (out / "pretrain" / "checkpoint_last.pt").exists()
     steps = {m.group(2): m.start() for m in re.finditer(r"^== \[(\d+m\d\ds)\] (step \d+\w?|results|done)",
                                                          proc.stdout, re.M)}  # each with the time so far
-    assert list(steps) == ["step 1", "step 2", "step 3", "step 3b", "step 4", "step 5a", "step 5b", "step 6",
+    assert list(steps) == ["step 1", "step 2", "step 3", "step 3b", "step 4", "step 5a", "step 5b", "step 5c", "step 6",
                            "step 7", "results", "done"]
 
     # pre-training with retrieval, and the same reader without (--retrieval-topk 0), compared
@@ -62,15 +62,17 @@ def test_demo_quick_runs_the_pipeline_and_prints_its_results(tmp_path):
     # recall@5, EM and F1 after fine-tuning, each as its JSON says
     results = proc.stdout[steps["results"]:steps["done"]].splitlines()
     assert results[3].split() == ["zero-shot", "R@5", "R@5", "EM", "F1"]
-    for line, zero_shot, qa in zip(results[4:8], ("bm25", "minilm", "realm", None),
-                                   (None, "qa-minilm", "qa-realm", "qa-realm-bm25")):
+    for line, zero_shot, qa in zip(results[4:9], ("bm25", "minilm", "realm", None, None),
+                                   (None, "qa-minilm", "qa-realm", "qa-realm-bm25", "qa-bm25")):
         expected = [json.load(open(out / f"{zero_shot}.squad.zero-shot.json"))["recall@5"]] if zero_shot else []
         if qa:
             tuned = json.load(open(out / f"{qa}.squad.json"))
             expected += [tuned["recall@5"], tuned["em"], tuned["f1"]]
         assert [v for v in line.split()[-4:] if v != "-"] == [f"{v:.1f}" for v in expected]
-    em = {qa: json.load(open(out / f"{qa}.squad.json"))["em"] for qa in ("qa-minilm", "qa-realm", "qa-realm-bm25")}
-    for baseline, qa in (("\\(a\\)", "qa-minilm"), ("BM25 \\+ \\(b\\)'s reader", "qa-realm-bm25")):
+    em = {qa: json.load(open(out / f"{qa}.squad.json"))["em"] for qa in ("qa-minilm", "qa-realm", "qa-realm-bm25",
+                                                                          "qa-bm25")}
+    for baseline, qa in (("\\(a\\)", "qa-minilm"), ("BM25 \\+ \\(b\\)'s reader", "qa-realm-bm25"),
+                         ("\\(c\\)", "qa-bm25")):
         compared = re.search(rf"^\(b\) - {baseline} on SQuAD dev, test split, (\d+) questions: EM ([-+][\d.]+) \(95% "
                              r"interval ([-+][\d.]+) to ([-+][\d.]+)\), F1 ", "\n".join(results), re.M)
         assert compared and int(compared[1]) == QUICK_TEST  # (b) against the baseline on the same questions
@@ -78,7 +80,8 @@ def test_demo_quick_runs_the_pipeline_and_prints_its_results(tmp_path):
         assert float(compared[3]) <= float(compared[2]) <= float(compared[4])
     assert results[4].startswith("BM25") and results[5].startswith("(a) MiniLM")
     assert results[6].startswith("(b) after REALM pre-training") and results[7].startswith("(b)'s reader on BM25's")
-    assert json.load(open(out / "qa-realm-bm25.squad.json"))["retriever"] == "bm25"
+    assert results[8].startswith("(c) BM25 + (a)'s reader")
+    assert all(json.load(open(out / f"{qa}.squad.json"))["retriever"] == "bm25" for qa in ("qa-realm-bm25", "qa-bm25"))
     assert json.load(open(out / "minilm.squad.zero-shot.json"))["questions"] == QUICK_TEST
     assert (out / "report.png").stat().st_size > 10_000 and f"wrote {out / 'report.png'}" in proc.stdout
 
