@@ -5,8 +5,9 @@
 Left: the pre-training masked-LM loss (bits per masked token) of the run with retrieval and of the same
 reader trained with ``--retrieval-topk 0`` (no blocks), and the retrieval utility (bits per masked token
 gained by the retrieved blocks over the null document). Right: validation EM and recall@5 of the QA
-fine-tuning of (a) MiniLM without REALM pre-training and (b) after it. It reads the fairseq logs
-``pretrain.log``, ``pretrain-no-retrieval.log``, ``qa-minilm.log`` and ``qa-realm.log`` of OUT.
+fine-tuning of (a) MiniLM without REALM pre-training, (b) after it and (c) the pipeline baseline on BM25's
+blocks. It reads the fairseq logs ``pretrain.log``, ``pretrain-no-retrieval.log``, ``qa-minilm.log``,
+``qa-realm.log`` and ``qa-bm25.log`` of OUT.
 """
 import argparse
 import os
@@ -16,7 +17,8 @@ from show_metrics import log_records
 
 PRETRAIN = (("pretrain.log", "with retrieval (k blocks + null document)"),
             ("pretrain-no-retrieval.log", "same reader, --retrieval-topk 0"))
-QA = (("qa-minilm.log", "(a) MiniLM, no REALM pre-training"), ("qa-realm.log", "(b) after REALM pre-training"))
+QA = (("qa-minilm.log", "(a) MiniLM, no REALM pre-training"), ("qa-realm.log", "(b) after REALM pre-training"),
+      ("qa-bm25.log", "(c) BM25 + (a)'s reader on its blocks"))
 
 
 def series(path: str, kind: str, metric: str):
