@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from realm_fairseq.data import BlockCorpus, InputError
+from realm_fairseq.data import BlockCorpus, InputError, Vocab
 from realm_fairseq.data.corpus_builder import CorpusConfig, prepare_corpus
 
 from conftest import ROOT, SQUAD_DEV, VOCAB, WIKI, run
@@ -121,6 +121,25 @@ def test_output_does_not_depend_on_the_number_of_workers(tmp_path):
     for name in names:
         with open(os.path.join(one.path, name), "rb") as a, open(os.path.join(two.path, name), "rb") as b:
             assert a.read() == b.read(), f"{name} differs between 1 and 2 workers"
+
+
+def test_a_tokenizer_json_or_its_directory_gives_the_corpus_vocab_txt_gives(tmp_path):
+    """--vocab takes the tokenizer.json that newer transformers save in place of vocab.txt, or their model
+    directory: the same corpus, byte for byte, its manifest naming the file the vocab came from."""
+    src = write(tmp_path / "d.jsonl", as_jsonl(DOCS))
+    (tmp_path / "hf").mkdir()
+    Vocab.load(VOCAB).tokenizer().save(str(tmp_path / "hf" / "tokenizer.json"))
+    manifests = {name: prepare_corpus([str(src)], vocab, str(tmp_path / name), CorpusConfig(**CFG))
+                 for name, vocab in (("txt", VOCAB), ("json", str(tmp_path / "hf" / "tokenizer.json")),
+                                     ("dir", str(tmp_path / "hf")))}
+    names = sorted(os.listdir(tmp_path / "txt"))
+    for other in ("json", "dir"):
+        assert sorted(os.listdir(tmp_path / other)) == names
+        for name in names:
+            if name != "manifest.json":
+                assert (tmp_path / other / name).read_bytes() == (tmp_path / "txt" / name).read_bytes(), name
+        assert manifests[other]["vocab"]["md5"] == manifests["txt"]["vocab"]["md5"]
+        assert manifests[other]["vocab"]["path"] == str(tmp_path / "hf" / "tokenizer.json")
 
 
 def test_refuses_to_overwrite_without_force(tmp_path):

@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="document files")
-    parser.add_argument("--vocab", required=True, help="BERT uncased WordPiece vocab.txt")
+    parser.add_argument("--vocab", required=True, help="BERT uncased WordPiece vocab: a vocab.txt, a tokenizer.json, "
+                                                       "or a Hugging Face model directory holding either")
     parser.add_argument("--out", required=True, help="CORPUS directory to create")
     gen_parser_from_dataclass(parser, CorpusConfig())
     return parser

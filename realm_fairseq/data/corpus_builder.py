@@ -377,7 +377,7 @@ def prepare_corpus(inputs: List[str], vocab_path: str, out: str, cfg: CorpusConf
     check_writable_target(out, cfg.force)
     if cfg.force and os.path.lexists(out):
         check_replaceable(out, inputs + [vocab_path])
-    vocab = Vocab.load(vocab_path)
+    vocab = Vocab.read(vocab_path)
     formats = resolve_formats(inputs, cfg.format)
     if REALM_BLOCKS in formats and len(inputs) > 1:
         raise InputError(f"{', '.join(inputs)}: a {REALM_BLOCKS} corpus is built from one block_records.npy alone, "

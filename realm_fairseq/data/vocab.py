@@ -12,6 +12,7 @@ is ``[PAD]``, ``</s>`` (2) is ``[SEP]`` and ``<unk>`` (3) is ``[UNK]``; a weight
 those four BERT rows into rows 0-3.
 """
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from typing import List, Sequence
@@ -31,6 +32,34 @@ REQUIRED_SYMBOLS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 FAIRSEQ_SYMBOLS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
 #: BERT's limit: longer words become [UNK]
 MAX_INPUT_CHARS_PER_WORD = 100
+
+
+def check_tokens(path: str, tokens: List[str], unit: str) -> None:
+    """Raise InputError unless ``tokens`` (read from ``path``, entry n at ``unit`` n: line or id) are unique,
+    non-empty WordPieces with BERT's specials and no fairseq special."""
+    if not tokens:
+        raise InputError(f"{path}: vocab file is empty; expected one WordPiece per line")
+    first = 1 if unit == "line" else 0
+    seen = {}
+    for n, tok in enumerate(tokens, start=first):
+        if not tok.strip() or tok != tok.strip():
+            raise InputError(f"{path}, {unit} {n}: empty or space-padded vocab entry {tok!r}")
+        if tok in seen:
+            raise InputError(f"{path}, {unit} {n}: duplicate vocab entry {tok!r} (first at {unit} {seen[tok]})")
+        if tok in FAIRSEQ_SYMBOLS:
+            raise InputError(f"{path}, {unit} {n}: vocab entry {tok!r} clashes with a fairseq special symbol")
+        seen[tok] = n
+    missing = [s for s in REQUIRED_SYMBOLS if s not in seen]
+    if missing:
+        raise InputError(
+            f"{path}: vocab lacks {', '.join(missing)}; expected a BERT WordPiece vocab with "
+            f"{', '.join(REQUIRED_SYMBOLS)}"
+        )
+    if all(tok.startswith("[") and tok.endswith("]") for tok in tokens):
+        raise InputError(
+            f"{path}: vocab holds only special symbols ({len(tokens)} [...] entries), so every word would "
+            f"become [UNK]; expected a BERT WordPiece vocab"
+        )
 
 
 @dataclass
@@ -53,33 +82,38 @@ class Vocab:
         if tokens and tokens[-1] == "":
             tokens.pop()
         tokens = [t.rstrip("\r") for t in tokens]
-        if not tokens:
-            raise InputError(f"{path}: vocab file is empty; expected one WordPiece per line")
-        seen = {}
-        for lineno, tok in enumerate(tokens, start=1):
-            if not tok.strip() or tok != tok.strip():
-                raise InputError(f"{path}, line {lineno}: empty or space-padded vocab entry {tok!r}")
-            if tok in seen:
-                raise InputError(
-                    f"{path}, line {lineno}: duplicate vocab entry {tok!r} (first on line {seen[tok]})"
-                )
-            if tok in FAIRSEQ_SYMBOLS:
-                raise InputError(
-                    f"{path}, line {lineno}: vocab entry {tok!r} clashes with a fairseq special symbol"
-                )
-            seen[tok] = lineno
-        missing = [s for s in REQUIRED_SYMBOLS if s not in seen]
-        if missing:
-            raise InputError(
-                f"{path}: vocab lacks {', '.join(missing)}; expected a BERT WordPiece vocab with "
-                f"{', '.join(REQUIRED_SYMBOLS)}"
-            )
-        if all(tok.startswith("[") and tok.endswith("]") for tok in tokens):
-            raise InputError(
-                f"{path}: vocab holds only special symbols ({len(tokens)} [...] entries), so every word would "
-                f"become [UNK]; expected a BERT WordPiece vocab"
-            )
+        check_tokens(path, tokens, "line")
         return cls(path=path, tokens=tokens, md5=hashlib.md5(raw).hexdigest())
+
+    @classmethod
+    def read(cls, path: str) -> "Vocab":
+        """The vocab at ``path``: a ``vocab.txt``, a ``tokenizer.json``, or a Hugging Face directory holding
+        either (``vocab.txt`` first; newer transformers and sentence-transformers save ``tokenizer.json``
+        alone)."""
+        if os.path.isdir(path):
+            txt, json_path = os.path.join(path, "vocab.txt"), os.path.join(path, "tokenizer.json")
+            return cls.load(txt) if os.path.isfile(txt) or not os.path.isfile(json_path) else \
+                cls.from_tokenizer_json(json_path)
+        return cls.from_tokenizer_json(path) if path.endswith(".json") else cls.load(path)
+
+    @classmethod
+    def from_tokenizer_json(cls, path: str) -> "Vocab":
+        """The WordPiece vocab of a ``tokenizers`` file (``tokenizer.json``, which transformers and
+        sentence-transformers save in place of ``vocab.txt``); its md5 is that of the same ``vocab.txt``."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                model = json.load(f).get("model") or {}
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path}: not a readable tokenizer.json ({e})") from None
+        if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
+            raise InputError(f"{path}: its model is {model.get('type')!r}; expected BERT's WordPiece with a vocab")
+        by_id = sorted((i, token) for token, i in model["vocab"].items())
+        if [i for i, _ in by_id] != list(range(len(by_id))):
+            raise InputError(f"{path}: WordPiece ids are not 0..{len(by_id) - 1} without gaps")
+        tokens = [token for _, token in by_id]
+        check_tokens(path, tokens, "id")
+        text = "".join(token + "\n" for token in tokens)
+        return cls(path=path, tokens=tokens, md5=hashlib.md5(text.encode("utf-8")).hexdigest())
 
     def __len__(self) -> int:
         return len(self.tokens)
