@@ -125,6 +125,28 @@ def test_without_a_head_the_reader_head_starts_random_with_a_warning(hf_mlm, tmp
     assert reader.lm_head.layer_norm.weight.eq(1).all()  # untouched initialisation
 
 
+def test_a_tokenizer_json_stands_in_for_vocab_txt(hf_mlm, tmp_path):
+    """transformers and sentence-transformers may save tokenizer.json alone: its WordPiece vocab converts as
+    vocab.txt does (the same md5); another tokenizer model or one that keeps case is refused, naming the file."""
+    hf_dir = tmp_path / "hf"
+    shutil.copytree(hf_mlm[1], hf_dir)
+    os.remove(hf_dir / "vocab.txt")
+    Vocab.load(VOCAB).tokenizer().save(str(hf_dir / "tokenizer.json"))
+    converted, original = convert_hf_bert(str(hf_dir)), load_weights(hf_mlm[2])
+    assert (converted["vocab"], converted["vocab_md5"]) == (original["vocab"], original["vocab_md5"])
+    assert torch.equal(converted["state_dict"]["encoder.embed_tokens.weight"],
+                       original["state_dict"]["encoder.embed_tokens.weight"])
+    saved = json.loads((hf_dir / "tokenizer.json").read_text())
+    for change, message in ((lambda t: t.update(normalizer={"type": "BertNormalizer", "lowercase": False}),
+                             "tokenizer.json: does not lower-case"),
+                            (lambda t: t["model"].update(type="BPE"), "its model is 'BPE'; expected BERT's WordPiece")):
+        broken = json.loads(json.dumps(saved))
+        change(broken)
+        (hf_dir / "tokenizer.json").write_text(json.dumps(broken))
+        with pytest.raises(InputError, match=message):
+            convert_hf_bert(str(hf_dir))
+
+
 def test_bad_heads_and_vocabs_are_refused(hf_mlm, tmp_path):
     hf_dir = tmp_path / "hf"
     shutil.copytree(hf_mlm[1], hf_dir)

@@ -22,13 +22,16 @@ import torch
 
 from realm_fairseq.data.corpus import BlockCorpus, with_cls_sep
 from realm_fairseq.data.question_dataset import collate_questions, encode_question
+from realm_fairseq.data.vocab import Vocab
 from realm_fairseq.hub import RealmQA
 from realm_fairseq.models.config import RealmConfig
-from realm_fairseq.models.embedder import title_body_segments
+from realm_fairseq.models.embedder import TOWERS, title_body_segments
 from realm_fairseq.models.hf_convert import convert_hf_bert
 from realm_fairseq.models.hf_export import export_checkpoint
-from realm_fairseq.models.loading import snapshot_state
+from realm_fairseq.models.loading import snapshot_state, weights_embedders
 from realm_fairseq.models.realm import RealmModel, realm_minilm, realm_tiny
+from realm_fairseq.models.similarity import Similarity
+from realm_fairseq.models.st_import import convert_towers
 
 from conftest import SQUAD_DEV, hide_torchaudio, run
 
@@ -201,7 +204,8 @@ def test_the_command_writes_a_readme_keeps_what_exists_and_refuses_other_encoder
     out = tmp_path / "hf"
     proc = run(["realm-export-hf", realm_qa["qa.pt"], "--out", str(out)])
     assert "span_reader: BertModel" in proc.stdout and "doc_embedder: sentence-transformers" in proc.stdout
-    assert "(title, body)" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "(title, body)" in readme and "`realm-convert-hf DIR --out realm.pt`" in readme
     before = sorted(p.name for p in out.iterdir())
     again = run(["realm-export-hf", realm_qa["qa.pt"], "--out", str(out)], check=False)
     assert again.returncode != 0 and "already exists; pass --force" in again.stderr
@@ -235,3 +239,140 @@ def test_a_tower_without_segments_reads_text_and_pairs_alike(wiki_corpus, tmp_pa
     blocks = [corpus.block(i) for i in range(0, 400, 50)]
     texts, pairs = [f"{b.title} [SEP] {b.text}" for b in blocks], [(b.title, b.text) for b in blocks]
     assert (torch.from_numpy(st.encode(pairs)) - torch.from_numpy(st.encode(texts))).abs().max() < TOL
+
+
+# ---------------------------------------------------------------- reading an export back (realm-convert-hf)
+
+
+@pytest.fixture(scope="module")
+def realm_export(realm_qa, tmp_path_factory):
+    """REALM's form exported: pooler, projection and LayerNorm; blocks read as title and body."""
+    return export_checkpoint(realm_qa["qa.pt"], str(tmp_path_factory.mktemp("realm_export") / "hf")).out
+
+
+def test_an_export_with_heads_reads_back_as_the_model_that_was_exported(realm_qa, realm_export, tmp_path):
+    """realm-convert-hf of an export: a model started from it (--realm-init) is built REALM's way, embeds as
+    the checkpoint's towers do and has its span reader, span head included; --hf reads the export directory
+    itself alike."""
+    from test_realm_hf import build
+
+    back = str(tmp_path / "back.pt")
+    proc = run(["realm-convert-hf", realm_export, "--out", back])
+    assert "weights for --realm-init, --retriever-init and --hf; query_embedder, doc_embedder: realm head " \
+           "projecting to 8, cls pooling, dot score, blocks read as title and body; span_reader with its orqa span " \
+           "head" in proc.stdout
+    original = RealmQA.from_pretrained(realm_qa["qa.pt"], device="cpu").model
+    corpus = BlockCorpus(realm_qa["corpus"])
+    d = corpus.dictionary
+    model = build(d, needs_span_reader=True, realm_init=back)
+    assert (model.cfg.retriever_head, model.cfg.doc_segments, model.cfg.span_head) == ("realm", "title_body", "orqa")
+    theirs = original.span_reader.state_dict()
+    assert theirs.keys() == model.span_reader.state_dict().keys() and "span_norm.weight" in theirs
+    for key, value in model.span_reader.state_dict().items():
+        assert torch.allclose(value, theirs[key], atol=1e-6), key
+    blocks = collate_questions([with_cls_sep(corpus.tokens(i), d) for i in range(len(corpus))], d.pad())["src_tokens"]
+    (query_tower, doc_tower), similarity = weights_embedders(realm_export, corpus, TOWERS)
+    assert similarity == Similarity("cls", "dot")
+    with torch.no_grad():
+        expected = original.embed_queries(blocks), original.embed_blocks(blocks)
+        for queries, docs in ((model.embed_queries(blocks), model.embed_blocks(blocks)),
+                              (query_tower(blocks), doc_tower(blocks))):
+            assert (queries - expected[0]).abs().max() < TOL and (docs - expected[1]).abs().max() < TOL
+    assert expected[1].abs().max() > 0.1 and (expected[1] - original.doc_embedder.eval()(blocks)).abs().max() < TOL
+
+
+def test_a_sentence_transformers_embedder_with_a_head_starts_both_towers(realm_export, realm_qa, tmp_path,
+                                                                         monkeypatch):
+    """An embedder as sentence-transformers saves it (its Dense and LayerNorm modules, no realm_tower.json)
+    embeds text as its ``encode`` does, as both towers."""
+    hide_torchaudio(monkeypatch)
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(os.path.join(realm_export, "query_embedder"), device="cpu")
+    st.save(str(tmp_path / "saved"))
+    weights = convert_towers(str(tmp_path / "saved"))
+    assert sorted(weights["parts"]) == sorted(TOWERS) and weights["form"]["doc_segments"] == "none"
+    assert not (tmp_path / "saved" / "vocab.txt").exists()  # read from tokenizer.json, the vocab it saves
+    assert weights["vocab_md5"] == Vocab.load(os.path.join(realm_export, "query_embedder", "vocab.txt")).md5
+    corpus = BlockCorpus(realm_qa["corpus"])
+    texts = [corpus.decode(i) for i in range(len(corpus))]
+    embedders, _ = weights_embedders(str(tmp_path / "saved"), corpus, TOWERS)
+    d = corpus.dictionary
+    blocks = collate_questions([with_cls_sep(corpus.tokens(i), d) for i in range(len(corpus))], d.pad())["src_tokens"]
+    theirs = torch.from_numpy(st.encode(texts))
+    with torch.no_grad():
+        for embedder in embedders:
+            assert (embedder(blocks) - theirs).abs().max() < 1e-4  # LayerNorm's eps: theirs 1e-5, BERT's 1e-12
+
+
+def test_a_minilm_form_export_reads_back_without_a_head(minilm_checkpoint, exported, wiki_corpus):
+    """Mean pooling, cosine, no projection; each tower its own weights; the reader with its masked-LM head."""
+    _, model = minilm_checkpoint
+    weights = convert_towers(exported.out)
+    assert (weights["form"]["retriever_head"], weights["retriever_projection_dim"], weights["retriever"]) == \
+        ("linear", 0, {"pooling": "mean", "score": "cosine"})
+    reader = model.reader.state_dict()
+    assert weights["parts"]["reader"].keys() == reader.keys() - {"lm_head.weight", "encoder.encoder.version"}
+    for key in ("encoder.encoder.layers.5.fc2.weight", "lm_head.dense.weight", "lm_head.layer_norm.bias"):
+        assert torch.allclose(weights["parts"]["reader"][key], reader[key], atol=1e-7), key
+    corpus = BlockCorpus(wiki_corpus)
+    d = corpus.dictionary
+    blocks = collate_questions([with_cls_sep(corpus.tokens(i), d) for i in range(0, 640, 10)], d.pad())["src_tokens"]
+    closing = blocks.masked_fill(blocks == d.index("[SEP]"), d.eos())  # the export keeps </s>'s row for [SEP]
+    (query_tower, doc_tower), _ = weights_embedders(exported.out, corpus, TOWERS)
+    with torch.no_grad():
+        assert (query_tower(blocks) - model.embed_queries(closing) / model.cfg.retriever_scale).abs().max() < TOL
+        assert (doc_tower(blocks) - model.embed_blocks(closing)).abs().max() < TOL
+        assert (doc_tower(blocks) - query_tower(blocks)).abs().max() > 1e-3  # two towers, not one twice
+
+
+def edit_json(path, change) -> None:
+    with open(path, encoding="utf-8") as f:
+        found = json.load(f)
+    change(found)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(found, f)
+
+
+@pytest.mark.parametrize("broken, message", [
+    ("head", "a head of Dense, LayerNorm after the pooling; only Dense (the linear head) or Dense (tanh), Dense, "
+             "LayerNorm (REALM's) convert"),
+    ("activation", "3_Dense/config.json: activation_function is 'torch.nn.modules.activation.Tanh'; expected "
+                   "'torch.nn.modules.linear.Identity'"),
+    ("towers", "doc_embedder: its similarity ({'pooling': 'mean', 'score': 'dot'}) differ from"),
+    ("segments", "realm_tower.json: doc_segments is 'pairs'; expected one of none, title_body"),
+], ids=["head", "activation", "towers", "segments"])
+def test_an_export_that_does_not_convert_is_named(realm_export, tmp_path, broken, message):
+    import shutil
+
+    copy = str(tmp_path / "hf")
+    shutil.copytree(realm_export, copy)
+    doc = os.path.join(copy, "doc_embedder")
+    if broken == "head":
+        edit_json(os.path.join(doc, "modules.json"), lambda modules: modules.pop(2))
+    elif broken == "activation":
+        edit_json(os.path.join(doc, "3_Dense", "config.json"),
+                  lambda c: c.update(activation_function="torch.nn.modules.activation.Tanh"))
+    elif broken == "towers":
+        edit_json(os.path.join(doc, "1_Pooling", "config.json"),
+                  lambda c: c.update(pooling_mode_cls_token=False, pooling_mode_mean_tokens=True))
+    else:
+        edit_json(os.path.join(doc, "realm_tower.json"), lambda c: c.update(doc_segments="pairs"))
+    proc = run(["realm-convert-hf", copy, "--out", str(tmp_path / "back.pt")], check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "back.pt").exists()
+
+
+def test_a_reader_that_cannot_come_back_with_the_embedders_is_left_out_and_named(realm_export, tmp_path):
+    import shutil
+
+    copy = str(tmp_path / "hf")
+    shutil.copytree(realm_export, copy)
+    os.remove(os.path.join(copy, "span_reader", "span_head.safetensors"))
+    proc = run(["realm-convert-hf", copy, "--out", str(tmp_path / "back.pt")], check=False)
+    assert proc.returncode != 0 and "span_head.safetensors: not a readable safetensors file" in proc.stderr
+    os.remove(os.path.join(copy, "span_reader", "span_head.json"))  # an export from before the span head was kept
+    proc = run(["realm-convert-hf", copy, "--out", str(tmp_path / "back.pt")])
+    assert "weights for --retriever-init and --hf; query_embedder, doc_embedder" in proc.stdout
+    assert f"{copy}/span_reader is left out (not of the embedders' size, or without its head)" in proc.stdout
+    assert sorted(torch.load(tmp_path / "back.pt", weights_only=True)["parts"]) == ["doc_embedder", "query_embedder"]

@@ -28,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--corpus", required=True, help="CORPUS directory from realm-prepare-corpus")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="fairseq checkpoint of a realm model (its doc_embedder)")
-    source.add_argument("--hf", help="Hugging Face BERT or sentence-transformers directory, or realm-convert-hf "
-                                     "weights file")
+    source.add_argument("--hf", help="Hugging Face BERT or sentence-transformers directory (with or without a "
+                                     "head), realm-export-hf directory, or realm-convert-hf weights file")
     parser.add_argument("--pooling", choices=POOLINGS, default=None,
                         help="pooling with --hf weights; default: the one they were trained with (mean for "
                              "MiniLM, cls for BERT)")

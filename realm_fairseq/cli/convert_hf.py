@@ -7,7 +7,10 @@ A BERT checkpoint (or a sentence-transformers directory of one) becomes encoder 
 ``--retriever-init``/``--realm-init`` (:mod:`realm_fairseq.models.realm_hf`). With an open-QA checkpoint,
 ``--corpus CORPUS --index INDEX`` also commits its ``block_emb`` as a version of INDEX (CORPUS built from
 its ``block_records.npy`` with ``realm-prepare-corpus --format realm-blocks``), and ``--qa-checkpoint
-QA.pt`` writes a ``realm_open_qa`` checkpoint that ``realm-evaluate`` and ``realm-answer`` load.
+QA.pt`` writes a ``realm_open_qa`` checkpoint that ``realm-evaluate`` and ``realm-answer`` load. A
+``realm-export-hf`` directory becomes the same kind of file holding the model it was exported from (for
+``--realm-init``, ``--retriever-init`` and ``--hf``), and a sentence-transformers embedder with a head one
+holding both towers (:mod:`realm_fairseq.models.st_import`).
 """
 import argparse
 import logging
@@ -16,7 +19,7 @@ from typing import List, Optional
 
 from realm_fairseq.cli import log_to_stderr
 from realm_fairseq.errors import InputError, cli_errors
-from realm_fairseq.models import realm_hf
+from realm_fairseq.models import realm_hf, st_import
 from realm_fairseq.models.hf_convert import convert_hf_bert, save_weights
 from realm_fairseq.retrieval.mips import DEFAULT_INDEX_TYPE, INDEX_TYPES
 
@@ -27,17 +30,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="realm-convert-hf",
         description="Convert a Hugging Face BERT checkpoint directory (config.json, model.safetensors "
-        "or pytorch_model.bin, vocab.txt), or a sentence-transformers directory of one, into encoder weights "
+        "or pytorch_model.bin, vocab.txt or tokenizer.json), or a sentence-transformers directory of one, into encoder weights "
         "for realm-fairseq's models (--encoder-init, with BERT's masked-LM head when it has one) and for "
         "realm-build-index --hf. The weights record the pooling and score they were trained for: a "
         "sentence-transformers model's own (mean and cosine for MiniLM), REALM's cls and dot for plain BERT. "
         "REALM's released checkpoints (google/realm-cc-news-pretrained-embedder, -encoder, -scorer, -openqa, "
         "google/realm-orqa-nq-openqa, ...) convert into REALM weights for --retriever-init/--realm-init; give "
-        "several to convert them into one file.",
+        "several to convert them into one file. A realm-export-hf directory converts back into the model it was "
+        "exported from (embedders with their heads, readers of their size with theirs) for --realm-init, "
+        "--retriever-init and --hf; a sentence-transformers embedder with a head after the pooling (Dense; or "
+        "Dense with tanh, Dense, LayerNorm: REALM's) into both towers.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("hf_dirs", nargs="+", metavar="HF_DIR",
-                        help="Hugging Face BERT checkpoint directory, or REALM checkpoint directories")
+                        help="Hugging Face BERT checkpoint directory, sentence-transformers directory, "
+                             "realm-export-hf directory, or REALM checkpoint directories")
     parser.add_argument("--out", required=True, help="weights file to write (.pt)")
     parser.add_argument("--force", action="store_true", help="replace existing output files")
     qa = parser.add_argument_group("REALM open-QA checkpoints (*-openqa)")
@@ -81,6 +88,19 @@ def convert_bert(args: argparse.Namespace) -> None:
     )
 
 
+def convert_export(args: argparse.Namespace) -> None:
+    source = args.hf_dirs[0]
+    weights = st_import.convert_towers(source)
+    realm_hf.save_realm_weights(weights, args.out, force=args.force)
+    readers = [r for r in ("reader", "span_reader") if r in weights["parts"]]
+    use = "--realm-init, --retriever-init and --hf" if readers else "--retriever-init and --hf"
+    print(f"wrote {args.out}: weights for {use}; {st_import.describe_towers(weights)}")
+    for reader in ("reader", "span_reader"):
+        if os.path.isdir(os.path.join(source, reader)) and reader not in readers:
+            print(f"{source}/{reader} is left out (not of the embedders' size, or without its head); it converts "
+                  f"apart, for --reader-init: realm-convert-hf {source}/{reader} --out {reader.upper()}.pt")
+
+
 def import_index(args: argparse.Namespace, block_emb) -> None:
     from realm_fairseq.data.corpus import BlockCorpus
     from realm_fairseq.data.realm_blocks import check_corpus_for
@@ -120,7 +140,12 @@ def cli_main(argv: Optional[List[str]] = None) -> None:
         raise InputError(f"{args.hf_dirs[kinds.index(None)]}: not a REALM checkpoint, unlike "
                          f"{args.hf_dirs[kinds.index('realm')]}; convert BERT and REALM checkpoints apart")
     _check_args(args, is_realm=all(kinds))
-    (convert_realm if all(kinds) else convert_bert)(args)
+    if all(kinds):
+        convert_realm(args)
+    elif st_import.is_retriever_dir(args.hf_dirs[0]):
+        convert_export(args)
+    else:
+        convert_bert(args)
 
 
 if __name__ == "__main__":

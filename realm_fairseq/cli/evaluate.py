@@ -66,7 +66,7 @@ def load_model(args: argparse.Namespace, **overrides) -> RealmQA:
     if args.index_version is not None:
         overrides["index_version"] = args.index_version
     return RealmQA.from_pretrained(args.checkpoint, index=args.index, corpus=args.corpus, device=args.device,
-                                   span_rule=args.span_rule, bm25=getattr(args, "bm25", False), **overrides)
+                                   span_rule=args.span_rule, bm25=args.bm25, **overrides)
 
 
 def score(corpus: BlockCorpus, questions: List[Question], answers: Iterable[Answer], answer_type: str = "text"
@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "lines carry a \"doc_id\"); no reading")
     source = zero_shot.add_mutually_exclusive_group()
     source.add_argument("--hf", help="converted BERT, sentence-transformers or REALM weights (realm-convert-hf file, "
-                                     "or a BERT or sentence-transformers directory) as both towers, pooled and "
-                                     "scored as they were trained")
+                                     "or a BERT, sentence-transformers or realm-export-hf directory) as the towers, "
+                                     "pooled and scored as they were trained")
     source.add_argument("--bm25", action="store_true",
                         help="rank blocks by BM25 (bm25s, k1=0.9, b=0.4; the bm25 extra), no index needed; with "
                              "--checkpoint and no --retrieval-only, the checkpoint's reader reads BM25's blocks "

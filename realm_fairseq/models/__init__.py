@@ -19,7 +19,8 @@ builds one.
   ``--encoder-init``/``--retriever-init``/``--realm-init`` as it is built, embedders on their own for
   embedding a corpus, refresh snapshots; :mod:`.hf_convert` (Hugging Face BERT) and :mod:`.realm_hf`
   (REALM's released checkpoints) convert weights; :mod:`.hf_export` writes a checkpoint's towers back as
-  Hugging Face directories (sentence-transformers embedders, transformers BERT readers).
+  Hugging Face directories (sentence-transformers embedders, transformers BERT readers), and
+  :mod:`.st_import` reads embedders with their heads (such an export, or a sentence-transformers model's).
 
 Imports go one way: :mod:`.realm` imports :mod:`.loading`, which imports :mod:`.config` and the towers.
 """

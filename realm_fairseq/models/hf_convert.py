@@ -150,18 +150,29 @@ def _read_hf_weights(hf_dir: str) -> Dict[str, torch.Tensor]:
     return {rename_legacy(k[len("bert."):] if k.startswith("bert.") else k): v for k, v in weights.items()}
 
 
+def _lower_cases(hf_dir: str) -> Optional[Tuple[str, bool]]:
+    """(file, whether it lower-cases) from the tokenizer files of ``hf_dir`` that say; None if none does."""
+    for name, read in (("tokenizer_config.json", lambda c: c.get("do_lower_case")),
+                       ("tokenizer.json", lambda c: (c.get("normalizer") or {}).get("lowercase"))):
+        path = os.path.join(hf_dir, name)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                lower = read(json.load(f))
+            if lower is not None:
+                return path, lower
+    return None
+
+
 def check_uncased(vocab: Vocab, hf_dir: str) -> None:
     """Refuse a cased vocab (our tokenizer lower-cases, so its upper-case pieces would never be used)."""
     cased = next((t for t in vocab.tokens if t != t.lower() and not (t[0] == "[" and t[-1] == "]")), None)
     if cased is not None:
         raise InputError(f"{vocab.path}: holds the cased wordpiece {cased!r}; expected an uncased BERT vocab "
                          f"(realm-fairseq lower-cases text as BERT uncased does)")
-    path = os.path.join(hf_dir, "tokenizer_config.json")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            lower = json.load(f).get("do_lower_case", True)
-        if lower is False:
-            raise InputError(f"{path}: do_lower_case is false; expected an uncased BERT tokenizer")
+    said = _lower_cases(hf_dir)
+    if said is not None and said[1] is False:
+        raise InputError(f"{said[0]}: does not lower-case (do_lower_case or the normalizer's lowercase is "
+                         f"false); expected an uncased BERT tokenizer")
 
 
 def encoder_config_from_hf(config: dict) -> EncoderConfig:
@@ -250,12 +261,14 @@ def lm_head_reference(cfg: EncoderConfig, vocab: Vocab) -> Dict[str, torch.Tenso
     return {k: v for k, v in head.state_dict().items() if k != "weight"}
 
 
-def convert_hf_bert(hf_dir: str) -> dict:
-    """The weights file contents for the HF BERT checkpoint (or sentence-transformers directory) ``hf_dir``."""
-    similarity = similarity_of_hf_dir(hf_dir)
+def convert_hf_bert(hf_dir: str, with_head: bool = False) -> dict:
+    """The weights file contents for the HF BERT checkpoint (or sentence-transformers directory) ``hf_dir``: its
+    encoder, refusing a sentence-transformers head unless ``with_head`` (its reader:
+    :mod:`realm_fairseq.models.st_import`)."""
+    similarity = similarity_of_hf_dir(hf_dir, with_head)
     hf_dir = transformer_dir(hf_dir)
     config = read_hf_config(hf_dir)
-    vocab = Vocab.load(os.path.join(hf_dir, "vocab.txt"))
+    vocab = Vocab.read(hf_dir)
     check_uncased(vocab, hf_dir)
     cfg = encoder_config_from_hf(config)
     hf = _read_hf_weights(hf_dir)

@@ -8,11 +8,14 @@ fairseq is not. Each tower the checkpoint holds becomes a directory:
   model, the BERT at its top (``Transformer``), then ``Pooling`` (``cls`` or ``mean``) and the head:
   for ``retriever_head=realm`` a ``Dense`` with tanh (BERT's pooler), a ``Dense`` to the projection and a
   ``LayerNorm``; for ``linear`` a ``Dense`` without activation when the tower projects; ``Normalize`` for the
-  cosine score. ``SentenceTransformer(dir).encode`` gives the tower's embeddings, which rank blocks as
-  ours do (the cosine tower's ``retriever_scale``, a temperature of p(z|x), is not exported).
+  cosine score. ``SentenceTransformer(dir).encode`` gives the tower's embeddings, which rank blocks as ours
+  do (the cosine tower's ``retriever_scale``, a temperature of p(z|x), is not exported). ``realm_tower.json``
+  records how the tower reads a block, for ``realm-convert-hf`` to read the directory back
+  (:mod:`realm_fairseq.models.st_import`).
 - ``reader/`` (realm_pretrain's knowledge-augmented encoder): ``BertForMaskedLM``, masked-LM head included.
-- ``span_reader/`` (realm_open_qa's reader): the encoder as a ``BertModel``; the span head has no
-  counterpart in transformers and is left out.
+- ``span_reader/`` (realm_open_qa's reader): the encoder as a ``BertModel``; the span head, which has no
+  counterpart in transformers, beside it in our names (``span_head.safetensors``, ``span_head.json``), for
+  ``realm-convert-hf`` to read back.
 
 The rows of our word embeddings are fairseq's four specials ``<s> <pad> </s> <unk>`` and then the vocab
 (:mod:`realm_fairseq.data.vocab`); BERT has one row a vocab entry. ``[CLS]``, ``[PAD]`` and ``[SEP]`` take
@@ -41,6 +44,7 @@ from realm_fairseq.models.embedder import TOWERS, tower_norm
 from realm_fairseq.models.encoder import EncoderConfig, json_options
 from realm_fairseq.models.hf_convert import LM_HEAD_MAP, LM_HEAD_PREFIX, SPECIAL_ALIASES, config_dict, copied_keys
 from realm_fairseq.models.loading import checkpoint_state, state_part
+from realm_fairseq.models.st_import import SPAN_HEAD_FILE, TOWER_FILE, tower_file
 
 #: fairseq activation -> HF ``hidden_act`` (both of ours compute as these do)
 FAIRSEQ_ACTIVATIONS = {"gelu": "gelu", "gelu_accurate": "gelu_new"}
@@ -158,6 +162,11 @@ def max_positions(state: Dict[str, torch.Tensor]) -> int:
     return state["encoder.embed_positions.weight"].shape[0] - 2
 
 
+def doc_segments(model_cfg: dict) -> str:
+    """How a saved model config's document embedder reads a block (as one text when unrecorded)."""
+    return model_cfg.get("doc_segments") or FORM_DEFAULTS["doc_segments"]
+
+
 def retriever_score(model_cfg: dict) -> str:
     """The score a saved model config's retriever was trained with (REALM's inner product when unrecorded)."""
     return model_cfg.get("retriever_score") or "dot"
@@ -264,7 +273,18 @@ def write_sentence_transformer(out: str, model_cfg: dict, tower_state: dict, tow
     write_json(os.path.join(out, "modules.json"), modules)
     write_json(os.path.join(out, "config_sentence_transformers.json"),
                {"similarity_fn_name": retriever_score(model_cfg)})
+    write_json(os.path.join(out, TOWER_FILE), tower_file(tower, doc_segments(model_cfg)))
     return sep_difference
+
+
+def write_span_head(out: str, model_cfg: dict, span_reader_state: dict) -> None:
+    """The open-QA span head, which transformers has no class for, beside the span reader's BERT in ``out``:
+    its weights in our names (``span_head.safetensors``) and its form (:data:`SPAN_HEAD_FILE`)."""
+    head = {k: v for k, v in span_reader_state.items() if not k.startswith("encoder.")}
+    save_tensors(head, os.path.join(out, "span_head.safetensors"))
+    write_json(os.path.join(out, SPAN_HEAD_FILE), {
+        "span_head": model_cfg.get("span_head") or FORM_DEFAULTS["span_head"],
+        "span_hidden_dim": head["start_proj.weight"].shape[0]})
 
 
 def pooling_config(pooling: str, width: int) -> dict:
@@ -296,6 +316,8 @@ def export_checkpoint(path: str, out: str, corpus: Optional[str] = None, force: 
                 exported.sep_row_difference[reader] = write_bert(
                     os.path.join(tmp, reader), reader_cfg, state_part(weights, "encoder."), vocab, architecture, head)
                 exported.towers[reader] = architecture
+                if reader == "span_reader":
+                    write_span_head(os.path.join(tmp, reader), model_cfg, weights)
         if not exported.towers:
             raise InputError(f"{path}: holds no tower of the realm model (query_embedder, doc_embedder, reader, "
                              f"span_reader)")
@@ -306,7 +328,7 @@ def export_checkpoint(path: str, out: str, corpus: Optional[str] = None, force: 
 
 def usage(path: str, task: Optional[str], model_cfg: dict, exported: Exported) -> str:
     """The README of an export: what each directory is and how to feed it text as our towers read it."""
-    pair = (model_cfg.get("doc_segments") or FORM_DEFAULTS["doc_segments"]) == "title_body"
+    pair = doc_segments(model_cfg) == "title_body"
     score = "the cosine" if retriever_score(model_cfg) == "cosine" else "the inner product"
     lines = [f"# Exported by realm-export-hf from {os.path.abspath(path)} ({task or 'realm'})", ""]
     described = {
@@ -316,9 +338,15 @@ def usage(path: str, task: Optional[str], model_cfg: dict, exported: Exported) -
             "[\"title [SEP] body\", ...])`: the block as one text, its title first"),
         "reader": "transformers `BertForMaskedLM`, the knowledge-augmented encoder: `tokenizer(x, block)` with the "
                   "block as `title [SEP] body`",
-        "span_reader": "transformers `BertModel`, the open-QA reader's encoder (its span head is not exported)",
+        "span_reader": "transformers `BertModel`, the open-QA reader's encoder; its span head, which transformers "
+                       "has no class for, is `span_head.safetensors` in realm-fairseq's names",
     }
     lines += [f"- `{tower}/`: {described[tower]}" for tower in exported.towers]
     lines += ["", f"A block's score is {score} of the two embeddings. BertModel's pooler is not exported "
               f"(sentence-transformers does not use it; transformers starts it anew and says so)."]
+    if any(tower in exported.towers for tower in TOWERS):
+        lines += ["", "Back to realm-fairseq: `realm-convert-hf DIR --out realm.pt` converts the embedders with "
+                      "their heads, and the readers of their size, for `--realm-init` and `--retriever-init` "
+                      "(`--hf DIR` reads the embedders as they are); a reader of another size converts apart for "
+                      "`--reader-init` (`realm-convert-hf DIR/reader --out reader.pt`)."]
     return "\n".join(lines) + "\n"

@@ -30,14 +30,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from realm_fairseq.data.corpus import BlockCorpus
 from realm_fairseq.errors import InputError
-from realm_fairseq.models import realm_hf
+from realm_fairseq.models import realm_hf, st_import
 from realm_fairseq.models.config import (FORM_DEFAULTS, NO_INIT, READER_SHAPE, SHAPE_CHECKED, RealmConfig,
                                         fill_missing_options, reader_config)
 from realm_fairseq.models.embedder import Embedder, retriever_tower, tower_norm
 from realm_fairseq.models.encoder import EncoderConfig
 from realm_fairseq.models.hf_convert import (config_dict, convert_hf_bert, load_into_encoder, load_lm_head,
                                                load_weights, weights_similarity)
-from realm_fairseq.models.similarity import REALM_SIMILARITY, Similarity, resolve_retriever_config
+from realm_fairseq.models.similarity import Similarity, resolve_retriever_config
 
 logger = logging.getLogger(__name__)
 
@@ -310,14 +310,17 @@ def load_bert_weights(path: str) -> dict:
 def weights_embedders(path: str, corpus: BlockCorpus, towers: Sequence[str] = ("doc_embedder",),
                       pooling: Optional[str] = None, score: Optional[str] = None) -> Tuple[List[Embedder], Similarity]:
     """The embedders of ``towers`` from converted weights, read once, and the similarity they score with:
-    REALM weights (``realm-convert-hf`` of REALM's embedder or open-QA checkpoints) as REALM computes them;
-    BERT or sentence-transformers weights (a directory or a ``realm-convert-hf`` file) as one encoder for
-    every tower, pooled and scored as the weights record unless ``pooling``/``score`` say otherwise."""
-    if os.path.isfile(path) and realm_hf.is_realm_weights(path):
-        if (pooling or REALM_SIMILARITY.pooling, score or REALM_SIMILARITY.score) != astuple(REALM_SIMILARITY):
-            raise InputError(f"{path}: REALM weights pool and score as REALM does ([CLS], dot); drop the other "
-                             f"--pooling/--score")
-        return [realm_hf.embedder_from_weights(path, corpus.dictionary, t) for t in towers], REALM_SIMILARITY
+    towers with their heads (``realm-convert-hf`` of REALM's embedder or open-QA checkpoints, a
+    ``realm-export-hf`` directory, a sentence-transformers embedder with a head) as they were trained; BERT or
+    sentence-transformers weights (a directory or a ``realm-convert-hf`` file) as one encoder for every tower,
+    pooled and scored as the weights record unless ``pooling``/``score`` say otherwise."""
+    towers_weights = towers_weights_at(path)
+    if towers_weights is not None:
+        recorded = Similarity(**towers_weights["retriever"])
+        if (pooling or recorded.pooling, score or recorded.score) != astuple(recorded):
+            raise InputError(f"{path}: these towers pool and score as they were trained ({recorded.pooling}, "
+                             f"{recorded.score}); drop the other --pooling/--score")
+        return [realm_hf.embedder_from_weights(path, corpus.dictionary, t, towers_weights) for t in towers], recorded
     weights = load_bert_weights(path)
     recorded = weights_similarity(weights)
     similarity = Similarity(pooling or recorded.pooling, score or recorded.score)
@@ -328,6 +331,16 @@ def weights_embedders(path: str, corpus: BlockCorpus, towers: Sequence[str] = ("
         load_into_encoder(embedder.encoder, weights, corpus.dictionary, path)
         embedders.append(embedder)
     return embedders, similarity
+
+
+def towers_weights_at(path: str) -> Optional[dict]:
+    """The REALM weights file contents of ``path`` when it holds towers with their heads (a REALM weights file,
+    a ``realm-export-hf`` directory, a sentence-transformers embedder with a head); None otherwise."""
+    if os.path.isfile(path) and realm_hf.is_realm_weights(path):
+        return realm_hf.load_realm_weights(path)
+    if st_import.is_retriever_dir(path):
+        return st_import.convert_towers(path, with_readers=False)  # embedding reads the embedders alone
+    return None
 
 
 def weights_source(embedder: Embedder, path: str, similarity: Similarity) -> EmbedderSource:

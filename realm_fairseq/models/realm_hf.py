@@ -42,7 +42,7 @@ import torch
 from realm_fairseq.atomic_io import atomic_file
 from realm_fairseq.data.vocab import Vocab
 from realm_fairseq.errors import InputError
-from realm_fairseq.models.embedder import Embedder
+from realm_fairseq.models.embedder import Embedder, tower_norm
 from realm_fairseq.models.encoder import EncoderConfig
 from realm_fairseq.models.hf_convert import (
     LM_HEAD_PREFIX, REALM_WEIGHTS_FORMAT, bert_encoder_to_ours, check_shapes, check_uncased, check_vocab,
@@ -50,7 +50,7 @@ from realm_fairseq.models.hf_convert import (
     read_hf_state_dict, rename_legacy,
 )
 from realm_fairseq.models.reader import Reader
-from realm_fairseq.models.similarity import REALM_SIMILARITY
+from realm_fairseq.models.similarity import REALM_SIMILARITY, Similarity
 from realm_fairseq.models.span_reader import ORQA_LAYER_NORM_EPS, SpanReader
 
 logger = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def _read_realm_dir(hf_dir: str) -> Tuple[dict, Vocab]:
     if abs(eps - ORQA_LAYER_NORM_EPS) > 1e-12:
         raise InputError(f"{hf_dir}/config.json: reader_layer_norm_eps is {eps}; expected {ORQA_LAYER_NORM_EPS} "
                          f"(ORQA's span head)")
-    vocab = Vocab.load(os.path.join(hf_dir, "vocab.txt"))
+    vocab = Vocab.read(hf_dir)
     if vocab.md5 != BERT_UNCASED_VOCAB_MD5:
         check_uncased(vocab, hf_dir)
         raise InputError(f"{vocab.path}: not BERT's uncased vocab (md5 {vocab.md5}, {len(vocab)} entries; expected "
@@ -259,15 +259,18 @@ def convert_realm(hf_dirs: List[str]) -> Tuple[dict, Optional[torch.Tensor]]:
             parts[part], kinds[part] = state, hf_dir
         if extras.get("block_emb") is not None:
             block_emb = extras["block_emb"]
-    weights = {
-        "format": REALM_WEIGHTS_FORMAT,
-        "sources": {part: os.path.abspath(d) for part, d in kinds.items()},
-        **header,
-        "retriever": REALM_SIMILARITY.to_dict(),
-        "form": {**REALM_FORM, "activation_fn": header["config"]["activation_fn"]},
-        "parts": parts,
-    }
+    weights = realm_weights(kinds, header, REALM_SIMILARITY.to_dict(),
+                            {**REALM_FORM, "activation_fn": header["config"]["activation_fn"]}, parts)
     return weights, block_emb
+
+
+def realm_weights(sources: Dict[str, str], header: dict, similarity: dict, form: dict,
+                  parts: Dict[str, Dict[str, torch.Tensor]]) -> dict:
+    """The contents of a REALM weights file: ``parts`` (state dicts by part) converted from ``sources`` (the
+    directory of each part), with the ``header`` (sizes and vocab), the ``similarity`` and the ``form``
+    (:data:`~realm_fairseq.models.config.FORM_DEFAULTS` fields) of the model they start."""
+    return {"format": REALM_WEIGHTS_FORMAT, "sources": {part: os.path.abspath(d) for part, d in sources.items()},
+            **header, "retriever": similarity, "form": form, "parts": parts}
 
 
 def save_realm_weights(weights: dict, path: str, force: bool = False) -> None:
@@ -319,7 +322,7 @@ def check_fits(weights: dict, cfg, path: str) -> None:
     have = {**weights["config"], "retriever_projection_dim": weights["retriever_projection_dim"],
             "span_hidden_dim": weights["span_hidden_dim"]}
     wrong = [f"{flag} {getattr(cfg, name)} (the weights: {have[name]})" for name, flag in SIZE_FLAGS.items()
-             if getattr(cfg, name, None) is not None and getattr(cfg, name) != have[name]]
+             if None not in (getattr(cfg, name, None), have[name]) and getattr(cfg, name) != have[name]]
     if wrong:
         raise ValueError(f"{path}: the model does not fit these REALM weights: {'; '.join(wrong)}; set the "
                          f"flags to the weights' values (REALM's released models: --arch realm_base)")
@@ -372,14 +375,18 @@ def load_readers(reader: Optional[Reader], span_reader: Optional[SpanReader], we
                          f"open-QA checkpoint with it")
 
 
-def embedder_from_weights(path: str, dictionary, tower: str = "doc_embedder") -> Embedder:
-    """The query or document embedder of REALM weights as REALM computes it (cls pooling, dot score, REALM's
-    head; blocks read with title and body segments), e.g. to embed a corpus of one's own."""
-    weights = load_realm_weights(path)
+def embedder_from_weights(path: str, dictionary, tower: str = "doc_embedder", weights: Optional[dict] = None
+                          ) -> Embedder:
+    """The query or document embedder of the REALM weights file ``path`` (or of ``weights`` converted from
+    it) as they compute: the pooling, score, head and block segments recorded with them (REALM's: cls, dot,
+    REALM's head, title and body as segments), e.g. to embed a corpus of one's own."""
+    weights = weights or load_realm_weights(path)
     check_vocab(weights_vocab(weights), dictionary, path)
-    segments = REALM_FORM["doc_segments"] if tower == "doc_embedder" else "none"
-    embedder = Embedder(EncoderConfig(**weights["config"]), dictionary, REALM_SIMILARITY.pooling,
-                        weights["retriever_projection_dim"], head=REALM_FORM["retriever_head"], doc_segments=segments)
+    form, similarity = weights["form"], Similarity(**weights["retriever"])
+    segments = form["doc_segments"] if tower == "doc_embedder" else "none"
+    embedder = Embedder(EncoderConfig(**weights["config"]), dictionary, similarity.pooling,
+                        weights["retriever_projection_dim"], norm=tower_norm(similarity.score, 1.0, tower),
+                        head=form["retriever_head"], doc_segments=segments)
     _load(embedder, _tower_state(weights, tower, path), path, tower)
     return embedder.eval()
 
