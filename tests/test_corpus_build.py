@@ -374,7 +374,8 @@ def test_sbatch_template_is_a_valid_script_whose_commands_parse():
     script = open(path, encoding="utf-8").read().replace("\\\n", " ")
     numbers = {"SHARDS": "64", "SLURM_ARRAY_TASK_ID": "3", "SLURM_CPUS_PER_TASK": "8"}
     script = re.sub(r'"?\$\{?(\w+)\}?"?', lambda m: numbers.get(m.group(1), f"/tmp/{m.group(1).lower()}"), script)
-    commands = [shlex.split(line)[1:] for line in script.splitlines() if line.strip().startswith("realm-prepare-corpus")]
+    commands = [shlex.split(line)[1:] for line in script.splitlines()
+                if line.strip().startswith("realm-prepare-corpus")]
     assert len(commands) == 2
     configs = [parse(c)[1] for c in commands]
     for cfg in configs:

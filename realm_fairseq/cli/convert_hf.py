@@ -30,9 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="realm-convert-hf",
         description="Convert a Hugging Face BERT checkpoint directory (config.json, model.safetensors "
-        "or pytorch_model.bin, vocab.txt or tokenizer.json), or a sentence-transformers directory of one, into encoder weights "
-        "for realm-fairseq's models (--encoder-init, with BERT's masked-LM head when it has one) and for "
-        "realm-build-index --hf. The weights record the pooling and score they were trained for: a "
+        "or pytorch_model.bin, vocab.txt or tokenizer.json), or a sentence-transformers directory of one, into "
+        "encoder weights for realm-fairseq's models (--encoder-init, with BERT's masked-LM head when it has one) "
+        "and for realm-build-index --hf. The weights record the pooling and score they were trained for: a "
         "sentence-transformers model's own (mean and cosine for MiniLM), REALM's cls and dot for plain BERT. "
         "REALM's released checkpoints (google/realm-cc-news-pretrained-embedder, -encoder, -scorer, -openqa, "
         "google/realm-orqa-nq-openqa, ...) convert into REALM weights for --retriever-init/--realm-init; give "
