@@ -3,7 +3,7 @@
 #
 #   bash examples/realm/demo.sh [--quick] [--out DIR]
 #
-#   (about 40 minutes on 2 cores with nothing else running; 46 min 33 s with tests running beside it)
+#   (about 41 minutes on 2 cores with nothing else running)
 #   --quick    the same pipeline in about 2.5 minutes, for CI: the paragraphs of 3 SQuAD dev articles only,
 #              salient spans from the date regex instead of spaCy NER, a few small updates
 #   --out DIR  where everything is written (default: demo-output); rerunning replaces it
