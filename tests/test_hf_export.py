@@ -9,6 +9,7 @@ articles:
   same top 5, ``BertForMaskedLM`` our reader's logits, and ``realm-convert-hf`` reads the export back;
 - REALM's form (BERT's pooler, a projection and LayerNorm; title and body as segments; the open-QA reader), from
   the converted REALM fixtures;
+- sentence-transformers embedders with a head (REALM's, or MiniLM given a Dense with tanh) read into both towers;
 - the command: its README, an existing ``--out`` kept without ``--force``, an encoder it cannot export refused.
 """
 import argparse
@@ -305,6 +306,45 @@ def test_a_sentence_transformers_embedder_with_a_head_starts_both_towers(realm_e
             assert (embedder(blocks) - theirs).abs().max() < 1e-4  # LayerNorm's eps: theirs 1e-5, BERT's 1e-12
 
 
+def test_an_embedder_with_sentence_transformers_default_dense_converts_and_exports_with_its_tanh(
+        minilm_dir, wiki_corpus, tmp_path, monkeypatch, measured):
+    """MiniLM given a projection as sentence-transformers makes one by default (``Dense`` with tanh, LaBSE's
+    head) before its ``Normalize``: converted, it embeds questions as its ``encode`` does (the ``tanh`` head), and
+    a realm model started from it (--retriever-init) exports the same embedder back."""
+    hide_torchaudio(monkeypatch)
+    from sentence_transformers import SentenceTransformer, models
+
+    torch.manual_seed(0)
+    minilm = SentenceTransformer(minilm_dir, device="cpu")
+    st = SentenceTransformer(modules=[minilm[0], minilm[1], models.Dense(384, 32), models.Normalize()], device="cpu")
+    st.save(str(tmp_path / "st"))
+    weights_path = str(tmp_path / "retriever.pt")
+    proc = run(["realm-convert-hf", str(tmp_path / "st"), "--out", weights_path])
+    assert "query_embedder, doc_embedder: tanh head projecting to 32, mean pooling, cosine score" in proc.stdout
+    corpus = BlockCorpus(wiki_corpus)
+    d, questions = corpus.dictionary, squad_questions(32)
+    tokens = collate_questions([encode_question(corpus, q, 64) for q in questions], d.pad())["src_tokens"]
+    theirs = torch.from_numpy(st.encode(questions))
+    embedders, _ = weights_embedders(weights_path, corpus, TOWERS)
+    args = argparse.Namespace(retriever_init=weights_path, retriever_projection_dim=32)
+    realm_minilm(args)
+    model = RealmModel.build_model(RealmConfig(**vars(args)), types.SimpleNamespace(source_dictionary=d)).eval()
+    assert model.cfg.retriever_head == "tanh"
+    checkpoint = str(tmp_path / "checkpoint.pt")
+    save_checkpoint(model, checkpoint, {"_name": "realm_pretrain", "data": wiki_corpus})
+    export = export_checkpoint(checkpoint, str(tmp_path / "hf")).out
+    back = SentenceTransformer(os.path.join(export, "query_embedder"), device="cpu")
+    with torch.no_grad():
+        ours = [embedder(tokens) for embedder in embedders] + [model.embed_queries(tokens) / model.cfg.retriever_scale]
+    for embedded in ours + [torch.from_numpy(back.encode(questions))]:
+        assert (embedded - theirs).abs().max() < TOL
+    pooled = torch.from_numpy(SentenceTransformer(modules=[minilm[0], minilm[1]], device="cpu").encode(questions))
+    with torch.no_grad():
+        untanhed = torch.nn.functional.normalize(st[2].linear(pooled), dim=-1)
+    measured(f"an embedder with a tanh head: its tanh moves the embeddings by {(untanhed - theirs).abs().max():.2e}")
+    assert (untanhed - theirs).abs().max() > 1e-2  # the tanh matters: the test would see it left out
+
+
 def test_a_minilm_form_export_reads_back_without_a_head(minilm_checkpoint, exported, wiki_corpus):
     """Mean pooling, cosine, no projection; each tower its own weights; the reader with its masked-LM head."""
     _, model = minilm_checkpoint
@@ -335,13 +375,15 @@ def edit_json(path, change) -> None:
 
 
 @pytest.mark.parametrize("broken, message", [
-    ("head", "a head of Dense, LayerNorm after the pooling; only Dense (the linear head) or Dense (tanh), Dense, "
-             "LayerNorm (REALM's) convert"),
+    ("head", "a head of Dense, LayerNorm after the pooling; only Dense (without activation or with tanh) or Dense "
+             "(tanh), Dense, LayerNorm (REALM's) convert"),
+    ("order", "module 1, a sentence_transformers.models.Dense, comes before the Pooling; a head converts only "
+              "between the Pooling and Normalize"),
     ("activation", "3_Dense/config.json: activation_function is 'torch.nn.modules.activation.Tanh'; expected "
                    "'torch.nn.modules.linear.Identity'"),
     ("towers", "doc_embedder: its similarity ({'pooling': 'mean', 'score': 'dot'}) differ from"),
     ("segments", "realm_tower.json: doc_segments is 'pairs'; expected one of none, title_body"),
-], ids=["head", "activation", "towers", "segments"])
+], ids=["head", "order", "activation", "towers", "segments"])
 def test_an_export_that_does_not_convert_is_named(realm_export, tmp_path, broken, message):
     import shutil
 
@@ -350,6 +392,8 @@ def test_an_export_that_does_not_convert_is_named(realm_export, tmp_path, broken
     doc = os.path.join(copy, "doc_embedder")
     if broken == "head":
         edit_json(os.path.join(doc, "modules.json"), lambda modules: modules.pop(2))
+    elif broken == "order":
+        edit_json(os.path.join(doc, "modules.json"), lambda modules: modules.insert(1, modules.pop(2)))
     elif broken == "activation":
         edit_json(os.path.join(doc, "3_Dense", "config.json"),
                   lambda c: c.update(activation_function="torch.nn.modules.activation.Tanh"))

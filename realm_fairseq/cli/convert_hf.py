@@ -38,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         "google/realm-orqa-nq-openqa, ...) convert into REALM weights for --retriever-init/--realm-init; give "
         "several to convert them into one file. A realm-export-hf directory converts back into the model it was "
         "exported from (embedders with their heads, readers of their size with theirs) for --realm-init, "
-        "--retriever-init and --hf; a sentence-transformers embedder with a head after the pooling (Dense; or "
-        "Dense with tanh, Dense, LayerNorm: REALM's) into both towers.",
+        "--retriever-init and --hf; a sentence-transformers embedder with a head after the pooling (a Dense "
+        "without activation or with tanh, its default; or Dense with tanh, Dense, LayerNorm: REALM's) into both "
+        "towers.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("hf_dirs", nargs="+", metavar="HF_DIR",
@@ -92,10 +93,10 @@ def convert_export(args: argparse.Namespace) -> None:
     source = args.hf_dirs[0]
     weights = st_import.convert_towers(source)
     realm_hf.save_realm_weights(weights, args.out, force=args.force)
-    readers = [r for r in ("reader", "span_reader") if r in weights["parts"]]
+    readers = [r for r in st_import.READERS if r in weights["parts"]]
     use = "--realm-init, --retriever-init and --hf" if readers else "--retriever-init and --hf"
     print(f"wrote {args.out}: weights for {use}; {st_import.describe_towers(weights)}")
-    for reader in ("reader", "span_reader"):
+    for reader in st_import.READERS:
         if os.path.isdir(os.path.join(source, reader)) and reader not in readers:
             print(f"{source}/{reader} is left out (not of the embedders' size, or without its head); it converts "
                   f"apart, for --reader-init: realm-convert-hf {source}/{reader} --out {reader.upper()}.pt")

@@ -57,7 +57,8 @@ class RealmConfig(EncoderConfig):
     )
     retriever_head: Optional[ChoiceEnum(list(HEADS))] = field(
         default=None, metadata={"help": "what turns the pooled state into the embedding: linear (a projection, "
-                                "or none) or realm (REALM's released embedders: BERT's pooler, tanh, "
+                                "or none), tanh (a projection, then tanh: sentence-transformers' Dense as it is "
+                                "made by default) or realm (REALM's released embedders: BERT's pooler, tanh, "
                                 "projection, LayerNorm); default: as the weights the retriever starts from, "
                                 "else linear"}
     )

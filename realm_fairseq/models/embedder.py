@@ -9,9 +9,11 @@ score (``retriever_score=cosine``, how sentence embedders such as MiniLM are tra
 L2-normalise their vectors and the query tower multiplies by ``retriever_scale``, so the inner product
 is scale * cos(x, z): the MIPS index and every caller keep using plain inner products.
 
-Two heads turn the pooled state into the embedding (``retriever_head``):
+Three heads turn the pooled state into the embedding (``retriever_head``):
 
 - ``linear``: one linear projection (or none), as ORQA's ICT retriever;
+- ``tanh``: one linear projection, then tanh: a sentence-transformers ``Dense`` module as it is made by
+  default (LaBSE's head, and that of many embedders given a projection there);
 - ``realm``: the head of REALM's released embedders: BERT's pooler (dense, tanh), a dense layer to the
   projection size, LayerNorm (``RealmEmbedder`` of transformers).
 
@@ -30,7 +32,7 @@ TOWERS = ("query_embedder", "doc_embedder")
 #: the ``param_group`` every embedder parameter carries (fairseq's tag, which its ``composite`` optimizer
 #: groups by); ``realm_adam`` trains it at ``--retriever-lr-scale`` times the learning rate
 PARAM_GROUP = "retriever"
-HEADS = ("linear", "realm")
+HEADS = ("linear", "tanh", "realm")
 DOC_SEGMENTS = ("none", "title_body")
 
 
@@ -74,14 +76,15 @@ class Embedder(nn.Module):
             raise ValueError(f"retriever head {head!r}: expected one of {', '.join(HEADS)}")
         if doc_segments not in DOC_SEGMENTS:
             raise ValueError(f"doc segments {doc_segments!r}: expected one of {', '.join(DOC_SEGMENTS)}")
-        if head == "realm" and projection_dim <= 0:
-            raise ValueError("REALM's embedder head projects to --retriever-projection-dim; it cannot be 0")
+        if head != "linear" and projection_dim <= 0:
+            raise ValueError(f"the {head} embedder head projects to --retriever-projection-dim; it cannot be 0")
         self.encoder = TextEncoder(cfg, dictionary)
         self.pooling = pooling
         width = cfg.encoder_embed_dim
         self.pooler = nn.Linear(width, width) if head == "realm" else None  # BERT's pooler, tanh after it
         self.projection = nn.Linear(width, projection_dim) if projection_dim > 0 else None
         self.projection_norm = nn.LayerNorm(projection_dim, eps=cfg.layernorm_eps) if head == "realm" else None
+        self.projection_tanh = head == "tanh"
         self.dim = projection_dim if projection_dim > 0 else width
         self.norm = norm
         self.pad = dictionary.pad()
@@ -102,6 +105,8 @@ class Embedder(nn.Module):
         if self.pooler is not None:
             pooled = torch.tanh(self.pooler(pooled))
         out = self.projection(pooled) if self.projection is not None else pooled  # (B, D)
+        if self.projection_tanh:
+            out = torch.tanh(out)
         if self.projection_norm is not None:
             out = self.projection_norm(out)
         return F.normalize(out.float(), dim=-1).mul(self.norm).type_as(out) if self.norm > 0 else out

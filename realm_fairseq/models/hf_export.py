@@ -7,8 +7,8 @@ fairseq is not. Each tower the checkpoint holds becomes a directory:
 - ``query_embedder/``, ``doc_embedder/`` (Embed_input, Embed_doc, section 3.2): a sentence-transformers
   model, the BERT at its top (``Transformer``), then ``Pooling`` (``cls`` or ``mean``) and the head:
   for ``retriever_head=realm`` a ``Dense`` with tanh (BERT's pooler), a ``Dense`` to the projection and a
-  ``LayerNorm``; for ``linear`` a ``Dense`` without activation when the tower projects; ``Normalize`` for the
-  cosine score. ``SentenceTransformer(dir).encode`` gives the tower's embeddings, which rank blocks as ours
+  ``LayerNorm``; for ``linear`` a ``Dense`` without activation when the tower projects, for ``tanh`` one with
+  tanh; ``Normalize`` for the cosine score. ``SentenceTransformer(dir).encode`` gives the tower's embeddings, which rank blocks as ours
   do (the cosine tower's ``retriever_scale``, a temperature of p(z|x), is not exported). ``realm_tower.json``
   records how the tower reads a block, for ``realm-convert-hf`` to read the directory back
   (:mod:`realm_fairseq.models.st_import`).
@@ -44,7 +44,7 @@ from realm_fairseq.models.embedder import TOWERS, tower_norm
 from realm_fairseq.models.encoder import EncoderConfig, json_options
 from realm_fairseq.models.hf_convert import LM_HEAD_MAP, LM_HEAD_PREFIX, SPECIAL_ALIASES, config_dict, copied_keys
 from realm_fairseq.models.loading import checkpoint_state, state_part
-from realm_fairseq.models.st_import import SPAN_HEAD_FILE, TOWER_FILE, tower_file
+from realm_fairseq.models.st_import import IDENTITY, SPAN_HEAD_FILE, TANH, TOWER_FILE, tower_file
 
 #: fairseq activation -> HF ``hidden_act`` (both of ours compute as these do)
 FAIRSEQ_ACTIVATIONS = {"gelu": "gelu", "gelu_accurate": "gelu_new"}
@@ -232,11 +232,12 @@ def embedder_head(model_cfg: dict, tower_state: dict, tower: str) -> List[tuple]
     width = model_cfg["encoder_embed_dim"]
     modules = []
     if "pooler.weight" in tower_state:  # retriever_head=realm: BERT's pooler, tanh
-        modules.append(("Dense", dense_config(width, width, "torch.nn.modules.activation.Tanh"),
+        modules.append(("Dense", dense_config(width, width, TANH),
                         {"linear.weight": tower_state["pooler.weight"], "linear.bias": tower_state["pooler.bias"]}))
     if "projection.weight" in tower_state:
         dim = tower_state["projection.weight"].shape[0]
-        modules.append(("Dense", dense_config(width, dim, "torch.nn.modules.linear.Identity"),
+        activation = TANH if model_cfg.get("retriever_head") == "tanh" else IDENTITY
+        modules.append(("Dense", dense_config(width, dim, activation),
                         {"linear.weight": tower_state["projection.weight"],
                          "linear.bias": tower_state["projection.bias"]}))
         width = dim

@@ -147,11 +147,16 @@ def similarity_of_hf_dir(hf_dir: str, with_head: bool = False) -> Similarity:
             pooling = _pooling_of(module_dir)
         elif kind == _NORMALIZE:
             normalized = True
-        elif kind in HEAD_MODULES and not with_head:
-            raise InputError(f"{path}: module {i} is a {full}, part of a head after the pooling; encoder weights "
-                             f"would leave it out: realm-convert-hf {hf_dir} --out RETRIEVER.pt converts the "
-                             f"embedder with its head, for --retriever-init and --hf")
-        elif kind != _TRANSFORMER and kind not in HEAD_MODULES:
+        elif kind in HEAD_MODULES:
+            if not with_head:
+                raise InputError(f"{path}: module {i} is a {full}, part of a head after the pooling; encoder "
+                                 f"weights would leave it out: realm-convert-hf {hf_dir} --out RETRIEVER.pt converts "
+                                 f"the embedder with its head, for --retriever-init and --hf")
+            if pooling is None or normalized:
+                where = "after Normalize" if normalized else "before the Pooling"
+                raise InputError(f"{path}: module {i}, a {full}, comes {where}; a head converts only between the "
+                                 f"Pooling and Normalize")
+        elif kind != _TRANSFORMER:
             raise InputError(f"{path}: module {i} is a {full}; only Transformer, Pooling, Normalize and, as an "
                              f"embedder's head, Dense and LayerNorm modules convert")
     if pooling is None:

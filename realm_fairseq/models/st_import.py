@@ -18,6 +18,7 @@ sentence-transformers, or anyone's sentence-transformers embedder with a project
 The head is the modules after ``Pooling``, ``Normalize`` aside:
 
 - ``Dense`` (C -> d, no activation): the ``linear`` head projecting to d;
+- ``Dense`` (C -> d, tanh, sentence-transformers' default activation): the ``tanh`` head;
 - ``Dense`` (C -> C, tanh), ``Dense`` (C -> d, no activation), ``LayerNorm`` (d): REALM's head (BERT's pooler,
   the projection and its LayerNorm; ``retriever_head=realm``).
 
@@ -48,6 +49,8 @@ SPAN_HEAD_FILE = "span_head.json"
 TANH, IDENTITY = "torch.nn.modules.activation.Tanh", "torch.nn.modules.linear.Identity"
 #: the heads, by the modules that make them up
 HEAD_LAYOUTS = {("Dense",): "linear", ("Dense", "Dense", "LayerNorm"): "realm"}
+#: an export's readers: the knowledge-augmented encoder (masked-LM head) and the open-QA span reader
+READERS = ("reader", "span_reader")
 
 
 @dataclass
@@ -79,15 +82,15 @@ def _read_object(path: str, what: str) -> dict:
     return found
 
 
-def _dense(module_dir: str, in_features: int, activation: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(weight (d, C), bias (d,)) of a sentence-transformers Dense module that must read ``in_features`` and
-    apply ``activation``."""
+def _dense(module_dir: str, in_features: int, *activations: str) -> Tuple[torch.Tensor, torch.Tensor, str]:
+    """(weight (d, C), bias (d,), activation) of a sentence-transformers Dense module that must read
+    ``in_features`` and apply one of ``activations``."""
     path = os.path.join(module_dir, "config.json")
     config = _read_object(path, "the config of a sentence-transformers Dense module")
     found = config.get("activation_function", TANH)  # sentence-transformers' default
-    if found != activation:
-        raise InputError(f"{path}: activation_function is {found!r}; expected {activation!r} here (see "
-                         f"realm_fairseq.models.st_import for the heads that convert)")
+    if found not in activations:
+        raise InputError(f"{path}: activation_function is {found!r}; expected {' or '.join(map(repr, activations))} "
+                         f"here (see realm_fairseq.models.st_import for the heads that convert)")
     weights = read_hf_state_dict(module_dir)
     if "linear.weight" not in weights:
         raise InputError(f"{module_dir}: no linear.weight; expected a sentence-transformers Dense module")
@@ -96,7 +99,7 @@ def _dense(module_dir: str, in_features: int, activation: str) -> Tuple[torch.Te
         raise InputError(f"{module_dir}: linear.weight has shape {tuple(weight.shape)}; expected (d, "
                          f"{in_features}), reading the {in_features} values before it")
     bias = weights.get("linear.bias")
-    return weight, (bias.float() if bias is not None else torch.zeros(weight.shape[0]))
+    return weight, (bias.float() if bias is not None else torch.zeros(weight.shape[0])), found
 
 
 def _layer_norm(module_dir: str, dim: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -117,17 +120,19 @@ def read_head(hf_dir: str, width: int) -> Tuple[str, int, Dict[str, torch.Tensor
         return "linear", 0, {}
     if kinds not in HEAD_LAYOUTS:
         raise InputError(f"{os.path.join(hf_dir, 'modules.json')}: a head of {', '.join(kinds)} after the pooling; "
-                         f"only Dense (the linear head) or Dense (tanh), Dense, LayerNorm (REALM's) convert")
+                         f"only Dense (without activation or with tanh) or Dense (tanh), Dense, LayerNorm (REALM's) "
+                         f"convert")
     dirs = [module_dir for _, module_dir in modules]
-    state = {}
-    if HEAD_LAYOUTS[kinds] == "realm":
-        state["pooler.weight"], state["pooler.bias"] = _dense(dirs[0], width, TANH)
+    head, state = HEAD_LAYOUTS[kinds], {}
+    if head == "realm":
+        state["pooler.weight"], state["pooler.bias"], _ = _dense(dirs[0], width, TANH)
         dirs = dirs[1:]
-    state["projection.weight"], state["projection.bias"] = _dense(dirs[0], width, IDENTITY)
+    projection = (IDENTITY,) if head == "realm" else (IDENTITY, TANH)
+    state["projection.weight"], state["projection.bias"], activation = _dense(dirs[0], width, *projection)
     dim = state["projection.weight"].shape[0]
-    if HEAD_LAYOUTS[kinds] == "realm":
+    if head == "realm":
         state["projection_norm.weight"], state["projection_norm.bias"] = _layer_norm(dirs[1], dim)
-    return HEAD_LAYOUTS[kinds], dim, state
+    return ("tanh" if activation == TANH else head), dim, state
 
 
 def doc_segments_of(hf_dir: str) -> str:
@@ -194,7 +199,7 @@ def reader_parts(path: str, config: dict) -> Tuple[Dict[str, Dict[str, torch.Ten
     ``reader/`` (its masked-LM head included) and the span reader from ``span_reader/`` with the span head
     beside it. Readers of another size are left out (they convert apart, for ``--reader-init``)."""
     parts, fields = {}, {}
-    reader_dir, span_dir = os.path.join(path, "reader"), os.path.join(path, "span_reader")
+    reader_dir, span_dir = (os.path.join(path, reader) for reader in READERS)
     if os.path.isdir(reader_dir):
         weights = convert_hf_bert(reader_dir)
         if weights["config"] == config and "lm_head" in weights:
