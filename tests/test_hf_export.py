@@ -326,8 +326,12 @@ def test_an_embedder_with_sentence_transformers_default_dense_converts_and_expor
     tokens = collate_questions([encode_question(corpus, q, 64) for q in questions], d.pad())["src_tokens"]
     theirs = torch.from_numpy(st.encode(questions))
     embedders, _ = weights_embedders(weights_path, corpus, TOWERS)
-    args = argparse.Namespace(retriever_init=weights_path, retriever_projection_dim=32)
+    args = argparse.Namespace(retriever_init=weights_path, retriever_projection_dim=32, retriever_head="linear")
     realm_minilm(args)
+    with pytest.raises(ValueError, match=rf"--retriever-head linear: the retriever starts from {weights_path}, "
+                                         rf"whose embedders have the tanh head"):
+        RealmModel.build_model(RealmConfig(**vars(args)), types.SimpleNamespace(source_dictionary=d))
+    args.retriever_head = None
     model = RealmModel.build_model(RealmConfig(**vars(args)), types.SimpleNamespace(source_dictionary=d)).eval()
     assert model.cfg.retriever_head == "tanh"
     checkpoint = str(tmp_path / "checkpoint.pt")

@@ -160,6 +160,7 @@ def resolve_form(cfg) -> None:
     if cfg.encoder_init:
         activation = encoder_init_weights(cfg.encoder_init)["config"].get("activation_fn") or "gelu"
         sources.append((cfg.encoder_init, {"activation_fn": activation}))
+    _check_head_flag(cfg, sources)
     activations = {path: form["activation_fn"] for path, form in sources if "activation_fn" in form}
     if len(set(activations.values())) > 1 and getattr(cfg, "activation_fn", None) is None:
         raise ValueError(f"the weights the towers start from disagree on the activation ({activations}); one "
@@ -171,6 +172,16 @@ def resolve_form(cfg) -> None:
             setattr(cfg, name, decided)
     if reader_init and getattr(cfg, "reader_encoder", None) is None:  # against the retriever's options, resolved above
         cfg.reader_encoder = json.dumps(reader_shape(reader_init, cfg), sort_keys=True)
+
+
+def _check_head_flag(cfg, sources) -> None:
+    """A ``--retriever-head`` that contradicts the weights the retriever starts from is refused: a ``linear``
+    and a ``tanh`` head hold the same weights, so nothing else would tell."""
+    head = getattr(cfg, "retriever_head", None)
+    recorded = next(((path, form["retriever_head"]) for path, form in sources if "retriever_head" in form), None)
+    if head is not None and recorded is not None and head != recorded[1]:
+        raise ValueError(f"--retriever-head {head}: the retriever starts from {recorded[0]}, whose embedders have "
+                         f"the {recorded[1]} head; leave --retriever-head unset to keep it")
 
 
 def weights_shape(path: str) -> dict:
