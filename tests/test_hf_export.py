@@ -329,9 +329,12 @@ def test_an_embedder_with_sentence_transformers_default_dense_converts_and_expor
     args = argparse.Namespace(retriever_init=weights_path, retriever_projection_dim=32, retriever_head="linear")
     realm_minilm(args)
     with pytest.raises(ValueError, match=rf"--retriever-head linear: the retriever starts from {weights_path}, "
-                                         rf"whose embedders have the tanh head"):
+                                         rf"trained with --retriever-head tanh; leave --retriever-head unset"):
         RealmModel.build_model(RealmConfig(**vars(args)), types.SimpleNamespace(source_dictionary=d))
-    args.retriever_head = None
+    args.retriever_head, args.doc_segments = None, "title_body"
+    with pytest.raises(ValueError, match=r"--doc-segments title_body: .* trained with --doc-segments none"):
+        RealmModel.build_model(RealmConfig(**vars(args)), types.SimpleNamespace(source_dictionary=d))
+    args.doc_segments = None
     model = RealmModel.build_model(RealmConfig(**vars(args)), types.SimpleNamespace(source_dictionary=d)).eval()
     assert model.cfg.retriever_head == "tanh"
     checkpoint = str(tmp_path / "checkpoint.pt")

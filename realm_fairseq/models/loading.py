@@ -160,7 +160,7 @@ def resolve_form(cfg) -> None:
     if cfg.encoder_init:
         activation = encoder_init_weights(cfg.encoder_init)["config"].get("activation_fn") or "gelu"
         sources.append((cfg.encoder_init, {"activation_fn": activation}))
-    _check_head_flag(cfg, sources)
+    _check_retriever_flags(cfg, sources)
     activations = {path: form["activation_fn"] for path, form in sources if "activation_fn" in form}
     if len(set(activations.values())) > 1 and getattr(cfg, "activation_fn", None) is None:
         raise ValueError(f"the weights the towers start from disagree on the activation ({activations}); one "
@@ -174,14 +174,20 @@ def resolve_form(cfg) -> None:
         cfg.reader_encoder = json.dumps(reader_shape(reader_init, cfg), sort_keys=True)
 
 
-def _check_head_flag(cfg, sources) -> None:
-    """A ``--retriever-head`` that contradicts the weights the retriever starts from is refused: a ``linear``
-    and a ``tanh`` head hold the same weights, so nothing else would tell."""
-    head = getattr(cfg, "retriever_head", None)
-    recorded = next(((path, form["retriever_head"]) for path, form in sources if "retriever_head" in form), None)
-    if head is not None and recorded is not None and head != recorded[1]:
-        raise ValueError(f"--retriever-head {head}: the retriever starts from {recorded[0]}, whose embedders have "
-                         f"the {recorded[1]} head; leave --retriever-head unset to keep it")
+#: the flags of how the towers compute that the weights they start from decide (:func:`resolve_form`)
+RETRIEVER_FORM_FLAGS = {"retriever_head": "--retriever-head", "doc_segments": "--doc-segments"}
+
+
+def _check_retriever_flags(cfg, sources) -> None:
+    """A ``--retriever-head`` or ``--doc-segments`` that contradicts the weights the retriever starts from is
+    refused, as a contradicting pooling or score is: a ``linear`` and a ``tanh`` head hold the same weights, and
+    so do towers that read a block as one text or as title and body, so loading them would not tell."""
+    for name, flag in RETRIEVER_FORM_FLAGS.items():
+        given = getattr(cfg, name, None)
+        recorded = next(((path, form[name]) for path, form in sources if name in form), None)
+        if given is not None and recorded is not None and given != recorded[1]:
+            raise ValueError(f"{flag} {given}: the retriever starts from {recorded[0]}, trained with {flag} "
+                             f"{recorded[1]}; leave {flag} unset to keep it")
 
 
 def weights_shape(path: str) -> dict:
