@@ -8,10 +8,10 @@ fairseq is not. Each tower the checkpoint holds becomes a directory:
   model, the BERT at its top (``Transformer``), then ``Pooling`` (``cls`` or ``mean``) and the head:
   for ``retriever_head=realm`` a ``Dense`` with tanh (BERT's pooler), a ``Dense`` to the projection and a
   ``LayerNorm``; for ``linear`` a ``Dense`` without activation when the tower projects, for ``tanh`` one with
-  tanh; ``Normalize`` for the cosine score. ``SentenceTransformer(dir).encode`` gives the tower's embeddings, which rank blocks as ours
-  do (the cosine tower's ``retriever_scale``, a temperature of p(z|x), is not exported). ``realm_tower.json``
-  records how the tower reads a block, for ``realm-convert-hf`` to read the directory back
-  (:mod:`realm_fairseq.models.st_import`).
+  tanh; ``Normalize`` for the cosine score. ``SentenceTransformer(dir).encode`` gives the tower's embeddings,
+  which rank blocks as ours do (the cosine tower's ``retriever_scale``, a temperature of p(z|x), is not
+  exported). ``realm_tower.json`` records how the tower reads a block, for ``realm-convert-hf`` to read the
+  directory back (:mod:`realm_fairseq.models.st_import`).
 - ``reader/`` (realm_pretrain's knowledge-augmented encoder): ``BertForMaskedLM``, masked-LM head included.
 - ``span_reader/`` (realm_open_qa's reader): the encoder as a ``BertModel``; the span head, which has no
   counterpart in transformers, beside it in our names (``span_head.safetensors``, ``span_head.json``), for

@@ -85,11 +85,9 @@ def _resolve_similarity(cfg) -> Similarity:
         return Similarity(cfg.retriever_pooling, cfg.retriever_score)
     recorded = checkpoint_similarity(init) if init else (
         weights_similarity(encoder_init_weights(cfg.encoder_init)) if cfg.encoder_init else None)
-    for name, flag in (("pooling", cfg.retriever_pooling), ("score", cfg.retriever_score)):
-        if init and flag and flag != getattr(recorded, name):
-            raise ValueError(f"--retriever-{name} {flag}: the retriever starts from {init}, trained with "
-                             f"--retriever-{name} {getattr(recorded, name)}; leave --retriever-{name} unset to "
-                             f"keep it")
+    if init:
+        for name, given in (("pooling", cfg.retriever_pooling), ("score", cfg.retriever_score)):
+            _refuse_contradicting_flag(f"--retriever-{name}", given, init, getattr(recorded, name))
     return resolve_retriever_config(cfg, recorded)
 
 
@@ -178,16 +176,22 @@ def resolve_form(cfg) -> None:
 RETRIEVER_FORM_FLAGS = {"retriever_head": "--retriever-head", "doc_segments": "--doc-segments"}
 
 
+def _refuse_contradicting_flag(flag: str, given, path: str, recorded) -> None:
+    """Raise a ValueError if the retriever flag ``flag`` was given (not None) a value other than the one the
+    weights at ``path``, which the retriever starts from, were trained with."""
+    if given is not None and given != recorded:
+        raise ValueError(f"{flag} {given}: the retriever starts from {path}, trained with {flag} {recorded}; "
+                         f"leave {flag} unset to keep it")
+
+
 def _check_retriever_flags(cfg, sources) -> None:
     """A ``--retriever-head`` or ``--doc-segments`` that contradicts the weights the retriever starts from is
     refused, as a contradicting pooling or score is: a ``linear`` and a ``tanh`` head hold the same weights, and
     so do towers that read a block as one text or as title and body, so loading them would not tell."""
     for name, flag in RETRIEVER_FORM_FLAGS.items():
-        given = getattr(cfg, name, None)
         recorded = next(((path, form[name]) for path, form in sources if name in form), None)
-        if given is not None and recorded is not None and given != recorded[1]:
-            raise ValueError(f"{flag} {given}: the retriever starts from {recorded[0]}, trained with {flag} "
-                             f"{recorded[1]}; leave {flag} unset to keep it")
+        if recorded is not None:
+            _refuse_contradicting_flag(flag, getattr(cfg, name, None), *recorded)
 
 
 def weights_shape(path: str) -> dict:
